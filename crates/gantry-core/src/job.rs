@@ -1,0 +1,180 @@
+//! Jobs, their tasks and the attempts made to run them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::node::NodeId;
+
+/// A job's id: chosen by the proposing replica (a UUID), never by apply.
+pub type JobId = String;
+
+/// The default number of attempts for workload failures when a spec says 0.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+/// What a task needs from a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Resources {
+    /// Thousandths of a CPU core.
+    pub cpu_millis: u64,
+    pub memory_mib: u64,
+    pub gpus: u32,
+}
+
+/// What the user asked for. Immutable once submitted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub name: String,
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// Empty: a fresh directory per attempt.
+    pub working_dir: String,
+    pub resources: Resources,
+    /// Node labels that must all equal these values.
+    pub constraints: BTreeMap<String, String>,
+    /// Number of tasks; 0 is normalised to 1 by [`JobSpec::normalized`].
+    pub count: u32,
+    pub priority: i32,
+    /// 0: no timeout.
+    pub timeout_ms: u64,
+    /// 0 is normalised to [`DEFAULT_MAX_ATTEMPTS`].
+    pub max_attempts: u32,
+    /// Empty: no idempotency.
+    pub idempotency_key: String,
+}
+
+impl JobSpec {
+    /// Fills defaults so that two specs that mean the same compare equal
+    /// (the idempotency check compares normalised specs).
+    pub fn normalized(mut self) -> Self {
+        if self.count == 0 {
+            self.count = 1;
+        }
+        if self.max_attempts == 0 {
+            self.max_attempts = DEFAULT_MAX_ATTEMPTS;
+        }
+        self
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum JobState {
+    Pending,
+    Running,
+    Complete,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Complete | Self::Failed | Self::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Complete => "complete",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TaskState {
+    Pending,
+    Assigned,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AttemptState {
+    Assigned,
+    Running,
+    Succeeded,
+    Failed,
+    Lost,
+    Cancelled,
+}
+
+impl AttemptState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Assigned => "assigned",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Lost => "lost",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One try at running a task on one node. `(job, task index, number)` is the
+/// fencing token: results are accepted only for the current attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Attempt {
+    pub number: u32,
+    pub node_id: NodeId,
+    pub state: AttemptState,
+    pub assigned_at_ms: u64,
+    pub finished_at_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Task {
+    pub index: u32,
+    pub state: TaskState,
+    pub attempts: Vec<Attempt>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskCounts {
+    pub pending: u32,
+    pub running: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub cancelled: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    /// Position in submission order, assigned by apply.
+    pub seq: u64,
+    pub spec: JobSpec,
+    pub state: JobState,
+    pub submitted_at_ms: u64,
+    pub updated_at_ms: u64,
+    /// The Raft log index of the entry that created this job.
+    pub create_index: u64,
+    pub cancel_reason: String,
+    pub tasks: Vec<Task>,
+}
+
+impl Job {
+    pub fn task_counts(&self) -> TaskCounts {
+        let mut c = TaskCounts::default();
+        for t in &self.tasks {
+            match t.state {
+                TaskState::Pending => c.pending += 1,
+                TaskState::Assigned | TaskState::Running => c.running += 1,
+                TaskState::Succeeded => c.succeeded += 1,
+                TaskState::Failed => c.failed += 1,
+                TaskState::Cancelled => c.cancelled += 1,
+            }
+        }
+        c
+    }
+}

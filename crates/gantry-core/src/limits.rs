@@ -1,0 +1,228 @@
+//! Documented limits on what a client may submit, checked by the replica
+//! that receives a request, before anything is proposed to the log.
+//! docs/api.md lists the same numbers; change both together.
+
+use thiserror::Error;
+
+use crate::job::JobSpec;
+
+/// Jobs in one SubmitJobs request (one log entry).
+pub const MAX_JOBS_PER_SUBMIT: usize = 1_000;
+/// Tasks per job (`count`).
+pub const MAX_TASKS_PER_JOB: u32 = 10_000;
+/// argv entries, and their total size in bytes.
+pub const MAX_ARGV_ENTRIES: usize = 1_024;
+pub const MAX_ARGV_BYTES: usize = 64 * 1024;
+/// env entries, and the total size of keys and values in bytes.
+pub const MAX_ENV_ENTRIES: usize = 1_024;
+pub const MAX_ENV_BYTES: usize = 64 * 1024;
+/// Name, working dir, idempotency key, label keys and values.
+pub const MAX_NAME_BYTES: usize = 256;
+pub const MAX_PATH_BYTES: usize = 4_096;
+pub const MAX_CONSTRAINTS: usize = 64;
+pub const MAX_ATTEMPTS: u32 = 100;
+/// 64 cores, expressed in thousandths.
+pub const MAX_CPU_MILLIS: u64 = 1_024_000;
+pub const MAX_MEMORY_MIB: u64 = 16 * 1024 * 1024;
+pub const MAX_GPUS: u32 = 64;
+/// Cancel reasons.
+pub const MAX_REASON_BYTES: usize = 1_024;
+
+/// Why a spec was refused. The message names the field and the limit.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[error("{field}: {problem}")]
+pub struct ValidationError {
+    pub field: String,
+    pub problem: String,
+}
+
+fn err(field: impl Into<String>, problem: impl Into<String>) -> ValidationError {
+    ValidationError {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+fn check_len(field: &str, value: &str, max: usize) -> Result<(), ValidationError> {
+    if value.len() > max {
+        return Err(err(
+            field,
+            format!("is {} bytes, the limit is {max}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+impl JobSpec {
+    /// Checks the spec against the limits above.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.argv.is_empty() || self.argv[0].is_empty() {
+            return Err(err(
+                "argv",
+                "is empty: give the program to run and its arguments",
+            ));
+        }
+        if self.argv.len() > MAX_ARGV_ENTRIES {
+            return Err(err(
+                "argv",
+                format!(
+                    "has {} entries, the limit is {MAX_ARGV_ENTRIES}",
+                    self.argv.len()
+                ),
+            ));
+        }
+        let argv_bytes: usize = self.argv.iter().map(String::len).sum();
+        if argv_bytes > MAX_ARGV_BYTES {
+            return Err(err(
+                "argv",
+                format!("is {argv_bytes} bytes, the limit is {MAX_ARGV_BYTES}"),
+            ));
+        }
+        if self.env.len() > MAX_ENV_ENTRIES {
+            return Err(err(
+                "env",
+                format!(
+                    "has {} entries, the limit is {MAX_ENV_ENTRIES}",
+                    self.env.len()
+                ),
+            ));
+        }
+        let env_bytes: usize = self.env.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if env_bytes > MAX_ENV_BYTES {
+            return Err(err(
+                "env",
+                format!("is {env_bytes} bytes, the limit is {MAX_ENV_BYTES}"),
+            ));
+        }
+        if let Some(k) = self.env.keys().find(|k| k.is_empty() || k.contains('=')) {
+            return Err(err(
+                "env",
+                format!("key {k:?} is empty or contains '='"),
+            ));
+        }
+        check_len("name", &self.name, MAX_NAME_BYTES)?;
+        check_len("idempotency_key", &self.idempotency_key, MAX_NAME_BYTES)?;
+        check_len("working_dir", &self.working_dir, MAX_PATH_BYTES)?;
+        if self.constraints.len() > MAX_CONSTRAINTS {
+            return Err(err(
+                "constraints",
+                format!(
+                    "has {} entries, the limit is {MAX_CONSTRAINTS}",
+                    self.constraints.len()
+                ),
+            ));
+        }
+        for (k, v) in &self.constraints {
+            if k.is_empty() {
+                return Err(err("constraints", "a label key is empty"));
+            }
+            check_len("constraints", k, MAX_NAME_BYTES)?;
+            check_len("constraints", v, MAX_NAME_BYTES)?;
+        }
+        if self.count > MAX_TASKS_PER_JOB {
+            return Err(err(
+                "count",
+                format!("is {}, the limit is {MAX_TASKS_PER_JOB}", self.count),
+            ));
+        }
+        if self.max_attempts > MAX_ATTEMPTS {
+            return Err(err(
+                "max_attempts",
+                format!("is {}, the limit is {MAX_ATTEMPTS}", self.max_attempts),
+            ));
+        }
+        let r = &self.resources;
+        if r.cpu_millis > MAX_CPU_MILLIS {
+            return Err(err(
+                "resources.cpu_millis",
+                format!("is {}, the limit is {MAX_CPU_MILLIS}", r.cpu_millis),
+            ));
+        }
+        if r.memory_mib > MAX_MEMORY_MIB {
+            return Err(err(
+                "resources.memory_mib",
+                format!("is {}, the limit is {MAX_MEMORY_MIB}", r.memory_mib),
+            ));
+        }
+        if r.gpus > MAX_GPUS {
+            return Err(err(
+                "resources.gpus",
+                format!("is {}, the limit is {MAX_GPUS}", r.gpus),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks the size of a whole submit request.
+pub fn validate_batch(specs: &[JobSpec]) -> Result<(), ValidationError> {
+    if specs.is_empty() {
+        return Err(err("jobs", "is empty: submit at least one job"));
+    }
+    if specs.len() > MAX_JOBS_PER_SUBMIT {
+        return Err(err(
+            "jobs",
+            format!(
+                "has {} jobs, the limit per request is {MAX_JOBS_PER_SUBMIT}",
+                specs.len()
+            ),
+        ));
+    }
+    for (i, s) in specs.iter().enumerate() {
+        s.validate().map_err(|e| ValidationError {
+            field: format!("jobs[{i}].{}", e.field),
+            problem: e.problem,
+        })?;
+    }
+    Ok(())
+}
+
+/// Checks a cancel reason.
+pub fn validate_reason(reason: &str) -> Result<(), ValidationError> {
+    check_len("reason", reason, MAX_REASON_BYTES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            argv: vec!["/bin/true".into()],
+            ..JobSpec::default()
+        }
+    }
+
+    #[test]
+    fn t10_empty_argv_is_refused_with_the_field_named() {
+        let e = JobSpec::default().validate().unwrap_err();
+        assert_eq!(e.field, "argv");
+        assert!(e.to_string().contains("argv: is empty"));
+    }
+
+    #[test]
+    fn t10_limits_are_enforced() {
+        let mut s = spec();
+        s.count = MAX_TASKS_PER_JOB + 1;
+        assert_eq!(s.validate().unwrap_err().field, "count");
+        let mut s = spec();
+        s.resources.gpus = MAX_GPUS + 1;
+        assert_eq!(s.validate().unwrap_err().field, "resources.gpus");
+        let mut s = spec();
+        s.argv.push("x".repeat(MAX_ARGV_BYTES));
+        assert_eq!(s.validate().unwrap_err().field, "argv");
+        let mut s = spec();
+        s.env.insert("A=B".into(), "c".into());
+        assert_eq!(s.validate().unwrap_err().field, "env");
+        assert!(spec().validate().is_ok());
+    }
+
+    #[test]
+    fn t10_batch_limits_name_the_job() {
+        assert_eq!(validate_batch(&[]).unwrap_err().field, "jobs");
+        let too_many = vec![spec(); MAX_JOBS_PER_SUBMIT + 1];
+        assert_eq!(validate_batch(&too_many).unwrap_err().field, "jobs");
+        let e = validate_batch(&[spec(), JobSpec::default()]).unwrap_err();
+        assert_eq!(e.field, "jobs[1].argv");
+    }
+}

@@ -1,0 +1,246 @@
+//! The replicated state and its deterministic `apply`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::command::{CancelError, Command, NewJob, Outcome, SubmitError, Submitted};
+use crate::job::{Job, JobId, JobSpec, JobState, Task, TaskState};
+
+/// What every replica holds, built only by [`State::apply`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct State {
+    jobs: BTreeMap<JobId, Job>,
+    // Indexes derived from `jobs`; rebuilt on restore, never serialised.
+    by_seq: BTreeMap<u64, JobId>,
+    idempotency: BTreeMap<String, JobId>,
+    next_seq: u64,
+}
+
+/// Which jobs a listing wants.
+#[derive(Clone, Debug, Default)]
+pub struct JobFilter {
+    /// Empty: all states.
+    pub states: Vec<JobState>,
+    pub name_prefix: String,
+}
+
+impl JobFilter {
+    fn matches(&self, job: &Job) -> bool {
+        (self.states.is_empty() || self.states.contains(&job.state))
+            && job.spec.name.starts_with(&self.name_prefix)
+    }
+}
+
+/// One page of a listing, in submission order.
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    pub jobs: Vec<Job>,
+    /// The `seq` to continue after, when there may be more.
+    pub next_after: Option<u64>,
+}
+
+#[derive(Debug, Error)]
+pub enum SnapshotError {
+    #[error("snapshot could not be encoded or decoded: {0}")]
+    Decode(#[from] serde_json::Error),
+    #[error("snapshot format version {0} is not supported (this build reads {SNAPSHOT_VERSION})")]
+    Version(u32),
+}
+
+const SNAPSHOT_VERSION: u32 = 1;
+
+#[derive(Serialize)]
+struct SnapshotOut<'a> {
+    version: u32,
+    next_seq: u64,
+    jobs: Vec<&'a Job>,
+}
+
+#[derive(Deserialize)]
+struct SnapshotIn {
+    version: u32,
+    next_seq: u64,
+    jobs: Vec<Job>,
+}
+
+// === impl State ===
+
+impl State {
+    /// Applies one committed command. Deterministic: the result depends only
+    /// on the state, `index` and `cmd`.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> Outcome {
+        match cmd {
+            Command::SubmitJobs { now_ms, jobs } => {
+                Outcome::Submitted(self.apply_submit(index, *now_ms, jobs))
+            }
+            Command::CancelJob {
+                now_ms,
+                job_id,
+                reason,
+            } => Outcome::Cancelled(self.apply_cancel(*now_ms, job_id, reason).map(Box::new)),
+        }
+    }
+
+    fn apply_submit(
+        &mut self,
+        index: u64,
+        now_ms: u64,
+        jobs: &[NewJob],
+    ) -> Result<Vec<Submitted>, SubmitError> {
+        // Decide everything first so that a rejected batch changes nothing.
+        let mut results = Vec::with_capacity(jobs.len());
+        let mut batch_keys: BTreeMap<&str, (&JobId, JobSpec)> = BTreeMap::new();
+        let mut batch_ids: BTreeMap<&str, ()> = BTreeMap::new();
+        let mut to_insert = Vec::with_capacity(jobs.len());
+        for (position, new) in jobs.iter().enumerate() {
+            let spec = new.spec.clone().normalized();
+            let key = new.spec.idempotency_key.as_str();
+            if !key.is_empty() {
+                let earlier = self
+                    .idempotency
+                    .get(key)
+                    .and_then(|id| self.jobs.get(id))
+                    .map(|j| (&j.id, j.spec.clone()))
+                    .or_else(|| batch_keys.get(key).cloned());
+                if let Some((existing, existing_spec)) = earlier {
+                    if existing_spec != spec {
+                        return Err(SubmitError::IdempotencyConflict {
+                            position,
+                            key: key.to_owned(),
+                            existing: existing.clone(),
+                        });
+                    }
+                    results.push(Submitted {
+                        job_id: existing.clone(),
+                        existing: true,
+                    });
+                    continue;
+                }
+                batch_keys.insert(key, (&new.id, spec.clone()));
+            }
+            if self.jobs.contains_key(&new.id) || batch_ids.insert(&new.id, ()).is_some() {
+                return Err(SubmitError::DuplicateId {
+                    position,
+                    id: new.id.clone(),
+                });
+            }
+            results.push(Submitted {
+                job_id: new.id.clone(),
+                existing: false,
+            });
+            to_insert.push((new.id.clone(), spec));
+        }
+        for (id, spec) in to_insert {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let tasks = (0..spec.count)
+                .map(|index| Task {
+                    index,
+                    state: TaskState::Pending,
+                    attempts: Vec::new(),
+                })
+                .collect();
+            let job = Job {
+                id: id.clone(),
+                seq,
+                spec,
+                state: JobState::Pending,
+                submitted_at_ms: now_ms,
+                updated_at_ms: now_ms,
+                create_index: index,
+                cancel_reason: String::new(),
+                tasks,
+            };
+            self.index_job(&job);
+            self.jobs.insert(id, job);
+        }
+        Ok(results)
+    }
+
+    fn apply_cancel(&mut self, now_ms: u64, id: &str, reason: &str) -> Result<Job, CancelError> {
+        let job = self
+            .jobs
+            .get_mut(id)
+            .ok_or_else(|| CancelError::NotFound(id.to_owned()))?;
+        // Cancelling a finished job is a no-op, like Nomad's stop on a dead job.
+        if !job.state.is_terminal() {
+            job.state = JobState::Cancelled;
+            job.updated_at_ms = now_ms;
+            job.cancel_reason = reason.to_owned();
+            for task in job.tasks.iter_mut().filter(|t| !t.state.is_terminal()) {
+                task.state = TaskState::Cancelled;
+            }
+        }
+        Ok(job.clone())
+    }
+
+    fn index_job(&mut self, job: &Job) {
+        self.by_seq.insert(job.seq, job.id.clone());
+        if !job.spec.idempotency_key.is_empty() {
+            self.idempotency
+                .insert(job.spec.idempotency_key.clone(), job.id.clone());
+        }
+    }
+
+    pub fn job(&self, id: &str) -> Option<&Job> {
+        self.jobs.get(id)
+    }
+
+    pub fn job_count(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Up to `limit` jobs matching `filter`, with `seq` greater than `after`.
+    pub fn list_jobs(&self, filter: &JobFilter, after: Option<u64>, limit: usize) -> Page {
+        let start = after.map_or(0, |s| s.saturating_add(1));
+        let mut jobs = Vec::new();
+        let mut next_after = None;
+        for id in self.by_seq.range(start..).map(|(_, id)| id) {
+            let Some(job) = self.jobs.get(id) else {
+                continue;
+            };
+            if !filter.matches(job) {
+                continue;
+            }
+            if jobs.len() == limit {
+                next_after = jobs.last().map(|j: &Job| j.seq);
+                break;
+            }
+            jobs.push(job.clone());
+        }
+        Page { jobs, next_after }
+    }
+
+    /// Serialises the state for a Raft snapshot.
+    pub fn to_snapshot(&self) -> Result<Vec<u8>, SnapshotError> {
+        let out = SnapshotOut {
+            version: SNAPSHOT_VERSION,
+            next_seq: self.next_seq,
+            jobs: self.by_seq.values().filter_map(|id| self.jobs.get(id)).collect(),
+        };
+        Ok(serde_json::to_vec(&out)?)
+    }
+
+    /// Rebuilds a state from [`State::to_snapshot`]'s bytes.
+    pub fn from_snapshot(bytes: &[u8]) -> Result<Self, SnapshotError> {
+        let snap: SnapshotIn = serde_json::from_slice(bytes)?;
+        if snap.version != SNAPSHOT_VERSION {
+            return Err(SnapshotError::Version(snap.version));
+        }
+        let mut state = State {
+            next_seq: snap.next_seq,
+            ..State::default()
+        };
+        for job in snap.jobs {
+            state.index_job(&job);
+            state.jobs.insert(job.id.clone(), job);
+        }
+        Ok(state)
+    }
+}
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;

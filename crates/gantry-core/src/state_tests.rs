@@ -1,0 +1,236 @@
+use proptest::prelude::*;
+
+use super::*;
+
+fn spec(argv0: &str) -> JobSpec {
+    JobSpec {
+        argv: vec![argv0.to_owned()],
+        ..JobSpec::default()
+    }
+}
+
+fn submit(now_ms: u64, jobs: Vec<(&str, JobSpec)>) -> Command {
+    Command::SubmitJobs {
+        now_ms,
+        jobs: jobs
+            .into_iter()
+            .map(|(id, spec)| NewJob {
+                id: id.to_owned(),
+                spec,
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn t10_submit_creates_pending_jobs_with_tasks() {
+    let mut s = State::default();
+    let mut sp = spec("/bin/true");
+    sp.count = 3;
+    let out = s.apply(7, &submit(1000, vec![("a", sp), ("b", spec("x"))]));
+    let Outcome::Submitted(Ok(r)) = out else {
+        panic!("unexpected {out:?}")
+    };
+    assert_eq!(r.len(), 2);
+    let a = s.job("a").unwrap();
+    assert_eq!(a.tasks.len(), 3);
+    assert_eq!(a.state, JobState::Pending);
+    assert_eq!(a.create_index, 7);
+    assert_eq!(a.submitted_at_ms, 1000);
+    assert_eq!(a.spec.max_attempts, crate::job::DEFAULT_MAX_ATTEMPTS);
+    assert_eq!(s.job("b").unwrap().seq, 1);
+}
+
+#[test]
+fn t10_idempotency_same_spec_returns_original_other_spec_conflicts() {
+    let mut s = State::default();
+    let mut sp = spec("/bin/true");
+    sp.idempotency_key = "k".into();
+    s.apply(1, &submit(1, vec![("a", sp.clone())]));
+    let out = s.apply(2, &submit(2, vec![("b", sp.clone())]));
+    assert_eq!(
+        out,
+        Outcome::Submitted(Ok(vec![Submitted {
+            job_id: "a".into(),
+            existing: true
+        }]))
+    );
+    let mut other = sp.clone();
+    other.argv = vec!["/bin/false".into()];
+    let out = s.apply(3, &submit(3, vec![("c", spec("ok")), ("d", other)]));
+    assert!(matches!(
+        out,
+        Outcome::Submitted(Err(SubmitError::IdempotencyConflict { position: 1, .. }))
+    ));
+    // The rejected batch changed nothing, not even its valid first job.
+    assert!(s.job("c").is_none());
+    assert_eq!(s.job_count(), 1);
+}
+
+#[test]
+fn t10_duplicate_ids_reject_the_batch() {
+    let mut s = State::default();
+    s.apply(1, &submit(1, vec![("a", spec("x"))]));
+    let out = s.apply(2, &submit(2, vec![("b", spec("x")), ("a", spec("y"))]));
+    assert!(matches!(
+        out,
+        Outcome::Submitted(Err(SubmitError::DuplicateId { position: 1, .. }))
+    ));
+    assert_eq!(s.job_count(), 1);
+}
+
+#[test]
+fn t10_cancel_marks_job_and_tasks_and_is_idempotent() {
+    let mut s = State::default();
+    s.apply(1, &submit(1, vec![("a", spec("x"))]));
+    let cancel = Command::CancelJob {
+        now_ms: 5,
+        job_id: "a".into(),
+        reason: "r".into(),
+    };
+    let Outcome::Cancelled(Ok(job)) = s.apply(2, &cancel) else {
+        panic!()
+    };
+    assert_eq!(job.state, JobState::Cancelled);
+    assert_eq!(job.tasks[0].state, TaskState::Cancelled);
+    assert_eq!(job.cancel_reason, "r");
+    let again = s.apply(3, &cancel);
+    assert_eq!(again, Outcome::Cancelled(Ok(job)));
+    let missing = Command::CancelJob {
+        now_ms: 5,
+        job_id: "zz".into(),
+        reason: String::new(),
+    };
+    assert_eq!(
+        s.apply(4, &missing),
+        Outcome::Cancelled(Err(CancelError::NotFound("zz".into())))
+    );
+}
+
+#[test]
+fn t20_list_pages_in_submission_order_with_filters() {
+    let mut s = State::default();
+    for i in 0..25 {
+        let mut sp = spec("x");
+        sp.name = if i % 2 == 0 { "even" } else { "odd" }.into();
+        s.apply(i + 1, &submit(1, vec![(&format!("j{i:02}"), sp)]));
+    }
+    s.apply(
+        100,
+        &Command::CancelJob {
+            now_ms: 2,
+            job_id: "j03".into(),
+            reason: String::new(),
+        },
+    );
+    let all = JobFilter::default();
+    let p1 = s.list_jobs(&all, None, 10);
+    assert_eq!(p1.jobs.len(), 10);
+    assert_eq!(p1.jobs[0].id, "j00");
+    let p3 = s.list_jobs(&all, Some(s.list_jobs(&all, p1.next_after, 10).next_after.unwrap()), 10);
+    assert_eq!(p3.jobs.len(), 5);
+    assert_eq!(p3.next_after, None);
+    let odd = JobFilter {
+        name_prefix: "od".into(),
+        ..JobFilter::default()
+    };
+    assert_eq!(s.list_jobs(&odd, None, 100).jobs.len(), 12);
+    let cancelled = JobFilter {
+        states: vec![JobState::Cancelled],
+        ..JobFilter::default()
+    };
+    let page = s.list_jobs(&cancelled, None, 100);
+    assert_eq!(page.jobs.len(), 1);
+    assert_eq!(page.jobs[0].id, "j03");
+}
+
+#[test]
+fn t20_bad_snapshot_is_an_error_not_a_panic() {
+    assert!(State::from_snapshot(b"not json").is_err());
+    assert!(matches!(
+        State::from_snapshot(br#"{"version":99,"next_seq":0,"jobs":[]}"#),
+        Err(SnapshotError::Version(99))
+    ));
+}
+
+// --- property tests ---------------------------------------------------------
+
+fn arb_spec() -> impl Strategy<Value = JobSpec> {
+    (
+        prop::sample::select(vec!["/bin/true", "/bin/false", "sleep"]),
+        0u32..4,
+        prop::option::of(prop::sample::select(vec!["k1", "k2", "k3"])),
+        -2i32..3,
+    )
+        .prop_map(|(argv0, count, key, priority)| JobSpec {
+            argv: vec![argv0.to_owned()],
+            count,
+            priority,
+            idempotency_key: key.unwrap_or_default().to_owned(),
+            name: argv0.to_owned(),
+            ..JobSpec::default()
+        })
+}
+
+fn arb_command() -> impl Strategy<Value = Command> {
+    // Few distinct ids so duplicates, conflicts and cancels of existing jobs happen.
+    let id = || (0u8..12).prop_map(|n| format!("job-{n}"));
+    prop_oneof![
+        3 => (any::<u32>(), prop::collection::vec((id(), arb_spec()), 1..4)).prop_map(
+            |(now, jobs)| Command::SubmitJobs {
+                now_ms: u64::from(now),
+                jobs: jobs.into_iter().map(|(id, spec)| NewJob { id, spec }).collect(),
+            }
+        ),
+        1 => (any::<u32>(), id(), "[a-z]{0,5}").prop_map(|(now, job_id, reason)| {
+            Command::CancelJob { now_ms: u64::from(now), job_id, reason }
+        }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn t30_apply_is_deterministic(cmds in prop::collection::vec(arb_command(), 0..40)) {
+        let (mut a, mut b) = (State::default(), State::default());
+        for (i, c) in cmds.iter().enumerate() {
+            let index = i as u64 + 1;
+            prop_assert_eq!(a.apply(index, c), b.apply(index, c));
+        }
+        prop_assert_eq!(&a, &b);
+        prop_assert_eq!(a.to_snapshot().unwrap(), b.to_snapshot().unwrap());
+    }
+
+    #[test]
+    fn t30_snapshot_restore_is_identical_and_keeps_applying_identically(
+        before in prop::collection::vec(arb_command(), 0..30),
+        after in prop::collection::vec(arb_command(), 0..10),
+    ) {
+        let mut s = State::default();
+        for (i, c) in before.iter().enumerate() {
+            s.apply(i as u64 + 1, c);
+        }
+        let mut restored = State::from_snapshot(&s.to_snapshot().unwrap()).unwrap();
+        prop_assert_eq!(&restored, &s);
+        for (i, c) in after.iter().enumerate() {
+            let index = (before.len() + i) as u64 + 1;
+            prop_assert_eq!(s.apply(index, c), restored.apply(index, c));
+        }
+        prop_assert_eq!(&restored, &s);
+    }
+
+    #[test]
+    fn t30_ids_and_keys_stay_unique(cmds in prop::collection::vec(arb_command(), 0..40)) {
+        let mut s = State::default();
+        for (i, c) in cmds.iter().enumerate() {
+            s.apply(i as u64 + 1, c);
+        }
+        let page = s.list_jobs(&JobFilter::default(), None, usize::MAX);
+        prop_assert_eq!(page.jobs.len(), s.job_count());
+        let mut keys: Vec<_> = page.jobs.iter()
+            .map(|j| j.spec.idempotency_key.clone()).filter(|k| !k.is_empty()).collect();
+        let n = keys.len();
+        keys.sort();
+        keys.dedup();
+        prop_assert_eq!(keys.len(), n);
+    }
+}
