@@ -1,1 +1,280 @@
+//! A typed Gantry client that talks to any replica.
+//!
+//! Replicas forward writes to the leader themselves, so a client never needs
+//! to know who leads. This client keeps one channel per replica, sticks to
+//! the last replica that answered, and on a transport failure or
+//! `UNAVAILABLE` moves to the next one until its retry deadline. Submits are
+//! made safe to retry by giving every job without an idempotency key a fresh
+//! one, so a retried submit whose first try was committed returns the same job.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use gantry_proto::transport::Transport;
+use gantry_proto::v1::cluster_service_client::ClusterServiceClient;
+use gantry_proto::v1::job_service_client::JobServiceClient;
+use gantry_proto::v1::{
+    AddReplicaRequest, CancelJobRequest, ClusterStatusRequest, ClusterStatusResponse,
+    GetJobRequest, Job, JobSpec, ListJobsRequest, ListJobsResponse, RemoveReplicaRequest,
+    SubmitJobsRequest, SubmitJobsResponse,
+};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+pub use gantry_proto::v1 as api;
+
+/// The environment variable the CLI reads replica addresses from.
+pub const SERVERS_ENV: &str = "GANTRY_SERVERS";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no replica addresses given: pass --servers host:port,... or set {SERVERS_ENV}")]
+    NoServers,
+    #[error(transparent)]
+    Address(#[from] gantry_proto::transport::AddressError),
+    /// The server's answer, with its gRPC code and message.
+    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    Status(Status),
+}
+
+impl ClientError {
+    /// The gRPC code, when the error came from a server.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            Self::Status(s) => Some(s.code()),
+            _ => None,
+        }
+    }
+}
+
+fn code_name(code: Code) -> String {
+    format!("{code:?}")
+}
+
+/// Knobs for [`Client`].
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Deadline for one RPC to one replica.
+    pub request_timeout: Duration,
+    /// How long to keep trying other replicas after failures.
+    pub retry_deadline: Duration,
+    pub transport: Transport,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(5),
+            retry_deadline: Duration::from_secs(15),
+            transport: Transport { insecure: true },
+        }
+    }
+}
+
+/// See the crate docs.
+#[derive(Debug)]
+pub struct Client {
+    channels: Vec<(String, Channel)>,
+    current: AtomicUsize,
+    opts: ClientOptions,
+}
+
+/// Whether a failed call may be tried again, on another replica.
+fn retryable(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable => true,
+        // A deadline on one replica (e.g. a partitioned follower) is worth
+        // one more try elsewhere while the overall deadline allows.
+        Code::DeadlineExceeded => true,
+        _ => false,
+    }
+}
+
+// === impl Client ===
+
+impl Client {
+    /// A client for the given replica addresses (`host:port`, comma lists allowed).
+    pub fn new<S: AsRef<str>>(servers: &[S], opts: ClientOptions) -> Result<Self, ClientError> {
+        let mut channels = Vec::new();
+        for addr in servers
+            .iter()
+            .flat_map(|s| s.as_ref().split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            channels.push((addr.to_owned(), opts.transport.channel(addr)?));
+        }
+        if channels.is_empty() {
+            return Err(ClientError::NoServers);
+        }
+        Ok(Self {
+            channels,
+            current: AtomicUsize::new(0),
+            opts,
+        })
+    }
+
+    /// A client for `GANTRY_SERVERS`.
+    pub fn from_env(opts: ClientOptions) -> Result<Self, ClientError> {
+        let servers = std::env::var(SERVERS_ENV).unwrap_or_default();
+        Self::new(&[servers], opts)
+    }
+
+    /// The addresses this client tries, in order.
+    pub fn servers(&self) -> Vec<&str> {
+        self.channels.iter().map(|(a, _)| a.as_str()).collect()
+    }
+
+    /// Runs `call` against replicas until one answers with something other
+    /// than a retryable failure, or the retry deadline passes.
+    async fn with_retry<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.opts.retry_deadline;
+        let mut backoff = Duration::from_millis(20);
+        let mut tries_this_round = 0;
+        loop {
+            let i = self.current.load(Ordering::Relaxed) % self.channels.len();
+            let (addr, channel) = &self.channels[i];
+            let result = tokio::time::timeout(self.opts.request_timeout, call(channel.clone()))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Status::deadline_exceeded(format!(
+                        "replica {addr} did not answer within {:?}",
+                        self.opts.request_timeout
+                    )))
+                });
+            let status = match result {
+                Ok(v) => return Ok(v),
+                Err(s) if retryable(&s) => s,
+                Err(s) => return Err(ClientError::Status(s)),
+            };
+            tracing::debug!(replica = %addr, error = %status, "call failed; trying the next replica");
+            let _ = self.current.compare_exchange(
+                i,
+                (i + 1) % self.channels.len(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            tries_this_round += 1;
+            if tokio::time::Instant::now() + backoff >= deadline {
+                return Err(ClientError::Status(status));
+            }
+            // Sweep all replicas once quickly, then back off between sweeps.
+            if tries_this_round >= self.channels.len() {
+                tries_this_round = 0;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
+
+    fn jobs(channel: Channel) -> JobServiceClient<Channel> {
+        JobServiceClient::new(channel)
+            .max_decoding_message_size(gantry_proto::transport::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(gantry_proto::transport::MAX_MESSAGE_BYTES)
+    }
+
+    fn cluster(channel: Channel) -> ClusterServiceClient<Channel> {
+        ClusterServiceClient::new(channel)
+    }
+
+    /// Submits jobs in one request (one log entry). Jobs without an
+    /// idempotency key get a fresh one so the request can be retried safely.
+    pub async fn submit_jobs(
+        &self,
+        mut jobs: Vec<JobSpec>,
+    ) -> Result<SubmitJobsResponse, ClientError> {
+        for job in jobs.iter_mut().filter(|j| j.idempotency_key.is_empty()) {
+            job.idempotency_key = uuid::Uuid::new_v4().to_string();
+        }
+        let req = SubmitJobsRequest { jobs };
+        self.with_retry(|ch| {
+            let req = req.clone();
+            async move { Ok(Self::jobs(ch).submit_jobs(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn get_job(&self, job_id: &str, stale: bool) -> Result<Job, ClientError> {
+        let req = GetJobRequest {
+            job_id: job_id.to_owned(),
+            stale,
+        };
+        self.with_retry(|ch| {
+            let req = req.clone();
+            async move {
+                let resp = Self::jobs(ch).get_job(req).await?.into_inner();
+                resp.job
+                    .ok_or_else(|| Status::internal("server returned no job"))
+            }
+        })
+        .await
+    }
+
+    pub async fn list_jobs(&self, req: ListJobsRequest) -> Result<ListJobsResponse, ClientError> {
+        self.with_retry(|ch| {
+            let req = req.clone();
+            async move { Ok(Self::jobs(ch).list_jobs(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn cancel_job(&self, job_id: &str, reason: &str) -> Result<Job, ClientError> {
+        let req = CancelJobRequest {
+            job_id: job_id.to_owned(),
+            reason: reason.to_owned(),
+        };
+        self.with_retry(|ch| {
+            let req = req.clone();
+            async move {
+                let resp = Self::jobs(ch).cancel_job(req).await?.into_inner();
+                resp.job
+                    .ok_or_else(|| Status::internal("server returned no job"))
+            }
+        })
+        .await
+    }
+
+    pub async fn cluster_status(&self) -> Result<ClusterStatusResponse, ClientError> {
+        self.with_retry(|ch| async move {
+            Ok(Self::cluster(ch)
+                .status(ClusterStatusRequest {})
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
+    pub async fn add_replica(
+        &self,
+        id: u64,
+        address: &str,
+    ) -> Result<ClusterStatusResponse, ClientError> {
+        let req = AddReplicaRequest {
+            id,
+            address: address.to_owned(),
+        };
+        self.with_retry(|ch| {
+            let req = req.clone();
+            async move {
+                let resp = Self::cluster(ch).add_replica(req).await?.into_inner();
+                Ok(resp.status.unwrap_or_default())
+            }
+        })
+        .await
+    }
+
+    pub async fn remove_replica(&self, id: u64) -> Result<ClusterStatusResponse, ClientError> {
+        self.with_retry(|ch| async move {
+            let resp = Self::cluster(ch)
+                .remove_replica(RemoveReplicaRequest { id })
+                .await?
+                .into_inner();
+            Ok(resp.status.unwrap_or_default())
+        })
+        .await
+    }
+}
