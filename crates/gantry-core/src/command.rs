@@ -63,3 +63,13 @@ pub enum Outcome {
     Submitted(Result<Vec<Submitted>, SubmitError>),
     Cancelled(Result<Box<Job>, CancelError>),
 }
+
+// Raft logs show entries by their Display form; keep it short.
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::SubmitJobs { jobs, .. } => write!(f, "submit {} job(s)", jobs.len()),
+            Self::CancelJob { job_id, .. } => write!(f, "cancel job {job_id}"),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The Raft log, vote and committed index in sled.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+
+use crate::{Entry, LogId, TypeConfig, Vote, to_io};
+
+const VOTE: &[u8] = b"vote";
+const COMMITTED: &[u8] = b"committed";
+const LAST_PURGED: &[u8] = b"last_purged";
+
+/// The log store. Clones share the same sled trees, so a reader handed out
+/// before an append sees the appended entries.
+#[derive(Clone)]
+pub struct LogStore {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+}
+
+fn key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
+    serde_json::from_slice(bytes).map_err(to_io)
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(to_io)
+}
+
+// === impl LogStore ===
+
+impl LogStore {
+    pub(crate) fn new(db: &sled::Db) -> io::Result<Self> {
+        Ok(Self {
+            db: db.clone(),
+            log: db.open_tree("log").map_err(to_io)?,
+            meta: db.open_tree("log_meta").map_err(to_io)?,
+        })
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, k: &[u8]) -> io::Result<Option<T>> {
+        match self.meta.get(k).map_err(to_io)? {
+            Some(v) => Ok(Some(decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn set_meta<T: serde::Serialize>(&self, k: &[u8], value: &T) -> io::Result<()> {
+        self.meta.insert(k, encode(value)?).map_err(to_io)?;
+        Ok(())
+    }
+
+    async fn flush(&self) -> io::Result<()> {
+        self.db.flush_async().await.map_err(to_io)?;
+        Ok(())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => Bound::Included(key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(key(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Bound::Included(key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(key(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        self.log
+            .range::<[u8; 8], _>((start, end))
+            .map(|kv| decode(&kv.map_err(to_io)?.1))
+            .collect()
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        self.get_meta(VOTE)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let last_purged_log_id: Option<LogId> = self.get_meta(LAST_PURGED)?;
+        let last = match self.log.last().map_err(to_io)? {
+            Some((_, v)) => Some(decode::<Entry>(&v)?.log_id),
+            None => None,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id: last.or(last_purged_log_id),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        self.set_meta(VOTE, vote)?;
+        self.flush().await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        // A hint for faster recovery; made durable by the next flush.
+        self.set_meta(COMMITTED, &committed)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(self.get_meta::<Option<LogId>>(COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        // One batch and one flush for everything openraft hands us at once:
+        // with many requests in flight that is one fsync for many entries.
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            batch.insert(&key(entry.log_id.index), encode(&entry)?);
+        }
+        self.log.apply_batch(batch).map_err(to_io)?;
+        let flushed = self.flush().await;
+        let reply = flushed
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| io::Error::new(e.kind(), e.to_string()));
+        callback.io_completed(reply);
+        flushed
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = last_log_id.map_or(0, |l| l.index + 1);
+        let mut batch = sled::Batch::default();
+        for kv in self.log.range(key(from)..) {
+            batch.remove(kv.map_err(to_io)?.0);
+        }
+        self.log.apply_batch(batch).map_err(to_io)?;
+        self.flush().await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        // Record the purge point first: a crash in between leaves extra
+        // entries (harmless), never a gap that the log state hides.
+        self.set_meta(LAST_PURGED, &log_id)?;
+        let mut batch = sled::Batch::default();
+        for kv in self.log.range(..=key(log_id.index)) {
+            batch.remove(kv.map_err(to_io)?.0);
+        }
+        self.log.apply_batch(batch).map_err(to_io)?;
+        Ok(())
+    }
+}
