@@ -120,6 +120,15 @@ impl State {
                 }
                 batch_keys.insert(key, (&new.id, spec.clone()));
             }
+            // The same id with the same spec is a replay of this very command
+            // (a forwarded write retried after a lost reply): answer as before.
+            if let Some(existing) = self.jobs.get(&new.id).filter(|j| j.spec == spec) {
+                results.push(Submitted {
+                    job_id: existing.id.clone(),
+                    existing: true,
+                });
+                continue;
+            }
             if self.jobs.contains_key(&new.id) || batch_ids.insert(&new.id, ()).is_some() {
                 return Err(SubmitError::DuplicateId {
                     position,

@@ -77,6 +77,16 @@ fn t10_duplicate_ids_reject_the_batch() {
         Outcome::Submitted(Err(SubmitError::DuplicateId { position: 1, .. }))
     ));
     assert_eq!(s.job_count(), 1);
+    // A replayed command (same id, same spec) answers as the original did.
+    let replay = s.apply(3, &submit(3, vec![("a", spec("x"))]));
+    assert_eq!(
+        replay,
+        Outcome::Submitted(Ok(vec![Submitted {
+            job_id: "a".into(),
+            existing: true
+        }]))
+    );
+    assert_eq!(s.job_count(), 1);
 }
 
 #[test]

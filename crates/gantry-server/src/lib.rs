@@ -1,1 +1,22 @@
+//! A Gantry replica (`gantry server`): the Raft node on sled storage, the
+//! replica-to-replica service (Raft RPCs, forwarded writes, read index), and
+//! the public job and cluster services. Every replica serves every public
+//! call: writes are forwarded to the leader by the replica itself, reads are
+//! linearizable through a read index unless the caller asks for a stale read.
 
+mod app;
+mod cluster;
+pub mod config;
+mod convert;
+mod deadline;
+mod error;
+mod internal;
+mod jobs;
+mod network;
+mod peers;
+mod replica;
+
+pub use app::{ServerHandle, StartError, start, start_on};
+pub use config::{ConfigError, RaftTimings, ServerConfig, parse_peers};
+pub use jobs::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+pub use replica::Replica;

@@ -1,0 +1,202 @@
+//! Building and running a replica: config → storage → network → Raft →
+//! one gRPC server with the internal and public services.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use gantry_proto::internal::v1::raft_service_server::RaftServiceServer;
+use gantry_proto::transport::{MAX_MESSAGE_BYTES, Transport};
+use gantry_proto::v1::cluster_service_server::ClusterServiceServer;
+use gantry_proto::v1::job_service_server::JobServiceServer;
+use gantry_store::Raft;
+use openraft::BasicNode;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::cluster::ClusterApi;
+use crate::config::{ConfigError, ServerConfig};
+use crate::internal::InternalService;
+use crate::jobs::JobApi;
+use crate::network::NetworkFactory;
+use crate::peers::{MAX_INTERNAL_MESSAGE_BYTES, Peers};
+use crate::replica::Replica;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open the data directory {dir}: {source}")]
+    Storage {
+        dir: String,
+        source: std::io::Error,
+    },
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+    #[error("reflection service: {0}")]
+    Reflection(String),
+}
+
+/// A running replica.
+pub struct ServerHandle {
+    pub addr: SocketAddr,
+    pub replica: Arc<Replica>,
+    stop: Option<oneshot::Sender<()>>,
+    serve: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+/// Binds `config.listen` and starts the replica.
+pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
+    config.validate()?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    start_on(config, listener).await
+}
+
+/// Starts the replica on an already bound listener (tests bind port 0 first
+/// so that every replica's address is known before any starts).
+pub async fn start_on(config: ServerConfig, listener: TcpListener) -> Result<ServerHandle, StartError> {
+    config.validate()?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let raft_config = Arc::new(config.openraft()?);
+    let (log, sm) = gantry_store::open(&config.data_dir).map_err(|source| StartError::Storage {
+        dir: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let state = sm.reader();
+    let transport = Transport { insecure: true };
+    let peers = Peers::new(transport.clone());
+    let network = NetworkFactory {
+        peers: peers.clone(),
+    };
+    let raft = Raft::new(config.id, raft_config, network, log, sm)
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+    bootstrap(&raft, &config).await?;
+
+    let replica = Arc::new(Replica {
+        id: config.id,
+        raft,
+        state,
+        peers,
+        config: Arc::new(config),
+    });
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(gantry_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(gantry_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let router = transport
+        .server()
+        .add_service(
+            RaftServiceServer::new(InternalService {
+                replica: replica.clone(),
+            })
+            .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES),
+        )
+        .add_service(
+            JobServiceServer::new(JobApi {
+                replica: replica.clone(),
+            })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(ClusterServiceServer::new(ClusterApi {
+            replica: replica.clone(),
+        }))
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let serve = tokio::spawn(router.serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    tracing::info!(id = replica.id, %addr, "replica serving");
+    Ok(ServerHandle {
+        addr,
+        replica,
+        stop: Some(stop_tx),
+        serve,
+    })
+}
+
+/// On first start, the replica with the lowest id in `peers` initialises
+/// the cluster with the whole peer list. Every other replica waits to be
+/// contacted by a leader, so a replica that joins later, or one restarted
+/// with the same data, never starts a cluster of its own.
+async fn bootstrap(raft: &Raft, config: &ServerConfig) -> Result<(), StartError> {
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+    if initialized {
+        tracing::info!(id = config.id, "found existing raft state; not bootstrapping");
+        return Ok(());
+    }
+    let lowest = config.peers.keys().next().copied();
+    if config.join || lowest != Some(config.id) {
+        tracing::info!(id = config.id, "empty raft state; waiting for the leader to contact this replica");
+        return Ok(());
+    }
+    let members: BTreeMap<u64, BasicNode> = config
+        .peers
+        .iter()
+        .map(|(id, addr)| (*id, BasicNode::new(addr)))
+        .collect();
+    tracing::info!(id = config.id, ?members, "bootstrapping a new cluster");
+    match raft.initialize(members).await {
+        Ok(()) => Ok(()),
+        Err(openraft::errors::RaftError::APIError(
+            openraft::errors::InitializeError::NotAllowed(_),
+        )) => Ok(()),
+        Err(e) => Err(StartError::Raft(e.to_string())),
+    }
+}
+
+// === impl ServerHandle ===
+
+impl ServerHandle {
+    /// Stops serving and shuts Raft down.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Err(e) = self.replica.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        match (&mut self.serve).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "server stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "server task failed"),
+        }
+    }
+
+    /// Waits until the server stops by itself (it does not, unless it fails).
+    pub async fn wait(&mut self) -> Result<(), String> {
+        match (&mut self.serve).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! `gantry.v1.ClusterService`: status of every replica, and membership changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gantry_proto::internal::v1::LocalStatusRequest;
+use gantry_proto::v1::cluster_service_client::ClusterServiceClient;
+use gantry_proto::v1::cluster_service_server::ClusterService;
+use gantry_proto::v1::{
+    AddReplicaRequest, AddReplicaResponse, ClusterStatusRequest, ClusterStatusResponse,
+    RemoveReplicaRequest, RemoveReplicaResponse, ReplicaStatus,
+};
+use openraft::async_runtime::WatchReceiver;
+use openraft::{BasicNode, ChangeMembers};
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use crate::deadline::deadline;
+use crate::internal::local_status;
+use crate::replica::Replica;
+
+/// How long Status waits for each replica's own answer.
+const STATUS_PROBE_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// Membership changes wait for a new replica to catch up, so they get longer.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Marks a request a replica forwarded to the leader, so it is never forwarded twice.
+const FORWARDED: &str = "x-gantry-forwarded";
+
+pub struct ClusterApi {
+    pub(crate) replica: Arc<Replica>,
+}
+
+// === impl ClusterApi ===
+
+impl ClusterApi {
+    async fn status(&self) -> ClusterStatusResponse {
+        let (members, voters) = {
+            let rx = self.replica.raft.metrics();
+            let m = rx.borrow_watched();
+            let membership = m.membership_config.membership();
+            let members: BTreeMap<u64, String> = membership
+                .nodes()
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect();
+            let voters: BTreeSet<u64> = membership.voter_ids().collect();
+            (members, voters)
+        };
+        let probes = members.iter().map(|(id, addr)| {
+            let (id, addr) = (*id, addr.clone());
+            let voter = voters.contains(&id);
+            async move {
+                let mut status = ReplicaStatus {
+                    id,
+                    address: addr.clone(),
+                    voter,
+                    ..ReplicaStatus::default()
+                };
+                let local = if id == self.replica.id {
+                    Ok(local_status(&self.replica))
+                } else {
+                    self.probe(&addr).await
+                };
+                match local {
+                    Ok(l) => {
+                        status.role = l.role;
+                        status.term = l.term;
+                        status.last_log_index = l.last_log_index;
+                        status.applied_index = l.applied_index;
+                    }
+                    Err(e) => {
+                        status.role = "unreachable".into();
+                        status.error = e.message().to_owned();
+                    }
+                }
+                status
+            }
+        });
+        let replicas = futures::future::join_all(probes).await;
+        let me = local_status(&self.replica);
+        ClusterStatusResponse {
+            leader_id: me.leader_id,
+            term: me.term,
+            replicas,
+            answered_by: self.replica.id,
+        }
+    }
+
+    async fn probe(
+        &self,
+        addr: &str,
+    ) -> Result<gantry_proto::internal::v1::LocalStatusResponse, Status> {
+        let mut client = self.replica.peers.raft_client(addr).await?;
+        let mut req = Request::new(LocalStatusRequest {});
+        req.set_timeout(STATUS_PROBE_TIMEOUT);
+        match tokio::time::timeout(STATUS_PROBE_TIMEOUT, client.local_status(req)).await {
+            Ok(r) => Ok(r?.into_inner()),
+            Err(_) => Err(Status::deadline_exceeded("no answer within 1s")),
+        }
+    }
+
+    /// The leader's public client if this replica is not the leader; `None` on the leader.
+    async fn leader_client<T>(
+        &self,
+        req: &Request<T>,
+        deadline: Instant,
+    ) -> Result<Option<ClusterServiceClient<tonic::transport::Channel>>, Status> {
+        let (leader, addr) = self.replica.leader(deadline).await?;
+        if leader == self.replica.id {
+            return Ok(None);
+        }
+        if req.metadata().contains_key(FORWARDED) {
+            return Err(Status::unavailable(
+                "leadership moved while the request was forwarded; retry",
+            ));
+        }
+        Ok(Some(ClusterServiceClient::new(
+            self.replica.peers.channel(&addr).await?,
+        )))
+    }
+}
+
+fn forwarded<T>(msg: T, deadline: Instant) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+    req.metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    req
+}
+
+fn membership_error(e: impl std::fmt::Display) -> Status {
+    Status::failed_precondition(format!("membership change refused: {e}"))
+}
+
+#[tonic::async_trait]
+impl ClusterService for ClusterApi {
+    async fn status(
+        &self,
+        _req: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        Ok(Response::new(ClusterApi::status(self).await))
+    }
+
+    async fn add_replica(
+        &self,
+        req: Request<AddReplicaRequest>,
+    ) -> Result<Response<AddReplicaResponse>, Status> {
+        let deadline = deadline(&req, MEMBERSHIP_TIMEOUT);
+        if let Some(mut leader) = self.leader_client(&req, deadline).await? {
+            return leader.add_replica(forwarded(req.into_inner(), deadline)).await;
+        }
+        let AddReplicaRequest { id, address } = req.into_inner();
+        if id == 0 {
+            return Err(Status::invalid_argument("id: must be 1 or more"));
+        }
+        if address.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            return Err(Status::invalid_argument(format!(
+                "address: {address:?} is not HOST:PORT"
+            )));
+        }
+        let is_voter = {
+            let rx = self.replica.raft.metrics();
+            let m = rx.borrow_watched();
+            m.membership_config.membership().voter_ids().any(|v| v == id)
+        };
+        if is_voter {
+            return Err(Status::already_exists(format!("replica {id} is already a voter")));
+        }
+        tracing::info!(id, %address, "adding replica: catching it up as a learner");
+        let raft = &self.replica.raft;
+        tokio::time::timeout_at(deadline, raft.add_learner(id, BasicNode::new(address), true))
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "replica {id} did not catch up before the deadline: is it running and reachable?"
+                ))
+            })?
+            .map_err(membership_error)?;
+        let add = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+        tokio::time::timeout_at(deadline, raft.change_membership(add, false))
+            .await
+            .map_err(|_| Status::deadline_exceeded("membership change not committed in time"))?
+            .map_err(membership_error)?;
+        tracing::info!(id, "replica added as a voter");
+        Ok(Response::new(AddReplicaResponse {
+            status: Some(ClusterApi::status(self).await),
+        }))
+    }
+
+    async fn remove_replica(
+        &self,
+        req: Request<RemoveReplicaRequest>,
+    ) -> Result<Response<RemoveReplicaResponse>, Status> {
+        let deadline = deadline(&req, MEMBERSHIP_TIMEOUT);
+        if let Some(mut leader) = self.leader_client(&req, deadline).await? {
+            return leader.remove_replica(forwarded(req.into_inner(), deadline)).await;
+        }
+        let id = req.into_inner().id;
+        let (known, voters) = {
+            let rx = self.replica.raft.metrics();
+            let m = rx.borrow_watched();
+            let membership = m.membership_config.membership();
+            (
+                membership.get_node(&id).is_some(),
+                membership.voter_ids().collect::<BTreeSet<_>>(),
+            )
+        };
+        if !known {
+            return Err(Status::not_found(format!("replica {id} is not a member")));
+        }
+        if voters.len() == 1 && voters.contains(&id) {
+            return Err(Status::failed_precondition(
+                "cannot remove the last voter: the cluster would have no quorum",
+            ));
+        }
+        let raft = &self.replica.raft;
+        let change = if voters.contains(&id) {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        tokio::time::timeout_at(deadline, raft.change_membership(change, false))
+            .await
+            .map_err(|_| Status::deadline_exceeded("membership change not committed in time"))?
+            .map_err(membership_error)?;
+        tracing::info!(id, "replica removed");
+        Ok(Response::new(RemoveReplicaResponse {
+            status: Some(ClusterApi::status(self).await),
+        }))
+    }
+}

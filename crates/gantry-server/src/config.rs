@@ -1,0 +1,218 @@
+//! A replica's configuration, validated before anything starts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything `gantry server` needs. Built by the CLI from flags, `GANTRY_*`
+/// environment variables and an optional TOML file (in that order of
+/// precedence), then checked by [`ServerConfig::validate`].
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// This replica's id; must be a key of `peers`.
+    pub id: u64,
+    /// Address to listen on (`host:port`; port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Every replica of the initial cluster: id → `host:port` other replicas reach it at.
+    pub peers: BTreeMap<u64, String>,
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub raft: RaftTimings,
+    /// Never bootstrap the cluster: for a replica that is added to a running
+    /// cluster with `gantry cluster add-replica`.
+    #[serde(default)]
+    pub join: bool,
+    /// How long a client request may wait for a leader or a commit before
+    /// the replica answers UNAVAILABLE (a client's own grpc-timeout, if shorter, wins).
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+/// Raft timing and compaction knobs, in milliseconds and entries.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTimings {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot (and compact the log) after this many entries.
+    pub snapshot_every: u64,
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 600,
+            election_timeout_max_ms: 1200,
+            snapshot_every: 10_000,
+        }
+    }
+}
+
+fn default_request_timeout_ms() -> u64 {
+    10_000
+}
+
+/// A configuration problem: the field and how to fix it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid configuration: {field}: {problem}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub problem: String,
+}
+
+fn bad(field: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field,
+        problem: problem.into(),
+    }
+}
+
+// === impl ServerConfig ===
+
+impl ServerConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id == 0 {
+            return Err(bad("id", "must be 1 or more (0 means \"none\" in the API)"));
+        }
+        if self.peers.is_empty() {
+            return Err(bad(
+                "peers",
+                "is empty: list every replica as ID=HOST:PORT,... including this one",
+            ));
+        }
+        if !self.peers.contains_key(&self.id) {
+            return Err(bad(
+                "peers",
+                format!(
+                    "does not contain this replica's id {}: add {}=HOST:PORT",
+                    self.id, self.id
+                ),
+            ));
+        }
+        if self.peers.contains_key(&0) {
+            return Err(bad("peers", "replica id 0 is not allowed"));
+        }
+        for (id, addr) in &self.peers {
+            if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                return Err(bad(
+                    "peers",
+                    format!("address {addr:?} of replica {id} is not HOST:PORT"),
+                ));
+            }
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(bad("data_dir", "is empty: give a directory for Raft data"));
+        }
+        let r = &self.raft;
+        if r.heartbeat_ms == 0 {
+            return Err(bad("raft.heartbeat_ms", "must be at least 1"));
+        }
+        if r.election_timeout_min_ms <= r.heartbeat_ms {
+            return Err(bad(
+                "raft.election_timeout_min_ms",
+                format!(
+                    "must be greater than raft.heartbeat_ms ({}); three times or more is usual",
+                    r.heartbeat_ms
+                ),
+            ));
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return Err(bad(
+                "raft.election_timeout_max_ms",
+                "must be greater than raft.election_timeout_min_ms",
+            ));
+        }
+        if r.snapshot_every == 0 {
+            return Err(bad("raft.snapshot_every", "must be at least 1"));
+        }
+        if self.request_timeout_ms == 0 {
+            return Err(bad("request_timeout_ms", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// The openraft configuration these settings mean.
+    pub(crate) fn openraft(&self) -> Result<openraft::Config, ConfigError> {
+        let r = &self.raft;
+        openraft::Config {
+            cluster_name: "gantry".into(),
+            heartbeat_interval: r.heartbeat_ms,
+            election_timeout_min: r.election_timeout_min_ms,
+            election_timeout_max: r.election_timeout_max_ms,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_every),
+            max_in_snapshot_log_to_keep: r.snapshot_every.min(1_000),
+            purge_batch_size: 256,
+            max_payload_entries: 1_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| bad("raft", e.to_string()))
+    }
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
+    let mut peers = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| bad("peers", format!("{part:?} is not ID=HOST:PORT")))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| bad("peers", format!("{id:?} in {part:?} is not a replica id")))?;
+        if peers.insert(id, addr.trim().to_owned()).is_some() {
+            return Err(bad("peers", format!("replica id {id} is listed twice")));
+        }
+    }
+    Ok(peers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> ServerConfig {
+        ServerConfig {
+            id: 1,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            peers: parse_peers("1=127.0.0.1:7001,2=127.0.0.1:7002").unwrap(),
+            data_dir: "/tmp/x".into(),
+            raft: RaftTimings::default(),
+            join: false,
+            request_timeout_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn t10_valid_config_passes_and_maps_to_openraft() {
+        cfg().validate().unwrap();
+        cfg().openraft().unwrap();
+    }
+
+    #[test]
+    fn t10_errors_name_the_field() {
+        let mut c = cfg();
+        c.id = 3;
+        assert_eq!(c.validate().unwrap_err().field, "peers");
+        let mut c = cfg();
+        c.raft.election_timeout_min_ms = 50;
+        assert_eq!(c.validate().unwrap_err().field, "raft.election_timeout_min_ms");
+        assert_eq!(parse_peers("1=a:1,1=b:2").unwrap_err().field, "peers");
+        assert!(parse_peers("x=a:1").is_err());
+        let mut c = cfg();
+        c.peers.insert(2, "nope".into());
+        assert!(c.validate().unwrap_err().problem.contains("HOST:PORT"));
+    }
+}

@@ -1,0 +1,126 @@
+//! The replica-to-replica service: Raft RPCs, forwarded writes, read index
+//! and local status.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use gantry_core::Command;
+use gantry_proto::internal::v1::raft_service_server::RaftService;
+use gantry_proto::internal::v1::{
+    LocalStatusRequest, LocalStatusResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
+    SnapshotChunk,
+};
+use gantry_store::{Snapshot, SnapshotMeta, Vote};
+use openraft::async_runtime::WatchReceiver;
+use serde::Serialize;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::deadline::deadline;
+use crate::network::{decode, encode};
+use crate::replica::Replica;
+
+/// The largest snapshot a replica accepts over the wire.
+pub const MAX_SNAPSHOT_BYTES: usize = 4 * 1024 * 1024 * 1024;
+
+pub struct InternalService {
+    pub(crate) replica: Arc<Replica>,
+}
+
+fn payload<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
+    let data = encode(v).map_err(|e| Status::internal(format!("encoding reply: {e}")))?;
+    Ok(Response::new(RaftPayload { data }))
+}
+
+fn bad_payload(e: serde_json::Error) -> Status {
+    Status::invalid_argument(format!("undecodable raft payload: {e}"))
+}
+
+/// This replica's own view of Raft, from its metrics.
+pub(crate) fn local_status(replica: &Replica) -> LocalStatusResponse {
+    let rx = replica.raft.metrics();
+    let m = rx.borrow_watched();
+    LocalStatusResponse {
+        id: replica.id,
+        role: role_name(m.state).to_owned(),
+        term: m.current_term,
+        last_log_index: m.last_log_index.unwrap_or(0),
+        applied_index: m.last_applied.map_or(0, |l| l.index),
+        leader_id: m.current_leader.unwrap_or(0),
+        has_leader: m.current_leader.is_some(),
+    }
+}
+
+pub(crate) fn role_name(s: openraft::ServerState) -> &'static str {
+    match s {
+        openraft::ServerState::Leader => "leader",
+        openraft::ServerState::Follower => "follower",
+        openraft::ServerState::Candidate => "candidate",
+        openraft::ServerState::Learner => "learner",
+        openraft::ServerState::Shutdown => "shutdown",
+    }
+}
+
+#[tonic::async_trait]
+impl RaftService for InternalService {
+    async fn append_entries(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(&req.into_inner().data).map_err(bad_payload)?;
+        payload(&self.replica.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc = decode(&req.into_inner().data).map_err(bad_payload)?;
+        payload(&self.replica.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let mut stream = req.into_inner();
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        let (vote, meta): (Vote, SnapshotMeta) = decode(&first.header).map_err(bad_payload)?;
+        let mut data = first.data;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if data.len() + chunk.data.len() > MAX_SNAPSHOT_BYTES {
+                return Err(Status::resource_exhausted(format!(
+                    "snapshot is larger than the {MAX_SNAPSHOT_BYTES}-byte limit"
+                )));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        let snapshot = Snapshot {
+            meta,
+            snapshot: data,
+        };
+        payload(&self.replica.raft.install_full_snapshot(vote, snapshot).await)
+    }
+
+    async fn propose(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let deadline = deadline(&req, self.replica.config.request_timeout());
+        let cmd: Command = decode(&req.into_inner().data).map_err(bad_payload)?;
+        payload(&self.replica.propose_forwarded(cmd, deadline).await)
+    }
+
+    async fn read_index(
+        &self,
+        req: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexResponse>, Status> {
+        let deadline = deadline(&req, self.replica.config.request_timeout());
+        let read_index = self.replica.serve_read_index(deadline).await?;
+        Ok(Response::new(ReadIndexResponse { read_index }))
+    }
+
+    async fn local_status(
+        &self,
+        _req: Request<LocalStatusRequest>,
+    ) -> Result<Response<LocalStatusResponse>, Status> {
+        Ok(Response::new(local_status(&self.replica)))
+    }
+}

@@ -1,0 +1,162 @@
+//! `gantry.v1.JobService`: authenticate (later) → validate → take the time
+//! and ids once → commit through the leader → answer.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use gantry_core::limits::{validate_batch, validate_reason};
+use gantry_core::{Command, JobFilter, NewJob, Outcome};
+use gantry_proto::v1::job_service_server::JobService;
+use gantry_proto::v1::{
+    CancelJobRequest, CancelJobResponse, GetJobRequest, GetJobResponse, ListJobsRequest,
+    ListJobsResponse, SubmitJobsRequest, SubmitJobsResponse, SubmittedJob,
+};
+use tonic::{Request, Response, Status};
+
+use crate::convert::{job_state_from_api, job_to_api, spec_from_api};
+use crate::deadline::deadline;
+use crate::error;
+use crate::replica::Replica;
+
+/// ListJobs page size when the request gives none, and the most it may ask for.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+pub const MAX_PAGE_SIZE: u32 = 1_000;
+
+pub struct JobApi {
+    pub(crate) replica: Arc<Replica>,
+}
+
+/// Milliseconds since the Unix epoch: read once per request, by the proposer.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn require_job_id(id: &str) -> Result<(), Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument("job_id: is empty"));
+    }
+    if id.len() > gantry_core::limits::MAX_NAME_BYTES {
+        return Err(Status::invalid_argument("job_id: is too long to be a job id"));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl JobService for JobApi {
+    async fn submit_jobs(
+        &self,
+        req: Request<SubmitJobsRequest>,
+    ) -> Result<Response<SubmitJobsResponse>, Status> {
+        let deadline = deadline(&req, self.replica.config.request_timeout());
+        let specs: Vec<_> = req.into_inner().jobs.into_iter().map(spec_from_api).collect();
+        validate_batch(&specs).map_err(error::invalid)?;
+        let jobs = specs
+            .into_iter()
+            .map(|spec| NewJob {
+                id: uuid::Uuid::new_v4().to_string(),
+                spec,
+            })
+            .collect();
+        let cmd = Command::SubmitJobs {
+            now_ms: now_ms(),
+            jobs,
+        };
+        let (outcome, index) = self.replica.write(cmd, deadline).await?;
+        let Outcome::Submitted(result) = outcome else {
+            return Err(error::unexpected_outcome("SubmitJobs"));
+        };
+        let submitted = result.map_err(error::submit)?;
+        Ok(Response::new(SubmitJobsResponse {
+            jobs: submitted
+                .into_iter()
+                .map(|s| SubmittedJob {
+                    job_id: s.job_id,
+                    existing: s.existing,
+                })
+                .collect(),
+            commit_index: index,
+        }))
+    }
+
+    async fn get_job(&self, req: Request<GetJobRequest>) -> Result<Response<GetJobResponse>, Status> {
+        let deadline = deadline(&req, self.replica.config.request_timeout());
+        let req = req.into_inner();
+        require_job_id(&req.job_id)?;
+        if !req.stale {
+            self.replica.read_barrier(deadline).await?;
+        }
+        let job = self
+            .replica
+            .state
+            .read(|s, _| s.job(&req.job_id).map(|j| job_to_api(j, true)))
+            .await
+            .ok_or_else(|| Status::not_found(format!("job {} not found", req.job_id)))?;
+        Ok(Response::new(GetJobResponse { job: Some(job) }))
+    }
+
+    async fn list_jobs(
+        &self,
+        req: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsResponse>, Status> {
+        let deadline = deadline(&req, self.replica.config.request_timeout());
+        let req = req.into_inner();
+        let filter = JobFilter {
+            states: req
+                .states
+                .iter()
+                .map(|s| job_state_from_api(*s))
+                .collect::<Result<_, _>>()?,
+            name_prefix: req.name_prefix,
+        };
+        let after = if req.page_token.is_empty() {
+            None
+        } else {
+            Some(req.page_token.parse::<u64>().map_err(|_| {
+                Status::invalid_argument(
+                    "page_token: not a token from a previous ListJobs response",
+                )
+            })?)
+        };
+        let limit = match req.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        } as usize;
+        if !req.stale {
+            self.replica.read_barrier(deadline).await?;
+        }
+        let page = self
+            .replica
+            .state
+            .read(|s, _| s.list_jobs(&filter, after, limit))
+            .await;
+        Ok(Response::new(ListJobsResponse {
+            jobs: page.jobs.iter().map(|j| job_to_api(j, false)).collect(),
+            next_page_token: page.next_after.map(|s| s.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn cancel_job(
+        &self,
+        req: Request<CancelJobRequest>,
+    ) -> Result<Response<CancelJobResponse>, Status> {
+        let deadline = deadline(&req, self.replica.config.request_timeout());
+        let req = req.into_inner();
+        require_job_id(&req.job_id)?;
+        validate_reason(&req.reason).map_err(error::invalid)?;
+        let cmd = Command::CancelJob {
+            now_ms: now_ms(),
+            job_id: req.job_id,
+            reason: req.reason,
+        };
+        let (outcome, _) = self.replica.write(cmd, deadline).await?;
+        let Outcome::Cancelled(result) = outcome else {
+            return Err(error::unexpected_outcome("CancelJob"));
+        };
+        let job = result.map_err(error::cancel)?;
+        Ok(Response::new(CancelJobResponse {
+            job: Some(job_to_api(&job, true)),
+        }))
+    }
+}

@@ -1,0 +1,241 @@
+//! A replica's write and read paths: find the leader, propose locally or
+//! forward, and make reads linearizable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gantry_core::{Command, Outcome};
+use gantry_proto::internal::v1::{RaftPayload, ReadIndexRequest};
+use gantry_store::{Raft, ReplicaId, StateReader};
+use openraft::ReadPolicy;
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, RaftError};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tonic::{Code, Status};
+
+use crate::config::ServerConfig;
+use crate::network::{decode, encode};
+use crate::peers::Peers;
+
+/// The answer to a forwarded write, as the leader sends it back.
+pub(crate) type ForwardReply = Result<(Outcome, u64), ForwardError>;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ForwardError {
+    /// The replica asked is not the leader (any more).
+    NotLeader,
+    /// The leader could not commit the write; the message says why.
+    Failed(String),
+}
+
+/// Why one try at a write did not succeed.
+enum Try {
+    /// Leadership moved: look for the leader again.
+    Again,
+    Fail(Status),
+}
+
+/// Pause between tries while leadership settles.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+pub struct Replica {
+    pub id: ReplicaId,
+    pub raft: Raft,
+    pub state: StateReader,
+    pub peers: Peers,
+    pub config: Arc<ServerConfig>,
+}
+
+fn unavailable_no_leader(waited: Duration) -> Status {
+    Status::unavailable(format!(
+        "no leader was elected within {waited:?}: fewer than a majority of replicas are reachable"
+    ))
+}
+
+// === impl Replica ===
+
+impl Replica {
+    /// The current leader and its address, waiting for one until `deadline`.
+    pub async fn leader(&self, deadline: Instant) -> Result<(ReplicaId, String), Status> {
+        let started = Instant::now();
+        let mut rx = self.raft.metrics();
+        loop {
+            {
+                let m = rx.borrow_watched();
+                if let Some(id) = m.current_leader
+                    && let Some(node) = m.membership_config.membership().get_node(&id)
+                {
+                    return Ok((id, node.addr.clone()));
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Status::unavailable("replica is shutting down")),
+                Err(_) => return Err(unavailable_no_leader(started.elapsed())),
+            }
+        }
+    }
+
+    /// Commits `cmd` through the leader, wherever it is, by `deadline`.
+    /// Returns the outcome of applying it and its log index.
+    pub async fn write(&self, cmd: Command, deadline: Instant) -> Result<(Outcome, u64), Status> {
+        loop {
+            let (leader, addr) = self.leader(deadline).await?;
+            let result = if leader == self.id {
+                self.propose_local(cmd.clone(), deadline).await
+            } else {
+                self.forward(leader, &addr, &cmd, deadline).await
+            };
+            match result {
+                Ok(v) => return Ok(v),
+                Err(Try::Fail(status)) => return Err(status),
+                Err(Try::Again) => {
+                    if Instant::now() + RETRY_PAUSE >= deadline {
+                        return Err(Status::unavailable(
+                            "leadership kept changing until the deadline; the write was not committed",
+                        ));
+                    }
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        }
+    }
+
+    async fn propose_local(&self, cmd: Command, deadline: Instant) -> Result<(Outcome, u64), Try> {
+        match tokio::time::timeout_at(deadline, self.raft.client_write(cmd)).await {
+            Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(Try::Again),
+            Ok(Err(e)) => Err(Try::Fail(Status::unavailable(format!(
+                "the write was not committed: {e}; its outcome is unknown, retry with the same idempotency key"
+            )))),
+            Err(_) => Err(Try::Fail(Status::unavailable(
+                "the write was not committed before the deadline (no quorum?); its outcome is \
+                 unknown, retry with the same idempotency key",
+            ))),
+        }
+    }
+
+    /// Leader side of a forwarded write.
+    pub(crate) async fn propose_forwarded(&self, cmd: Command, deadline: Instant) -> ForwardReply {
+        match self.propose_local(cmd, deadline).await {
+            Ok(v) => Ok(v),
+            Err(Try::Again) => Err(ForwardError::NotLeader),
+            Err(Try::Fail(s)) => Err(ForwardError::Failed(s.message().to_owned())),
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: ReplicaId,
+        addr: &str,
+        cmd: &Command,
+        deadline: Instant,
+    ) -> Result<(Outcome, u64), Try> {
+        let mut client = self.peers.raft_client(addr).await.map_err(Try::Fail)?;
+        let data = encode(cmd).map_err(|e| Try::Fail(Status::internal(e.to_string())))?;
+        let mut req = tonic::Request::new(RaftPayload { data });
+        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let reply = match tokio::time::timeout_at(deadline, client.propose(req)).await {
+            Ok(Ok(r)) => r.into_inner(),
+            // The leader is unreachable: it may have died; find the new one.
+            Ok(Err(s)) if s.code() == Code::Unavailable => {
+                tracing::debug!(leader, error = %s, "forwarding failed; looking for the leader again");
+                return Err(Try::Again);
+            }
+            Ok(Err(s)) => return Err(Try::Fail(s)),
+            Err(_) => {
+                return Err(Try::Fail(Status::unavailable(format!(
+                    "leader {leader} did not confirm the write before the deadline; its outcome \
+                     is unknown, retry with the same idempotency key"
+                ))));
+            }
+        };
+        match decode::<ForwardReply>(&reply.data) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(ForwardError::NotLeader)) => Err(Try::Again),
+            Ok(Err(ForwardError::Failed(msg))) => Err(Try::Fail(Status::unavailable(msg))),
+            Err(e) => Err(Try::Fail(Status::internal(format!(
+                "leader {leader} sent an undecodable reply: {e}"
+            )))),
+        }
+    }
+
+    /// Returns once this replica has applied everything committed before the
+    /// call began (a read-index read), so a read that follows is linearizable.
+    pub async fn read_barrier(&self, deadline: Instant) -> Result<(), Status> {
+        loop {
+            let (leader, addr) = self.leader(deadline).await?;
+            let index = if leader == self.id {
+                match self.leader_read_index(deadline).await {
+                    Ok(i) => i,
+                    Err(Try::Again) => {
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                        continue;
+                    }
+                    Err(Try::Fail(s)) => return Err(s),
+                }
+            } else {
+                let mut client = self.peers.raft_client(&addr).await?;
+                let mut req = tonic::Request::new(ReadIndexRequest {});
+                req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+                match tokio::time::timeout_at(deadline, client.read_index(req)).await {
+                    Ok(Ok(r)) => r.into_inner().read_index,
+                    Ok(Err(s)) if s.code() == Code::Unavailable || s.code() == Code::FailedPrecondition => {
+                        if Instant::now() + RETRY_PAUSE >= deadline {
+                            return Err(Status::unavailable(format!(
+                                "could not confirm a read index with the leader: {}",
+                                s.message()
+                            )));
+                        }
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                        continue;
+                    }
+                    Ok(Err(s)) => return Err(s),
+                    Err(_) => {
+                        return Err(Status::unavailable(
+                            "the leader did not confirm a read index before the deadline",
+                        ));
+                    }
+                }
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            return self
+                .raft
+                .wait(Some(remaining))
+                .applied_index_at_least(Some(index), "linearizable read")
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    Status::unavailable(format!(
+                        "this replica did not catch up to read index {index} in time: {e}"
+                    ))
+                });
+        }
+    }
+
+    /// On the leader: the index a read must wait for, after confirming
+    /// leadership with a quorum.
+    async fn leader_read_index(&self, deadline: Instant) -> Result<u64, Try> {
+        let read = self.raft.get_read_linearizer(ReadPolicy::ReadIndex);
+        match tokio::time::timeout_at(deadline, read).await {
+            Ok(Ok(l)) => Ok(l.read_log_id().index()),
+            Ok(Err(e)) if e.forward_to_leader().is_some() => Err(Try::Again),
+            Ok(Err(e)) => Err(Try::Fail(Status::unavailable(format!(
+                "leadership could not be confirmed: {e}"
+            )))),
+            Err(_) => Err(Try::Fail(Status::unavailable(
+                "leadership could not be confirmed with a quorum before the deadline",
+            ))),
+        }
+    }
+
+    /// Leader side of a follower's read-index request.
+    pub(crate) async fn serve_read_index(&self, deadline: Instant) -> Result<u64, Status> {
+        match self.leader_read_index(deadline).await {
+            Ok(i) => Ok(i),
+            Err(Try::Again) => Err(Status::failed_precondition("not the leader")),
+            Err(Try::Fail(s)) => Err(s),
+        }
+    }
+}
