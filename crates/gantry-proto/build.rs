@@ -17,7 +17,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let fds = protox::compile(files, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out.join("gantry_descriptor.bin"), fds.encode_to_vec())?;
+    let encoded = fds.encode_to_vec();
+    std::fs::write(out.join("gantry_descriptor.bin"), &encoded)?;
+    // Proto3 JSON mapping (enum names, camelCase) for the public API, so
+    // `--json` output reads like grpcurl's.
+    pbjson_build::Builder::new()
+        .register_descriptors(&encoded)?
+        .build(&[".gantry.v1"])?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

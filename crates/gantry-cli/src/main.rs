@@ -1,1 +1,131 @@
-fn main() {}
+//! `gantry`: one binary for the replica (`server`), a local cluster (`dev`)
+//! and the CLI (`job`, `cluster`). A thin clap layer over gantry-server and
+//! gantry-client.
+
+mod cluster_cmd;
+mod dev;
+mod job_cmd;
+mod output;
+mod parse;
+mod server_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use gantry_client::{Client, ClientError, ClientOptions};
+
+/// Exit codes, after sysexits.h.
+pub const EXIT_USAGE: u8 = 64;
+pub const EXIT_UNAVAILABLE: u8 = 69;
+
+#[derive(Parser)]
+#[command(
+    name = "gantry",
+    version,
+    about = "A highly available job orchestrator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every client command takes.
+#[derive(clap::Args, Clone)]
+pub struct ClientArgs {
+    /// Replica addresses (HOST:PORT, comma-separated); any replica will do.
+    #[arg(long, env = "GANTRY_SERVERS", value_delimiter = ',', global = true)]
+    pub servers: Vec<String>,
+    /// Print JSON (the API's proto3 JSON mapping) instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// How long to keep trying replicas before giving up, in seconds.
+    #[arg(long, default_value_t = 15, global = true)]
+    pub retry_seconds: u64,
+}
+
+impl ClientArgs {
+    pub fn client(&self) -> Result<Client, ClientError> {
+        let opts = ClientOptions {
+            retry_deadline: std::time::Duration::from_secs(self.retry_seconds),
+            ..ClientOptions::default()
+        };
+        Client::new(&self.servers, opts)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a replica.
+    Server(Box<server_cmd::ServerArgs>),
+    /// Run a local cluster of replicas as child processes (for trying Gantry out).
+    Dev(dev::DevArgs),
+    /// Submit, inspect, list and cancel jobs.
+    Job {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: job_cmd::JobCommand,
+    },
+    /// Inspect and change the set of replicas.
+    Cluster {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: cluster_cmd::ClusterCommand,
+    },
+}
+
+/// What a failed command reports and how it exits.
+pub struct Failure {
+    pub message: String,
+    pub code: u8,
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match e.code() {
+            Some(tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) => EXIT_UNAVAILABLE,
+            None => EXIT_USAGE,
+            Some(_) => 1,
+        };
+        Failure {
+            message: e.to_string(),
+            code,
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure {
+            message: format!("{e:#}"),
+            code: 1,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Server(args) => server_cmd::run(*args).await,
+            Command::Dev(args) => dev::run(args).await,
+            Command::Job { client, command } => job_cmd::run(&client, command).await,
+            Command::Cluster { client, command } => cluster_cmd::run(&client, command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}

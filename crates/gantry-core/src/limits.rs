@@ -95,10 +95,7 @@ impl JobSpec {
             ));
         }
         if let Some(k) = self.env.keys().find(|k| k.is_empty() || k.contains('=')) {
-            return Err(err(
-                "env",
-                format!("key {k:?} is empty or contains '='"),
-            ));
+            return Err(err("env", format!("key {k:?} is empty or contains '='")));
         }
         check_len("name", &self.name, MAX_NAME_BYTES)?;
         check_len("idempotency_key", &self.idempotency_key, MAX_NAME_BYTES)?;

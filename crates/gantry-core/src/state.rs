@@ -227,7 +227,11 @@ impl State {
         let out = SnapshotOut {
             version: SNAPSHOT_VERSION,
             next_seq: self.next_seq,
-            jobs: self.by_seq.values().filter_map(|id| self.jobs.get(id)).collect(),
+            jobs: self
+                .by_seq
+                .values()
+                .filter_map(|id| self.jobs.get(id))
+                .collect(),
         };
         Ok(serde_json::to_vec(&out)?)
     }

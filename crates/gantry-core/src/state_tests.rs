@@ -137,7 +137,11 @@ fn t20_list_pages_in_submission_order_with_filters() {
     let p1 = s.list_jobs(&all, None, 10);
     assert_eq!(p1.jobs.len(), 10);
     assert_eq!(p1.jobs[0].id, "j00");
-    let p3 = s.list_jobs(&all, Some(s.list_jobs(&all, p1.next_after, 10).next_after.unwrap()), 10);
+    let p3 = s.list_jobs(
+        &all,
+        Some(s.list_jobs(&all, p1.next_after, 10).next_after.unwrap()),
+        10,
+    );
     assert_eq!(p3.jobs.len(), 5);
     assert_eq!(p3.next_after, None);
     let odd = JobFilter {

@@ -5,6 +5,7 @@
 
 pub mod v1 {
     tonic::include_proto!("gantry.v1");
+    include!(concat!(env!("OUT_DIR"), "/gantry.v1.serde.rs"));
 }
 
 pub mod internal {

@@ -34,10 +34,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("cannot open the data directory {dir}: {source}")]
-    Storage {
-        dir: String,
-        source: std::io::Error,
-    },
+    Storage { dir: String, source: std::io::Error },
     #[error("raft failed to start: {0}")]
     Raft(String),
     #[error("reflection service: {0}")]
@@ -66,7 +63,10 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
 
 /// Starts the replica on an already bound listener (tests bind port 0 first
 /// so that every replica's address is known before any starts).
-pub async fn start_on(config: ServerConfig, listener: TcpListener) -> Result<ServerHandle, StartError> {
+pub async fn start_on(
+    config: ServerConfig,
+    listener: TcpListener,
+) -> Result<ServerHandle, StartError> {
     config.validate()?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen {
         addr: config.listen,
@@ -150,12 +150,18 @@ async fn bootstrap(raft: &Raft, config: &ServerConfig) -> Result<(), StartError>
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
     if initialized {
-        tracing::info!(id = config.id, "found existing raft state; not bootstrapping");
+        tracing::info!(
+            id = config.id,
+            "found existing raft state; not bootstrapping"
+        );
         return Ok(());
     }
     let lowest = config.peers.keys().next().copied();
     if config.join || lowest != Some(config.id) {
-        tracing::info!(id = config.id, "empty raft state; waiting for the leader to contact this replica");
+        tracing::info!(
+            id = config.id,
+            "empty raft state; waiting for the leader to contact this replica"
+        );
         return Ok(());
     }
     let members: BTreeMap<u64, BasicNode> = config

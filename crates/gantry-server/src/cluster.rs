@@ -147,13 +147,19 @@ impl ClusterService for ClusterApi {
     ) -> Result<Response<AddReplicaResponse>, Status> {
         let deadline = deadline(&req, MEMBERSHIP_TIMEOUT);
         if let Some(mut leader) = self.leader_client(&req, deadline).await? {
-            return leader.add_replica(forwarded(req.into_inner(), deadline)).await;
+            return leader
+                .add_replica(forwarded(req.into_inner(), deadline))
+                .await;
         }
         let AddReplicaRequest { id, address } = req.into_inner();
         if id == 0 {
             return Err(Status::invalid_argument("id: must be 1 or more"));
         }
-        if address.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+        if address
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
             return Err(Status::invalid_argument(format!(
                 "address: {address:?} is not HOST:PORT"
             )));
@@ -161,21 +167,29 @@ impl ClusterService for ClusterApi {
         let is_voter = {
             let rx = self.replica.raft.metrics();
             let m = rx.borrow_watched();
-            m.membership_config.membership().voter_ids().any(|v| v == id)
+            m.membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == id)
         };
         if is_voter {
-            return Err(Status::already_exists(format!("replica {id} is already a voter")));
+            return Err(Status::already_exists(format!(
+                "replica {id} is already a voter"
+            )));
         }
         tracing::info!(id, %address, "adding replica: catching it up as a learner");
         let raft = &self.replica.raft;
-        tokio::time::timeout_at(deadline, raft.add_learner(id, BasicNode::new(address), true))
-            .await
-            .map_err(|_| {
-                Status::deadline_exceeded(format!(
-                    "replica {id} did not catch up before the deadline: is it running and reachable?"
-                ))
-            })?
-            .map_err(membership_error)?;
+        tokio::time::timeout_at(
+            deadline,
+            raft.add_learner(id, BasicNode::new(address), true),
+        )
+        .await
+        .map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "replica {id} did not catch up before the deadline: is it running and reachable?"
+            ))
+        })?
+        .map_err(membership_error)?;
         let add = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
         tokio::time::timeout_at(deadline, raft.change_membership(add, false))
             .await
@@ -193,7 +207,9 @@ impl ClusterService for ClusterApi {
     ) -> Result<Response<RemoveReplicaResponse>, Status> {
         let deadline = deadline(&req, MEMBERSHIP_TIMEOUT);
         if let Some(mut leader) = self.leader_client(&req, deadline).await? {
-            return leader.remove_replica(forwarded(req.into_inner(), deadline)).await;
+            return leader
+                .remove_replica(forwarded(req.into_inner(), deadline))
+                .await;
         }
         let id = req.into_inner().id;
         let (known, voters) = {

@@ -99,7 +99,11 @@ impl ServerConfig {
             return Err(bad("peers", "replica id 0 is not allowed"));
         }
         for (id, addr) in &self.peers {
-            if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            if addr
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
                 return Err(bad(
                     "peers",
                     format!("address {addr:?} of replica {id} is not HOST:PORT"),
@@ -208,7 +212,10 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().field, "peers");
         let mut c = cfg();
         c.raft.election_timeout_min_ms = 50;
-        assert_eq!(c.validate().unwrap_err().field, "raft.election_timeout_min_ms");
+        assert_eq!(
+            c.validate().unwrap_err().field,
+            "raft.election_timeout_min_ms"
+        );
         assert_eq!(parse_peers("1=a:1,1=b:2").unwrap_err().field, "peers");
         assert!(parse_peers("x=a:1").is_err());
         let mut c = cfg();

@@ -157,8 +157,14 @@ mod tests {
 
     #[test]
     fn t10_unknown_state_is_invalid_argument() {
-        assert_eq!(job_state_from_api(99).unwrap_err().code(), tonic::Code::InvalidArgument);
-        assert_eq!(job_state_from_api(0).unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            job_state_from_api(99).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            job_state_from_api(0).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
         assert_eq!(job_state_from_api(5).unwrap(), core::JobState::Cancelled);
     }
 }

@@ -99,7 +99,13 @@ impl RaftService for InternalService {
             meta,
             snapshot: data,
         };
-        payload(&self.replica.raft.install_full_snapshot(vote, snapshot).await)
+        payload(
+            &self
+                .replica
+                .raft
+                .install_full_snapshot(vote, snapshot)
+                .await,
+        )
     }
 
     async fn propose(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

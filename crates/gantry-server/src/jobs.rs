@@ -38,7 +38,9 @@ fn require_job_id(id: &str) -> Result<(), Status> {
         return Err(Status::invalid_argument("job_id: is empty"));
     }
     if id.len() > gantry_core::limits::MAX_NAME_BYTES {
-        return Err(Status::invalid_argument("job_id: is too long to be a job id"));
+        return Err(Status::invalid_argument(
+            "job_id: is too long to be a job id",
+        ));
     }
     Ok(())
 }
@@ -50,7 +52,12 @@ impl JobService for JobApi {
         req: Request<SubmitJobsRequest>,
     ) -> Result<Response<SubmitJobsResponse>, Status> {
         let deadline = deadline(&req, self.replica.config.request_timeout());
-        let specs: Vec<_> = req.into_inner().jobs.into_iter().map(spec_from_api).collect();
+        let specs: Vec<_> = req
+            .into_inner()
+            .jobs
+            .into_iter()
+            .map(spec_from_api)
+            .collect();
         validate_batch(&specs).map_err(error::invalid)?;
         let jobs = specs
             .into_iter()
@@ -80,7 +87,10 @@ impl JobService for JobApi {
         }))
     }
 
-    async fn get_job(&self, req: Request<GetJobRequest>) -> Result<Response<GetJobResponse>, Status> {
+    async fn get_job(
+        &self,
+        req: Request<GetJobRequest>,
+    ) -> Result<Response<GetJobResponse>, Status> {
         let deadline = deadline(&req, self.replica.config.request_timeout());
         let req = req.into_inner();
         require_job_id(&req.job_id)?;

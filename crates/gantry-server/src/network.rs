@@ -93,7 +93,11 @@ impl PeerClient {
         Resp: DeserializeOwned,
         Fut: Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>,
     {
-        let client = self.peers.raft_client(&self.addr).await.map_err(to_rpc_error)?;
+        let client = self
+            .peers
+            .raft_client(&self.addr)
+            .await
+            .map_err(to_rpc_error)?;
         let mut request = tonic::Request::new(RaftPayload {
             data: encode(req).map_err(net_err)?,
         });
@@ -122,8 +126,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let timeout = option.hard_ttl().max(MIN_RPC_TIMEOUT);
-        self.unary(&rpc, timeout, |mut c, r| async move { c.append_entries(r).await })
-            .await
+        self.unary(&rpc, timeout, |mut c, r| async move {
+            c.append_entries(r).await
+        })
+        .await
     }
 
     async fn vote(
@@ -148,7 +154,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .raft_client(&self.addr)
             .await
             .map_err(|s| StreamingError::from(to_rpc_error(s)))?;
-        let header = encode(&(vote, &snapshot.meta)).map_err(|e| StreamingError::from(net_err(e)))?;
+        let header =
+            encode(&(vote, &snapshot.meta)).map_err(|e| StreamingError::from(net_err(e)))?;
         let data = snapshot.snapshot;
         let mut chunks: Vec<SnapshotChunk> = data
             .chunks(SNAPSHOT_CHUNK_BYTES)
@@ -159,9 +166,16 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .collect();
         match chunks.first_mut() {
             Some(first) => first.header = header,
-            None => chunks.push(SnapshotChunk { header, data: Vec::new() }),
+            None => chunks.push(SnapshotChunk {
+                header,
+                data: Vec::new(),
+            }),
         }
-        tracing::info!(target_replica = self.target, bytes = data.len(), "sending snapshot");
+        tracing::info!(
+            target_replica = self.target,
+            bytes = data.len(),
+            "sending snapshot"
+        );
         let send = client.install_snapshot(tokio_stream::iter(chunks));
         let reply = tokio::select! {
             r = send => r.map_err(|s| StreamingError::from(to_rpc_error(s)))?,
@@ -169,6 +183,11 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         };
         let result: Result<SnapshotResponse<TypeConfig>, openraft::errors::Fatal<TypeConfig>> =
             decode(&reply.into_inner().data).map_err(|e| StreamingError::from(net_err(e)))?;
-        result.map_err(|e| StreamingError::from(net_err(format!("replica {} refused snapshot: {e}", self.target))))
+        result.map_err(|e| {
+            StreamingError::from(net_err(format!(
+                "replica {} refused snapshot: {e}",
+                self.target
+            )))
+        })
     }
 }

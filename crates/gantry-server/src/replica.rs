@@ -181,7 +181,10 @@ impl Replica {
                 req.set_timeout(deadline.saturating_duration_since(Instant::now()));
                 match tokio::time::timeout_at(deadline, client.read_index(req)).await {
                     Ok(Ok(r)) => r.into_inner().read_index,
-                    Ok(Err(s)) if s.code() == Code::Unavailable || s.code() == Code::FailedPrecondition => {
+                    Ok(Err(s))
+                        if s.code() == Code::Unavailable
+                            || s.code() == Code::FailedPrecondition =>
+                    {
                         if Instant::now() + RETRY_PAUSE >= deadline {
                             return Err(Status::unavailable(format!(
                                 "could not confirm a read index with the leader: {}",

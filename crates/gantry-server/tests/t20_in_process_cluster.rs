@@ -153,7 +153,11 @@ async fn t30_leader_stop_elects_a_new_leader_and_keeps_the_job() {
     let leader = cluster.leader().await;
     let follower = cluster.follower(leader);
     let client = cluster.client(follower, ClientOptions::default());
-    let job_id = client.submit_jobs(vec![spec(&["/bin/true"])]).await.unwrap().jobs[0]
+    let job_id = client
+        .submit_jobs(vec![spec(&["/bin/true"])])
+        .await
+        .unwrap()
+        .jobs[0]
         .job_id
         .clone();
     tracing::info!(leader, "stopping the leader");

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use futures::{Stream, TryStreamExt};
 use gantry_core::{Outcome, State};
-use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::EntryPayload;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
@@ -165,7 +165,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Vec<u8>,
+    ) -> Result<(), io::Error> {
         let mut restored = decode_snapshot(&snapshot)?;
         // The meta is authoritative for what the snapshot covers.
         restored.last_applied = meta.last_log_id;

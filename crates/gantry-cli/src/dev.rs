@@ -1,0 +1,238 @@
+//! `gantry dev`: a local cluster of replicas as child processes on loopback.
+//!
+//! Writes `DIR/cluster.json` (each member's id, address, pid, data dir, log)
+//! and `DIR/env` (`. DIR/env` points the CLI at the cluster). Re-running it
+//! with the same directory restarts the same cluster, jobs and all;
+//! `--fresh` starts over. Ctrl-C or SIGTERM stops every child.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use gantry_client::{Client, ClientOptions};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use crate::Failure;
+use crate::server_cmd::shutdown_signal;
+
+#[derive(clap::Args)]
+pub struct DevArgs {
+    /// Where replicas keep their data, logs, cluster.json and env.
+    #[arg(long, default_value = ".gantry-dev")]
+    data_dir: PathBuf,
+    /// Number of replicas (odd: 1, 3 or 5).
+    #[arg(long, default_value_t = 3)]
+    replicas: u64,
+    /// Delete any previous dev cluster in --data-dir first.
+    #[arg(long)]
+    fresh: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ClusterFile {
+    replicas: Vec<Member>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Member {
+    id: u64,
+    address: String,
+    pid: u32,
+    data_dir: PathBuf,
+    log: PathBuf,
+}
+
+/// Free loopback ports: bound on port 0 and released for the children.
+fn free_ports(n: u64) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .context("finding free loopback ports")?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+/// The previous cluster's addresses, when this directory holds one.
+fn previous_addresses(dir: &Path, n: u64) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(dir.join("cluster.json")).ok()?;
+    let file: ClusterFile = serde_json::from_str(&text).ok()?;
+    (file.replicas.len() as u64 == n)
+        .then(|| file.replicas.into_iter().map(|m| m.address).collect())
+}
+
+fn spawn_replica(dir: &Path, id: u64, addr: &str, peers: &str) -> anyhow::Result<(Child, Member)> {
+    let data_dir = dir.join(format!("replica-{id}"));
+    let log = dir.join(format!("replica-{id}.log"));
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let exe = std::env::current_exe().context("finding the gantry binary")?;
+    let child = Command::new(exe)
+        .args([
+            "server",
+            "--id",
+            &id.to_string(),
+            "--listen",
+            addr,
+            "--peers",
+            peers,
+        ])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting a replica")?;
+    let member = Member {
+        id,
+        address: addr.to_owned(),
+        pid: child.id().unwrap_or(0),
+        data_dir,
+        log,
+    };
+    Ok((child, member))
+}
+
+pub async fn run(args: DevArgs) -> Result<(), Failure> {
+    gantry_telemetry::init(gantry_telemetry::LogFormat::Human);
+    Ok(run_inner(args).await?)
+}
+
+async fn run_inner(args: DevArgs) -> anyhow::Result<()> {
+    if args.replicas == 0 || args.replicas > 7 {
+        bail!("--replicas must be between 1 and 7 (3 or 5 for fault tolerance)");
+    }
+    let dir = &args.data_dir;
+    if args.fresh && dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let addresses = match previous_addresses(&dir, args.replicas) {
+        Some(a) => {
+            println!(
+                "Restarting the dev cluster in {} (use --fresh to start over)",
+                dir.display()
+            );
+            a
+        }
+        None => free_ports(args.replicas)?
+            .into_iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect(),
+    };
+    let peers = addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut children = Vec::new();
+    let mut members = Vec::new();
+    for (i, addr) in addresses.iter().enumerate() {
+        let (child, member) = spawn_replica(&dir, i as u64 + 1, addr, &peers)?;
+        children.push(child);
+        members.push(member);
+    }
+    std::fs::write(
+        dir.join("cluster.json"),
+        serde_json::to_string_pretty(&ClusterFile { replicas: members })?,
+    )?;
+    let servers = addresses.join(",");
+    let env_file = dir.join("env");
+    std::fs::write(&env_file, format!("export GANTRY_SERVERS={servers}\n"))?;
+
+    let client = Client::new(&[servers.clone()], ClientOptions::default())?;
+    let leader = wait_for_leader(&client, &mut children).await?;
+    println!(
+        "\nGantry dev cluster: {} replicas, leader is replica {leader}\n\
+         \n  servers:  {servers}\
+         \n  data:     {}\
+         \n  logs:     {}/replica-N.log\
+         \n\nIn another shell:\
+         \n  . {}\
+         \n  gantry job submit -- echo hello\
+         \n  gantry job list\
+         \n  gantry cluster status\
+         \n\nCtrl-C stops the cluster.",
+        args.replicas,
+        dir.display(),
+        dir.display(),
+        env_file.display(),
+    );
+    supervise(&mut children).await;
+    stop_all(&mut children).await;
+    println!("dev cluster stopped");
+    Ok(())
+}
+
+async fn wait_for_leader(client: &Client, children: &mut [Child]) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for (i, c) in children.iter_mut().enumerate() {
+            if let Some(status) = c.try_wait()? {
+                bail!(
+                    "replica {} exited during start-up ({status}); see its log in the data dir",
+                    i + 1
+                );
+            }
+        }
+        if let Ok(s) = client.cluster_status().await
+            && s.leader_id != 0
+        {
+            return Ok(s.leader_id);
+        }
+        if Instant::now() > deadline {
+            bail!("no leader was elected within 30s; see the replica logs in the data dir");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs until Ctrl-C/SIGTERM, reporting children that exit on their own.
+async fn supervise(children: &mut [Child]) {
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let mut reported = vec![false; children.len()];
+    loop {
+        tokio::select! {
+            () = &mut signal => return,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {
+                for (i, c) in children.iter_mut().enumerate() {
+                    if !reported[i] && let Ok(Some(status)) = c.try_wait() {
+                        eprintln!("replica {} exited ({status}); the others keep running", i + 1);
+                        reported[i] = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// SIGTERM to every child, SIGKILL to those still running after 10 s.
+async fn stop_all(children: &mut [Child]) {
+    for c in children.iter() {
+        if let Some(pid) = c.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+    }
+    for c in children.iter_mut() {
+        if tokio::time::timeout(Duration::from_secs(10), c.wait())
+            .await
+            .is_err()
+        {
+            let _ = c.kill().await;
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! `gantry job ...`
+
+use std::collections::HashMap;
+
+use gantry_client::api;
+
+use crate::output::{enum_name, json, table, time_ms};
+use crate::{ClientArgs, Failure, parse};
+
+#[derive(clap::Subcommand)]
+pub enum JobCommand {
+    /// Submit a job; prints its id. Everything after `--` is the command.
+    Submit(SubmitArgs),
+    /// Show one job and its tasks.
+    Status {
+        id: String,
+        /// Read this replica's state without a linearizability check.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// List jobs, oldest first.
+    List {
+        /// Only jobs in this state (pending, running, complete, failed, cancelled); repeatable.
+        #[arg(long = "state")]
+        states: Vec<String>,
+        /// Only jobs whose name starts with this.
+        #[arg(long)]
+        name_prefix: Option<String>,
+        /// Show at most this many jobs (all when 0).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Cancel a job.
+    Cancel {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct SubmitArgs {
+    #[arg(long, default_value = "")]
+    name: String,
+    /// Number of identical tasks.
+    #[arg(long, default_value_t = 1)]
+    count: u32,
+    /// CPU per task: cores (0.5) or millicores (500m).
+    #[arg(long, value_parser = parse::cpu_millis)]
+    cpu: Option<u64>,
+    /// Memory per task: MiB (512), 512Mi or 2Gi.
+    #[arg(long, value_parser = parse::memory_mib)]
+    mem: Option<u64>,
+    #[arg(long, default_value_t = 0)]
+    gpus: u32,
+    /// Higher runs first.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    priority: i32,
+    /// Node label the task needs, KEY=VALUE; repeatable.
+    #[arg(long = "label", value_parser = parse::key_value)]
+    labels: Vec<(String, String)>,
+    /// Environment variable, KEY=VALUE; repeatable.
+    #[arg(long = "env", value_parser = parse::key_value)]
+    env: Vec<(String, String)>,
+    /// Working directory (default: a fresh one per attempt).
+    #[arg(long, default_value = "")]
+    workdir: String,
+    /// Per-attempt timeout (30s, 5m, 1h).
+    #[arg(long, value_parser = parse::duration_ms)]
+    timeout: Option<u64>,
+    /// Attempts allowed for workload failures (default 3).
+    #[arg(long, default_value_t = 0)]
+    max_attempts: u32,
+    /// Makes retried submits return the original job.
+    #[arg(long, default_value = "")]
+    idempotency_key: String,
+    /// The program and its arguments.
+    #[arg(last = true, required = true, num_args = 1..)]
+    command: Vec<String>,
+}
+
+pub async fn run(args: &ClientArgs, cmd: JobCommand) -> Result<(), Failure> {
+    let client = args.client()?;
+    match cmd {
+        JobCommand::Submit(s) => {
+            let spec = api::JobSpec {
+                name: s.name,
+                argv: s.command,
+                env: s.env.into_iter().collect::<HashMap<_, _>>(),
+                working_dir: s.workdir,
+                resources: Some(api::Resources {
+                    cpu_millis: s.cpu.unwrap_or(0),
+                    memory_mib: s.mem.unwrap_or(0),
+                    gpus: s.gpus,
+                }),
+                constraints: s.labels.into_iter().collect(),
+                count: s.count,
+                priority: s.priority,
+                timeout_ms: s.timeout.unwrap_or(0),
+                max_attempts: s.max_attempts,
+                idempotency_key: s.idempotency_key,
+            };
+            let resp = client.submit_jobs(vec![spec]).await?;
+            if args.json {
+                return Ok(json(&resp)?);
+            }
+            for j in resp.jobs {
+                println!("{}", j.job_id);
+            }
+        }
+        JobCommand::Status { id, stale } => {
+            let job = client.get_job(&id, stale).await?;
+            if args.json {
+                return Ok(json(&job)?);
+            }
+            print_job(&job);
+        }
+        JobCommand::List {
+            states,
+            name_prefix,
+            limit,
+            stale,
+        } => {
+            let states = states
+                .iter()
+                .map(|s| parse_state(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut jobs = Vec::new();
+            let mut req = api::ListJobsRequest {
+                states,
+                name_prefix: name_prefix.unwrap_or_default(),
+                page_size: 1000,
+                page_token: String::new(),
+                stale,
+            };
+            loop {
+                let page = client.list_jobs(req.clone()).await?;
+                jobs.extend(page.jobs);
+                if page.next_page_token.is_empty() || (limit > 0 && jobs.len() >= limit) {
+                    break;
+                }
+                req.page_token = page.next_page_token;
+            }
+            if limit > 0 {
+                jobs.truncate(limit);
+            }
+            if args.json {
+                return Ok(json(&jobs)?);
+            }
+            let rows: Vec<Vec<String>> = jobs.iter().map(job_row).collect();
+            table(
+                &[
+                    "ID",
+                    "NAME",
+                    "STATE",
+                    "TASKS",
+                    "PRIORITY",
+                    "SUBMITTED",
+                    "COMMAND",
+                ],
+                &rows,
+            );
+        }
+        JobCommand::Cancel { id, reason } => {
+            let job = client.cancel_job(&id, &reason).await?;
+            if args.json {
+                return Ok(json(&job)?);
+            }
+            println!("{} {}", job.id, state_name(job.state));
+        }
+    }
+    Ok(())
+}
+
+fn parse_state(s: &str) -> Result<i32, Failure> {
+    let full = format!("JOB_STATE_{}", s.to_uppercase());
+    api::JobState::from_str_name(&full)
+        .filter(|s| *s != api::JobState::Unspecified)
+        .map(|s| s as i32)
+        .ok_or_else(|| Failure {
+            message: format!("--state {s:?}: use pending, running, complete, failed or cancelled"),
+            code: crate::EXIT_USAGE,
+        })
+}
+
+fn state_name(v: i32) -> String {
+    api::JobState::try_from(v)
+        .map(|s| enum_name(s.as_str_name(), "JOB_STATE_"))
+        .unwrap_or_else(|_| v.to_string())
+}
+
+fn job_row(j: &api::Job) -> Vec<String> {
+    let spec = j.spec.clone().unwrap_or_default();
+    let c = j.task_counts.unwrap_or_default();
+    let total = c.pending + c.running + c.succeeded + c.failed + c.cancelled;
+    vec![
+        j.id.clone(),
+        spec.name,
+        state_name(j.state),
+        format!("{}/{total} done", c.succeeded + c.failed + c.cancelled),
+        spec.priority.to_string(),
+        time_ms(j.submitted_at_ms),
+        spec.argv.join(" "),
+    ]
+}
+
+fn print_job(j: &api::Job) {
+    let spec = j.spec.clone().unwrap_or_default();
+    let r = spec.resources.unwrap_or_default();
+    let fields = [
+        ("ID", j.id.clone()),
+        ("Name", spec.name.clone()),
+        ("State", state_name(j.state)),
+        ("Command", spec.argv.join(" ")),
+        ("Submitted", time_ms(j.submitted_at_ms)),
+        ("Updated", time_ms(j.updated_at_ms)),
+        ("Priority", spec.priority.to_string()),
+        (
+            "Resources",
+            format!(
+                "cpu={}m mem={}MiB gpus={}",
+                r.cpu_millis, r.memory_mib, r.gpus
+            ),
+        ),
+        ("Max attempts", spec.max_attempts.to_string()),
+        ("Commit index", j.create_index.to_string()),
+    ];
+    for (k, v) in fields {
+        println!("{k:<14}{v}");
+    }
+    if !j.cancel_reason.is_empty() {
+        println!("{:<14}{}", "Cancelled", j.cancel_reason);
+    }
+    println!();
+    let rows: Vec<Vec<String>> = j
+        .tasks
+        .iter()
+        .map(|t| {
+            let last = t.attempts.last();
+            vec![
+                t.index.to_string(),
+                api::TaskState::try_from(t.state)
+                    .map(|s| enum_name(s.as_str_name(), "TASK_STATE_"))
+                    .unwrap_or_default(),
+                t.attempts.len().to_string(),
+                last.map(|a| a.node_id.clone()).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&["TASK", "STATE", "ATTEMPTS", "NODE"], &rows);
+}

@@ -1,0 +1,218 @@
+//! `gantry server`: flags and `GANTRY_*` variables over an optional TOML
+//! file, validated into a `ServerConfig`; bad configuration exits 64.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use gantry_server::{RaftTimings, ServerConfig, parse_peers};
+use gantry_telemetry::LogFormat;
+use serde::Deserialize;
+
+use crate::{EXIT_USAGE, Failure};
+
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// TOML file with the same settings (flags and GANTRY_* variables win).
+    #[arg(long, env = "GANTRY_CONFIG")]
+    config: Option<PathBuf>,
+    /// This replica's id (1 or more), one of the ids in --peers.
+    #[arg(long, env = "GANTRY_ID")]
+    id: Option<u64>,
+    /// Address to listen on, HOST:PORT.
+    #[arg(long, env = "GANTRY_LISTEN")]
+    listen: Option<String>,
+    /// Every replica: ID=HOST:PORT,ID=HOST:PORT,...
+    #[arg(long, env = "GANTRY_PEERS")]
+    peers: Option<String>,
+    /// Directory for this replica's Raft log, vote and snapshots.
+    #[arg(long, env = "GANTRY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Join a running cluster (added with `gantry cluster add-replica`); never bootstrap.
+    #[arg(long, env = "GANTRY_JOIN")]
+    join: bool,
+    #[arg(long, env = "GANTRY_HEARTBEAT_MS")]
+    heartbeat_ms: Option<u64>,
+    #[arg(long, env = "GANTRY_ELECTION_TIMEOUT_MIN_MS")]
+    election_timeout_min_ms: Option<u64>,
+    #[arg(long, env = "GANTRY_ELECTION_TIMEOUT_MAX_MS")]
+    election_timeout_max_ms: Option<u64>,
+    /// Snapshot and compact the log every this many entries.
+    #[arg(long, env = "GANTRY_SNAPSHOT_EVERY")]
+    snapshot_every: Option<u64>,
+    /// Longest a client request waits for a leader or a commit.
+    #[arg(long, env = "GANTRY_REQUEST_TIMEOUT_MS")]
+    request_timeout_ms: Option<u64>,
+    /// Log format: human or json.
+    #[arg(long, env = "GANTRY_LOG_FORMAT", default_value = "human")]
+    log_format: LogFormat,
+}
+
+/// The TOML file: every field optional, names as in `ServerConfig`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    id: Option<u64>,
+    listen: Option<String>,
+    peers: Option<FilePeers>,
+    data_dir: Option<PathBuf>,
+    join: Option<bool>,
+    request_timeout_ms: Option<u64>,
+    raft: Option<FileRaft>,
+}
+
+/// `peers = "1=a:1,2=b:2"` or a `[peers]` table of `"1" = "a:1"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FilePeers {
+    List(String),
+    Table(BTreeMap<String, String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRaft {
+    heartbeat_ms: Option<u64>,
+    election_timeout_min_ms: Option<u64>,
+    election_timeout_max_ms: Option<u64>,
+    snapshot_every: Option<u64>,
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure {
+        message: message.into(),
+        code: EXIT_USAGE,
+    }
+}
+
+fn missing(field: &str, flag: &str, env: &str) -> Failure {
+    usage(format!(
+        "invalid configuration: {field}: is required: pass {flag}, set {env}, or put it in --config"
+    ))
+}
+
+/// Merges the file, the environment and the flags into one configuration.
+fn resolve(args: &ServerArgs) -> Result<ServerConfig, Failure> {
+    let file: FileConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| usage(format!("cannot read config file {}: {e}", path.display())))?;
+            toml::from_str(&text)
+                .map_err(|e| usage(format!("invalid configuration in {}: {e}", path.display())))?
+        }
+        None => FileConfig::default(),
+    };
+    let id = args
+        .id
+        .or(file.id)
+        .ok_or_else(|| missing("id", "--id", "GANTRY_ID"))?;
+    let listen = args
+        .listen
+        .clone()
+        .or(file.listen)
+        .ok_or_else(|| missing("listen", "--listen", "GANTRY_LISTEN"))?;
+    let listen = listen.parse().map_err(|_| {
+        usage(format!(
+            "invalid configuration: listen: {listen:?} is not IP:PORT (e.g. 127.0.0.1:7001)"
+        ))
+    })?;
+    let peers = match (args.peers.clone(), file.peers) {
+        (Some(s), _) | (None, Some(FilePeers::List(s))) => {
+            parse_peers(&s).map_err(|e| usage(e.to_string()))?
+        }
+        (None, Some(FilePeers::Table(t))) => {
+            let mut peers = BTreeMap::new();
+            for (k, v) in t {
+                let id = k.parse::<u64>().map_err(|_| {
+                    usage(format!(
+                        "invalid configuration: peers: key {k:?} is not a replica id"
+                    ))
+                })?;
+                peers.insert(id, v);
+            }
+            peers
+        }
+        (None, None) => return Err(missing("peers", "--peers", "GANTRY_PEERS")),
+    };
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or(file.data_dir)
+        .ok_or_else(|| missing("data_dir", "--data-dir", "GANTRY_DATA_DIR"))?;
+    let fr = file.raft.unwrap_or_default();
+    let d = RaftTimings::default();
+    let config = ServerConfig {
+        id,
+        listen,
+        peers,
+        data_dir,
+        join: args.join || file.join.unwrap_or(false),
+        request_timeout_ms: args
+            .request_timeout_ms
+            .or(file.request_timeout_ms)
+            .unwrap_or(10_000),
+        raft: RaftTimings {
+            heartbeat_ms: args
+                .heartbeat_ms
+                .or(fr.heartbeat_ms)
+                .unwrap_or(d.heartbeat_ms),
+            election_timeout_min_ms: args
+                .election_timeout_min_ms
+                .or(fr.election_timeout_min_ms)
+                .unwrap_or(d.election_timeout_min_ms),
+            election_timeout_max_ms: args
+                .election_timeout_max_ms
+                .or(fr.election_timeout_max_ms)
+                .unwrap_or(d.election_timeout_max_ms),
+            snapshot_every: args
+                .snapshot_every
+                .or(fr.snapshot_every)
+                .unwrap_or(d.snapshot_every),
+        },
+    };
+    config.validate().map_err(|e| usage(e.to_string()))?;
+    Ok(config)
+}
+
+pub async fn run(args: ServerArgs) -> Result<(), Failure> {
+    gantry_telemetry::init(args.log_format);
+    let config = resolve(&args)?;
+    let mut handle = gantry_server::start(config).await.map_err(|e| match e {
+        gantry_server::StartError::Config(_) => usage(e.to_string()),
+        other => Failure {
+            message: other.to_string(),
+            code: 1,
+        },
+    })?;
+    let stopped = tokio::select! {
+        r = handle.wait() => Some(r),
+        () = shutdown_signal() => None,
+    };
+    match stopped {
+        Some(Err(e)) => Err(Failure {
+            message: format!("server stopped: {e}"),
+            code: 1,
+        }),
+        Some(Ok(())) => Ok(()),
+        None => {
+            tracing::info!("shutting down");
+            handle.shutdown().await;
+            Ok(())
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
