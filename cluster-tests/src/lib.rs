@@ -1,1 +1,287 @@
+//! A harness that runs a cluster of the real `gantry` binary: start, SIGKILL,
+//! restart with the same data, wipe and rejoin. Used by the multi-process
+//! tests and the benchmark programs.
+//!
+//! The binary is found through `GANTRY_BIN`, else next to the test or bench
+//! executable (`target/<profile>/gantry`): build it first with
+//! `cargo build -p gantry-cli` (the README's test command does).
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use gantry_client::{Client, ClientOptions};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+/// Raft timings for tests: fast elections on loopback.
+#[derive(Clone, Debug)]
+pub struct Timings {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    pub snapshot_every: u64,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 50,
+            election_min_ms: 300,
+            election_max_ms: 600,
+            snapshot_every: 1_000,
+        }
+    }
+}
+
+pub struct Replica {
+    pub id: u64,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub replicas: BTreeMap<u64, Replica>,
+    peers: String,
+    timings: Timings,
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+/// The `gantry` binary under test.
+pub fn gantry_bin() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("GANTRY_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/test-binary or target/<profile>/bench-binary
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join("gantry");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "the gantry binary was not found next to {}: run `cargo build -p gantry-cli` \
+         (with --release for benchmarks) or set GANTRY_BIN",
+        exe.display()
+    )
+}
+
+/// Loopback addresses on free ports (bound on port 0, then released for the child).
+pub fn free_addrs(n: usize) -> anyhow::Result<Vec<String>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.to_string()))
+        .collect()
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// === impl Cluster ===
+
+impl Cluster {
+    /// Starts `n` replicas and waits for a leader.
+    pub async fn start(n: usize, timings: Timings) -> anyhow::Result<Self> {
+        let bin = gantry_bin()?;
+        let mut dir = tempfile::Builder::new()
+            .prefix("gantry-cluster-")
+            .tempdir()?;
+        // GANTRY_KEEP_TEST_DIRS=1 keeps data and logs for a post-mortem.
+        dir.disable_cleanup(std::env::var_os("GANTRY_KEEP_TEST_DIRS").is_some());
+        let addrs = free_addrs(n)?;
+        let peers = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut replicas = BTreeMap::new();
+        for (i, addr) in addrs.into_iter().enumerate() {
+            let id = i as u64 + 1;
+            replicas.insert(
+                id,
+                Replica {
+                    id,
+                    addr,
+                    data_dir: dir.path().join(format!("replica-{id}")),
+                    log: dir.path().join(format!("replica-{id}.log")),
+                    child: None,
+                },
+            );
+        }
+        let mut cluster = Self {
+            replicas,
+            peers,
+            timings,
+            bin,
+            dir,
+        };
+        let ids: Vec<u64> = cluster.replicas.keys().copied().collect();
+        for id in ids {
+            cluster.spawn(id)?;
+        }
+        cluster.leader().await?;
+        Ok(cluster)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
+        let t = self.timings.clone();
+        let r = self.replicas.get_mut(&id).context("no such replica")?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&r.log)?;
+        let child = Command::new(&self.bin)
+            .arg("server")
+            .args([
+                "--id",
+                &id.to_string(),
+                "--listen",
+                &r.addr,
+                "--peers",
+                &self.peers,
+            ])
+            .arg("--data-dir")
+            .arg(&r.data_dir)
+            .args(["--heartbeat-ms", &t.heartbeat_ms.to_string()])
+            .args(["--election-timeout-min-ms", &t.election_min_ms.to_string()])
+            .args(["--election-timeout-max-ms", &t.election_max_ms.to_string()])
+            .args(["--snapshot-every", &t.snapshot_every.to_string()])
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        r.child = Some(child);
+        Ok(())
+    }
+
+    /// Addresses of the replicas that are running.
+    pub fn live_addrs(&self) -> Vec<String> {
+        self.replicas
+            .values()
+            .filter(|r| r.child.is_some())
+            .map(|r| r.addr.clone())
+            .collect()
+    }
+
+    /// A client for the given replicas only.
+    pub fn client(&self, ids: &[u64]) -> anyhow::Result<Client> {
+        let addrs: Vec<String> = ids
+            .iter()
+            .map(|id| self.replicas[id].addr.clone())
+            .collect();
+        Ok(Client::new(&addrs, ClientOptions::default())?)
+    }
+
+    /// The leader every running replica agrees on.
+    pub async fn leader(&self) -> anyhow::Result<u64> {
+        let live: Vec<u64> = self
+            .replicas
+            .values()
+            .filter(|r| r.child.is_some())
+            .map(|r| r.id)
+            .collect();
+        let clients: Vec<Client> = live
+            .iter()
+            .map(|id| self.client(&[*id]))
+            .collect::<Result<_, _>>()?;
+        wait_for("an agreed leader", Duration::from_secs(30), || async {
+            let mut seen = None;
+            for c in &clients {
+                let s = c.cluster_status().await.ok()?;
+                if s.leader_id == 0 || seen.is_some_and(|l| l != s.leader_id) {
+                    return None;
+                }
+                seen = Some(s.leader_id);
+            }
+            seen.filter(|l| live.contains(l))
+        })
+        .await
+    }
+
+    /// Ids of running replicas other than `id`.
+    pub fn others(&self, id: u64) -> Vec<u64> {
+        self.replicas
+            .values()
+            .filter(|r| r.child.is_some() && r.id != id)
+            .map(|r| r.id)
+            .collect()
+    }
+
+    fn signal(&self, id: u64, sig: Signal) -> anyhow::Result<()> {
+        let pid = self.replicas[&id]
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .context("replica is not running")?;
+        kill(Pid::from_raw(i32::try_from(pid)?), sig)?;
+        Ok(())
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub async fn kill(&mut self, id: u64) -> anyhow::Result<()> {
+        self.signal(id, Signal::SIGKILL)?;
+        if let Some(mut c) = self.replicas.get_mut(&id).and_then(|r| r.child.take()) {
+            c.wait().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped replica again with the same data directory.
+    pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        self.spawn(id)
+    }
+
+    /// Deletes a stopped replica's data directory.
+    pub fn wipe(&mut self, id: u64) -> anyhow::Result<()> {
+        let r = &self.replicas[&id];
+        if r.child.is_some() {
+            bail!("stop replica {id} before wiping it");
+        }
+        std::fs::remove_dir_all(&r.data_dir)?;
+        Ok(())
+    }
+
+    /// The replica's log output so far.
+    pub fn log_text(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.replicas[&id].log).unwrap_or_default()
+    }
+
+    /// The process id of a running replica.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.replicas[&id].child.as_ref().and_then(Child::id)
+    }
+}

@@ -156,8 +156,12 @@ impl ServerConfig {
             install_snapshot_timeout: 10_000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_every),
             max_in_snapshot_log_to_keep: r.snapshot_every.min(1_000),
-            purge_batch_size: 256,
+            purge_batch_size: r.snapshot_every.clamp(1, 256),
             max_payload_entries: 1_000,
+            // A replica whose data dir was lost rejoins empty and is caught
+            // up by snapshot; without this openraft's leader treats the
+            // follower's shorter log as a bug and stops.
+            allow_log_reversion: Some(true),
             ..Default::default()
         }
         .validate()
