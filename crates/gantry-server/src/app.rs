@@ -14,7 +14,7 @@ use openraft::BasicNode;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::cluster::ClusterApi;
 use crate::config::{ConfigError, ServerConfig};
@@ -126,7 +126,9 @@ pub async fn start_on(
         .add_service(reflection_v1alpha);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let serve = tokio::spawn(router.serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
+        // Our own listener (so port 0 works) bypasses the builder's socket
+        // options: set TCP_NODELAY here or small replies wait on delayed ACKs.
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
         async {
             let _ = stop_rx.await;
         },
