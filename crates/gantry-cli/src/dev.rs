@@ -153,7 +153,7 @@ async fn run_inner(args: DevArgs) -> anyhow::Result<()> {
     let env_file = dir.join("env");
     std::fs::write(&env_file, format!("export GANTRY_SERVERS={servers}\n"))?;
 
-    let client = Client::new(&[servers.clone()], ClientOptions::default())?;
+    let client = Client::new(std::slice::from_ref(&servers), ClientOptions::default())?;
     let leader = wait_for_leader(&client, &mut children).await?;
     println!(
         "\nGantry dev cluster: {} replicas, leader is replica {leader}\n\

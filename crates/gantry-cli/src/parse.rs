@@ -7,7 +7,7 @@ pub fn cpu_millis(s: &str) -> Result<u64, String> {
         return m.parse::<u64>().map_err(|_| bad());
     }
     let cores: f64 = s.parse().map_err(|_| bad())?;
-    if !cores.is_finite() || cores < 0.0 || cores > 1.0e6 {
+    if !cores.is_finite() || !(0.0..=1.0e6).contains(&cores) {
         return Err(bad());
     }
     Ok((cores * 1000.0).round() as u64)
