@@ -50,7 +50,7 @@ mod tests {
     #[test]
     fn t10_formats_times_and_enum_names() {
         assert_eq!(time_ms(0), "-");
-        assert_eq!(time_ms(1_795_000_000_000), "2026-11-18T09:46:40Z");
+        assert_eq!(time_ms(1_795_000_000_000), "2026-11-18T11:06:40Z");
         assert_eq!(enum_name("JOB_STATE_PENDING", "JOB_STATE_"), "pending");
     }
 }

@@ -218,3 +218,67 @@ async fn t30_no_quorum_answers_unavailable_within_the_deadline() {
         h.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t40_add_and_remove_a_replica() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.leader().await;
+    let client = cluster.client(cluster.follower(leader), ClientOptions::default());
+    let job = client
+        .submit_jobs(vec![spec(&["/bin/true"])])
+        .await
+        .unwrap()
+        .jobs[0]
+        .job_id
+        .clone();
+
+    // A fourth replica started with --join waits to be contacted.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut peers: BTreeMap<u64, String> = cluster
+        .handles
+        .iter()
+        .map(|(id, h)| (*id, h.addr.to_string()))
+        .collect();
+    peers.insert(4, addr.clone());
+    let config = ServerConfig {
+        id: 4,
+        listen: listener.local_addr().unwrap(),
+        peers,
+        data_dir: dir.path().to_owned(),
+        raft: RaftTimings::default(),
+        join: true,
+        request_timeout_ms: 3_000,
+    };
+    cluster
+        .handles
+        .insert(4, start_on(config, listener).await.unwrap());
+    let status = client.add_replica(4, &addr).await.unwrap();
+    let four = status.replicas.iter().find(|r| r.id == 4).unwrap();
+    assert!(four.voter);
+    assert_eq!(status.replicas.len(), 4);
+    // The new replica serves linearizable reads of what came before it.
+    let c4 = cluster.client(4, ClientOptions::default());
+    assert_eq!(c4.get_job(&job, false).await.unwrap().id, job);
+    // Adding it again is refused; removing an unknown id is NotFound.
+    assert_eq!(
+        client.add_replica(4, &addr).await.unwrap_err().code(),
+        Some(tonic::Code::AlreadyExists)
+    );
+    assert_eq!(
+        client.remove_replica(9).await.unwrap_err().code(),
+        Some(tonic::Code::NotFound)
+    );
+    let status = client.remove_replica(4).await.unwrap();
+    assert!(status.replicas.iter().all(|r| r.id != 4));
+    assert_eq!(status.replicas.len(), 3);
+    cluster.handles.remove(&4).unwrap().shutdown().await;
+    client
+        .submit_jobs(vec![spec(&["/bin/true"])])
+        .await
+        .unwrap();
+    for h in cluster.handles.into_values() {
+        h.shutdown().await;
+    }
+}

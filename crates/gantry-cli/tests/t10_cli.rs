@@ -1,0 +1,270 @@
+//! The real `gantry` binary as a user runs it: configuration errors, a
+//! replica configured by TOML and environment, the job and cluster commands,
+//! and `gantry dev`.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const GANTRY: &str = env!("CARGO_BIN_EXE_gantry");
+
+fn gantry(args: &[&str], servers: &str) -> Output {
+    Command::new(GANTRY)
+        .args(args)
+        .env("GANTRY_SERVERS", servers)
+        .output()
+        .expect("running gantry")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// Runs `gantry` until `done` holds for its output, or panics at the deadline.
+fn until(args: &[&str], servers: &str, done: impl Fn(&Output) -> bool) -> Output {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = gantry(args, servers);
+        if done(&o) {
+            return o;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gantry {args:?} never succeeded: {}",
+            stderr(&o)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn t10_bad_configuration_exits_64_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "--listen",
+                "127.0.0.1:0",
+                "--peers",
+                "1=127.0.0.1:1",
+                "--data-dir",
+                data,
+            ],
+            "id: is required",
+        ),
+        (
+            vec![
+                "--id",
+                "1",
+                "--listen",
+                "127.0.0.1:0",
+                "--peers",
+                "2=127.0.0.1:1",
+                "--data-dir",
+                data,
+            ],
+            "peers: does not contain this replica's id 1",
+        ),
+        (
+            vec![
+                "--id",
+                "1",
+                "--listen",
+                "nowhere",
+                "--peers",
+                "1=127.0.0.1:1",
+                "--data-dir",
+                data,
+            ],
+            "listen:",
+        ),
+        (
+            vec![
+                "--id",
+                "1",
+                "--listen",
+                "127.0.0.1:0",
+                "--peers",
+                "1=127.0.0.1:1",
+                "--data-dir",
+                data,
+                "--election-timeout-min-ms",
+                "10",
+            ],
+            "raft.election_timeout_min_ms",
+        ),
+    ];
+    for (args, expect) in cases {
+        let mut full = vec!["server"];
+        full.extend(args);
+        let o = gantry(&full, "");
+        assert_eq!(o.status.code(), Some(64), "{full:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(expect), "{full:?}: {}", stderr(&o));
+    }
+    let bad_toml = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad_toml,
+        "id = 1\nlisten = \"127.0.0.1:0\"\nbogus = true\n",
+    )
+    .unwrap();
+    let o = gantry(&["server", "--config", bad_toml.to_str().unwrap()], "");
+    assert_eq!(o.status.code(), Some(64));
+    assert!(stderr(&o).contains("bogus"), "{}", stderr(&o));
+}
+
+#[test]
+fn t20_replica_from_toml_and_env_serves_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let config = dir.path().join("gantry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "id = 1\nlisten = \"{addr}\"\ndata_dir = \"{}\"\n\n[peers]\n\"1\" = \"{addr}\"\n\n[raft]\nheartbeat_ms = 50\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    // GANTRY_* variables win over the file: the file's request timeout is unset,
+    // the environment's is used; both paths end in one valid config.
+    let mut server = Command::new(GANTRY)
+        .args(["server", "--config", config.to_str().unwrap()])
+        .env("GANTRY_REQUEST_TIMEOUT_MS", "5000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = until(&["cluster", "status", "--json"], &addr, |o| {
+        o.status.success() && stdout(o).contains("\"leaderId\": \"1\"")
+    });
+    assert!(stdout(&status).contains("leader"), "{}", stdout(&status));
+
+    let o = gantry(
+        &[
+            "job", "submit", "--name", "greet", "--count", "2", "--cpu", "500m", "--mem", "1Gi",
+            "--label", "zone=a", "--", "echo", "hello",
+        ],
+        &addr,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_owned();
+    assert_eq!(id.len(), 36, "expected a job id, got {id:?}");
+
+    let o = gantry(&["job", "status", &id, "--json"], &addr);
+    let job: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(job["state"], "JOB_STATE_PENDING");
+    assert_eq!(job["spec"]["argv"], serde_json::json!(["echo", "hello"]));
+    assert_eq!(job["spec"]["resources"]["memoryMib"], "1024");
+    assert_eq!(job["tasks"].as_array().unwrap().len(), 2);
+
+    let o = gantry(&["job", "list"], &addr);
+    assert!(
+        stdout(&o).contains(&id) && stdout(&o).contains("greet"),
+        "{}",
+        stdout(&o)
+    );
+    let o = gantry(&["job", "cancel", &id, "--reason", "done"], &addr);
+    assert!(stdout(&o).contains("cancelled"), "{}", stdout(&o));
+    let o = gantry(&["job", "list", "--state", "cancelled", "--json"], &addr);
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    // Errors are clear and exit non-zero.
+    let o = gantry(&["job", "status", "no-such-job"], &addr);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not found"), "{}", stderr(&o));
+    let o = gantry(&["job", "list", "--state", "sleeping"], &addr);
+    assert_eq!(o.status.code(), Some(64));
+    let o = gantry(&["job", "list"], "");
+    assert_eq!(o.status.code(), Some(64));
+    assert!(stderr(&o).contains("GANTRY_SERVERS"), "{}", stderr(&o));
+    server.kill().unwrap();
+    server.wait().unwrap();
+    // Nothing listens now: the CLI reports the replica unavailable (exit 69).
+    let o = Command::new(GANTRY)
+        .args(["job", "list", "--retry-seconds", "1"])
+        .env("GANTRY_SERVERS", &addr)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(69), "{}", stderr(&o));
+}
+
+fn env_servers(dir: &Path) -> String {
+    let env = std::fs::read_to_string(dir.join("env")).unwrap();
+    env.trim()
+        .strip_prefix("export GANTRY_SERVERS=")
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn t30_dev_runs_a_cluster_and_stops_its_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    let mut dev = tokio::process::Command::new(GANTRY)
+        .args([
+            "dev",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--replicas",
+            "3",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("Ctrl-C stops the cluster") {
+                return;
+            }
+        }
+        panic!("gantry dev exited before the cluster was ready");
+    });
+    ready.await.expect("gantry dev did not become ready");
+
+    let servers = env_servers(&data);
+    let members: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("cluster.json")).unwrap()).unwrap();
+    let pids: Vec<i32> = members["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["pid"].as_i64().unwrap() as i32)
+        .collect();
+    assert_eq!(pids.len(), 3);
+    let o = gantry(&["job", "submit", "--", "echo", "hello"], &servers);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = gantry(&["cluster", "status"], &servers);
+    assert_eq!(stdout(&o).matches("yes").count(), 3, "{}", stdout(&o));
+
+    kill(Pid::from_raw(dev.id().unwrap() as i32), Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), dev.wait())
+        .await
+        .expect("gantry dev did not stop")
+        .unwrap();
+    assert!(status.success());
+    for pid in pids {
+        // Signal 0 probes for existence: the children are gone (reaped by dev).
+        assert!(
+            kill(Pid::from_raw(pid), None).is_err(),
+            "replica {pid} still running"
+        );
+    }
+}
