@@ -21,7 +21,7 @@ pub const MAX_NAME_BYTES: usize = 256;
 pub const MAX_PATH_BYTES: usize = 4_096;
 pub const MAX_CONSTRAINTS: usize = 64;
 pub const MAX_ATTEMPTS: u32 = 100;
-/// 64 cores, expressed in thousandths.
+/// 1,024 cores, in thousandths of a core.
 pub const MAX_CPU_MILLIS: u64 = 1_024_000;
 pub const MAX_MEMORY_MIB: u64 = 16 * 1024 * 1024;
 pub const MAX_GPUS: u32 = 64;
