@@ -42,6 +42,9 @@ pub struct ServerArgs {
     /// Longest a client request waits for a leader or a commit.
     #[arg(long, env = "GANTRY_REQUEST_TIMEOUT_MS")]
     request_timeout_ms: Option<u64>,
+    /// Validate the configuration, print it, and exit (0 when valid, 64 when not).
+    #[arg(long)]
+    check: bool,
     /// Log format: human or json.
     #[arg(long, env = "GANTRY_LOG_FORMAT", default_value = "human")]
     log_format: LogFormat,
@@ -176,6 +179,10 @@ fn resolve(args: &ServerArgs) -> Result<ServerConfig, Failure> {
 pub async fn run(args: ServerArgs) -> Result<(), Failure> {
     gantry_telemetry::init(args.log_format);
     let config = resolve(&args)?;
+    if args.check {
+        println!("configuration is valid:\n{config:#?}");
+        return Ok(());
+    }
     let mut handle = gantry_server::start(config).await.map_err(|e| match e {
         gantry_server::StartError::Config(_) => usage(e.to_string()),
         other => Failure {

@@ -127,6 +127,17 @@ fn t10_bad_configuration_exits_64_naming_the_field() {
 }
 
 #[test]
+fn t10_shipped_example_config_is_valid() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/systemd/server.toml.example"
+    );
+    let o = gantry(&["server", "--config", example, "--check"], "");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("heartbeat_ms: 100"), "{}", stdout(&o));
+}
+
+#[test]
 fn t20_replica_from_toml_and_env_serves_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
