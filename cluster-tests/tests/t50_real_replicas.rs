@@ -2,6 +2,9 @@
 //! leader SIGKILL, a restarted replica catches up from its data dir, and a
 //! wiped replica rejoins through a snapshot.
 
+// Tests may unwrap; synchronous helpers poll with std's clock.
+#![allow(clippy::unwrap_used, clippy::disallowed_types)]
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 

@@ -2,6 +2,9 @@
 //! replica configured by TOML and environment, the job and cluster commands,
 //! and `gantry dev`.
 
+// Tests may unwrap; synchronous helpers poll with std's clock.
+#![allow(clippy::unwrap_used, clippy::disallowed_types)]
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;

@@ -1,6 +1,9 @@
 //! In-process clusters over real gRPC on port 0: forwarding, failover and
 //! loss of quorum.
 
+// Tests may unwrap; synchronous helpers poll with std's clock.
+#![allow(clippy::unwrap_used, clippy::disallowed_types)]
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

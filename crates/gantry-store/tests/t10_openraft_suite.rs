@@ -1,5 +1,8 @@
 //! openraft's storage conformance suite, run against the sled store.
 
+// Tests may unwrap; synchronous helpers poll with std's clock.
+#![allow(clippy::unwrap_used, clippy::disallowed_types)]
+
 use gantry_store::{LogStore, StateMachineStore, TypeConfig};
 use openraft::StorageError;
 use openraft::testing::log::{StoreBuilder, Suite};

@@ -1,6 +1,9 @@
 //! A store reopened from its directory comes back with its vote, its log and
 //! the state of its last snapshot.
 
+// Tests may unwrap; synchronous helpers poll with std's clock.
+#![allow(clippy::unwrap_used, clippy::disallowed_types)]
+
 use gantry_core::{Command, JobSpec, NewJob};
 use gantry_store::{Entry, LogId, Vote};
 use openraft::entry::RaftEntry;
