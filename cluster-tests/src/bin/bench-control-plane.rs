@@ -3,7 +3,7 @@
 //! SIGKILL to the first accepted write.
 //!
 //!     cargo build --release -p gantry-cli
-//!     cargo run --release -p cluster-tests --bin bench-control-plane [-- --quick]
+//!     cargo run --release -p cluster-tests --bin bench-control-plane [-- --quick] [--fast]
 //!
 //! Prints a table with the machine and etcd's figures on this kind of
 //! machine beside ours (issue 9). Not a test: nothing here asserts a time.
@@ -133,11 +133,22 @@ fn machine() -> String {
 async fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let scale = if quick { 10 } else { 1 };
-    let timings = Timings {
-        heartbeat_ms: 100,
-        election_min_ms: 600,
-        election_max_ms: 1200,
-        snapshot_every: 10_000,
+    // --fast: the test profile (heartbeat 50 ms, elections 300-600 ms);
+    // otherwise the replica's defaults.
+    let timings = if std::env::args().any(|a| a == "--fast") {
+        Timings {
+            heartbeat_ms: 50,
+            election_min_ms: 300,
+            election_max_ms: 600,
+            snapshot_every: 10_000,
+        }
+    } else {
+        Timings {
+            heartbeat_ms: 100,
+            election_min_ms: 600,
+            election_max_ms: 1200,
+            snapshot_every: 10_000,
+        }
     };
     let mut cluster = Cluster::start(3, timings.clone()).await?;
     let servers = cluster.live_addrs();
