@@ -7,7 +7,8 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::job::{Job, JobId, JobSpec};
+use crate::job::{AttemptRef, Exit, Job, JobId, JobSpec};
+use crate::node::{Eligibility, NodeId, NodeInfo, Session};
 
 /// One job in a submission, with the id the proposer chose for it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +26,60 @@ pub enum Command {
         job_id: JobId,
         reason: String,
     },
+    /// An agent's stream was opened on `session.replica`: registers or
+    /// updates the node, and marks it ready.
+    NodeSessionOpened {
+        now_ms: u64,
+        node: NodeInfo,
+        session: Session,
+    },
+    /// The stream `session_id` ended (ignored if a newer session replaced it).
+    NodeSessionClosed {
+        now_ms: u64,
+        node_id: NodeId,
+        session_id: String,
+    },
+    /// The leader saw no replica hold these nodes' sessions for the grace
+    /// period: their live attempts are lost and retried.
+    NodesLost { now_ms: u64, node_ids: Vec<NodeId> },
+    /// One scheduling round. Each placement carries the fencing token it
+    /// creates; apply re-checks each and skips those no longer valid.
+    Assign {
+        now_ms: u64,
+        placements: Vec<Placement>,
+    },
+    /// Agent reports (started, finished), batched.
+    ReportAttempts {
+        now_ms: u64,
+        reports: Vec<AttemptReport>,
+    },
+    SetEligibility {
+        now_ms: u64,
+        node_id: NodeId,
+        eligibility: Eligibility,
+    },
+}
+
+/// A task placed on a node, with the attempt number that fences it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub attempt: AttemptRef,
+    pub node_id: NodeId,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttemptEvent {
+    Started,
+    Finished(Exit),
+}
+
+/// What a node said about one of its attempts. `node_id` is the node whose
+/// session carried the report, never a field the agent chose.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptReport {
+    pub node_id: NodeId,
+    pub attempt: AttemptRef,
+    pub event: AttemptEvent,
 }
 
 /// One submitted job as the client sees it.
@@ -55,6 +110,12 @@ pub enum CancelError {
     NotFound(JobId),
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, Error, Serialize, Deserialize)]
+pub enum NodeError {
+    #[error("node {0} not found")]
+    NotFound(NodeId),
+}
+
 /// The result of applying one log entry, returned to the proposer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
@@ -62,6 +123,12 @@ pub enum Outcome {
     None,
     Submitted(Result<Vec<Submitted>, SubmitError>),
     Cancelled(Result<Box<Job>, CancelError>),
+    Node(Result<(), NodeError>),
+    Assigned { placed: u32, skipped: u32 },
+    /// `stale`: reports ignored because they were not for the current live
+    /// attempt or came from another node (fencing).
+    Reported { accepted: u32, stale: u32 },
+    NodesLost { attempts_lost: u32 },
 }
 
 // Raft logs show entries by their Display form; keep it short.
@@ -70,6 +137,16 @@ impl std::fmt::Display for Command {
         match self {
             Self::SubmitJobs { jobs, .. } => write!(f, "submit {} job(s)", jobs.len()),
             Self::CancelJob { job_id, .. } => write!(f, "cancel job {job_id}"),
+            Self::NodeSessionOpened { node, session, .. } => {
+                write!(f, "node {} session {} on replica {}", node.id, session.id, session.replica)
+            }
+            Self::NodeSessionClosed { node_id, .. } => write!(f, "node {node_id} session closed"),
+            Self::NodesLost { node_ids, .. } => write!(f, "nodes lost: {node_ids:?}"),
+            Self::Assign { placements, .. } => write!(f, "assign {} task(s)", placements.len()),
+            Self::ReportAttempts { reports, .. } => write!(f, "{} attempt report(s)", reports.len()),
+            Self::SetEligibility { node_id, eligibility, .. } => {
+                write!(f, "node {node_id} {eligibility:?}")
+            }
         }
     }
 }

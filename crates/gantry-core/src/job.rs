@@ -41,6 +41,11 @@ pub struct JobSpec {
     pub max_attempts: u32,
     /// Empty: no idempotency.
     pub idempotency_key: String,
+    /// Run `argv[0]` as a script with `sh -c` (argv[1..] become $0, $1, ...).
+    /// Without it argv is executed directly, never through a shell.
+    pub shell: bool,
+    /// Placement: spread tasks over nodes instead of bin-packing them.
+    pub spread: bool,
 }
 
 impl JobSpec {
@@ -121,15 +126,77 @@ impl AttemptState {
     }
 }
 
-/// One try at running a task on one node. `(job, task index, number)` is the
-/// fencing token: results are accepted only for the current attempt.
+impl AttemptState {
+    pub fn is_live(self) -> bool {
+        matches!(self, Self::Assigned | Self::Running)
+    }
+}
+
+/// Why an attempt did not succeed: the line between "the host" and "my job".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FailureClass {
+    /// The task itself failed: non-zero exit, killed by a signal, could not be spawned.
+    Workload,
+    /// The task ran past its timeout and was killed.
+    Timeout,
+    /// The host failed the task: node lost, agent error.
+    Infra,
+    /// Cancelled by a user (or a drain deadline).
+    Cancelled,
+}
+
+impl FailureClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Workload => "workload",
+            Self::Timeout => "timeout",
+            Self::Infra => "infra",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The fencing token of an attempt: results are accepted only for the
+/// current attempt of a task, and only from the node it was assigned to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AttemptRef {
+    pub job_id: JobId,
+    pub task: u32,
+    pub attempt: u32,
+}
+
+impl std::fmt::Display for AttemptRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}#{}", self.job_id, self.task, self.attempt)
+    }
+}
+
+/// How an attempt ended, as its agent reported it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Exit {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// `None` for success.
+    pub failure: Option<FailureClass>,
+    pub message: String,
+    /// The last bytes of output (bounded by `limits::MAX_OUTPUT_TAIL_BYTES`).
+    pub stdout_tail: String,
+    pub stderr_tail: String,
+}
+
+/// One try at running a task on one node.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Attempt {
     pub number: u32,
     pub node_id: NodeId,
     pub state: AttemptState,
     pub assigned_at_ms: u64,
+    pub started_at_ms: u64,
     pub finished_at_ms: u64,
+    /// Set when the job was cancelled while this attempt was live: the
+    /// node is told to kill it, and it stays live until the node reports.
+    pub cancel_requested: bool,
+    pub exit: Exit,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -137,6 +204,21 @@ pub struct Task {
     pub index: u32,
     pub state: TaskState,
     pub attempts: Vec<Attempt>,
+    /// Retry backoff: not placed before this time.
+    pub not_before_ms: u64,
+    /// Failures that consume the job's `max_attempts`.
+    pub workload_failures: u32,
+    /// Host failures, retried without consuming `max_attempts` (bounded separately).
+    pub infra_failures: u32,
+    /// Why the task ended failed.
+    pub failure_reason: String,
+}
+
+impl Task {
+    /// The attempt that may still report: the last one, while live.
+    pub fn live_attempt(&self) -> Option<&Attempt> {
+        self.attempts.last().filter(|a| a.state.is_live())
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

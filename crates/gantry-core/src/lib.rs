@@ -11,12 +11,17 @@ mod command;
 mod job;
 pub mod limits;
 mod node;
+pub mod scheduler;
 mod state;
 
-pub use command::{CancelError, Command, NewJob, Outcome, SubmitError, Submitted};
+pub use command::{
+    AttemptEvent, AttemptReport, CancelError, Command, NewJob, NodeError, Outcome, Placement,
+    SubmitError, Submitted,
+};
 pub use job::{
-    Attempt, AttemptState, Job, JobId, JobSpec, JobState, Resources, Task, TaskCounts, TaskState,
+    Attempt, AttemptRef, AttemptState, Exit, FailureClass, Job, JobId, JobSpec, JobState,
+    Resources, Task, TaskCounts, TaskState,
 };
 pub use limits::ValidationError;
-pub use node::{Node, NodeId, NodeStatus};
-pub use state::{JobFilter, Page, SnapshotError, State};
+pub use node::{Eligibility, Node, NodeId, NodeInfo, NodeStatus, Session};
+pub use state::{JobFilter, Page, SnapshotError, State, Usage};

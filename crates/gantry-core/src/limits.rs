@@ -27,6 +27,22 @@ pub const MAX_MEMORY_MIB: u64 = 16 * 1024 * 1024;
 pub const MAX_GPUS: u32 = 64;
 /// Cancel reasons.
 pub const MAX_REASON_BYTES: usize = 1_024;
+/// Host-caused failures a task is retried for, on top of `max_attempts`.
+pub const MAX_INFRA_RETRIES: u32 = 10;
+/// The stdout and stderr tails kept with a result in the log, each.
+pub const MAX_OUTPUT_TAIL_BYTES: usize = 16 * 1024;
+
+/// Keeps the last `MAX_OUTPUT_TAIL_BYTES` of `s`, on a character boundary.
+pub fn truncate_tail(s: &mut String) {
+    if s.len() <= MAX_OUTPUT_TAIL_BYTES {
+        return;
+    }
+    let mut cut = s.len() - MAX_OUTPUT_TAIL_BYTES;
+    while !s.is_char_boundary(cut) {
+        cut += 1;
+    }
+    s.drain(..cut);
+}
 
 /// Why a spec was refused. The message names the field and the limit.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]

@@ -1,21 +1,45 @@
 //! The replicated state and its deterministic `apply`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::command::{CancelError, Command, NewJob, Outcome, SubmitError, Submitted};
-use crate::job::{Job, JobId, JobSpec, JobState, Task, TaskState};
+use crate::job::{AttemptRef, Job, JobId, JobSpec, JobState, Task, TaskState};
+use crate::node::{Node, NodeId};
+
+mod lifecycle;
+
+pub use lifecycle::Usage;
+
+fn pending_key_parts(priority: i32, seq: u64, task: u32) -> PendingKey {
+    (-i64::from(priority), seq, task)
+}
 
 /// What every replica holds, built only by [`State::apply`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
     jobs: BTreeMap<JobId, Job>,
+    nodes: BTreeMap<NodeId, Node>,
+    next_seq: u64,
+    /// Reports refused by fencing (wrong attempt or wrong node), replicated
+    /// so every replica counts the same.
+    stale_reports: u64,
     // Indexes derived from `jobs`; rebuilt on restore, never serialised.
     by_seq: BTreeMap<u64, JobId>,
     idempotency: BTreeMap<String, JobId>,
-    next_seq: u64,
+    /// Live (assigned or running) attempts per node.
+    live: BTreeMap<NodeId, BTreeSet<AttemptRef>>,
+    /// Pending tasks in scheduling order: (-priority, job seq, task index).
+    pending: BTreeSet<PendingKey>,
+}
+
+/// Scheduling order of a pending task: higher priority first, then older jobs.
+pub(crate) type PendingKey = (i64, u64, u32);
+
+fn pending_key(job: &Job, task: u32) -> PendingKey {
+    pending_key_parts(job.spec.priority, job.seq, task)
 }
 
 /// Which jobs a listing wants.
@@ -55,14 +79,18 @@ const SNAPSHOT_VERSION: u32 = 1;
 struct SnapshotOut<'a> {
     version: u32,
     next_seq: u64,
+    stale_reports: u64,
     jobs: Vec<&'a Job>,
+    nodes: Vec<&'a Node>,
 }
 
 #[derive(Deserialize)]
 struct SnapshotIn {
     version: u32,
     next_seq: u64,
+    stale_reports: u64,
     jobs: Vec<Job>,
+    nodes: Vec<Node>,
 }
 
 // === impl State ===
@@ -80,6 +108,24 @@ impl State {
                 job_id,
                 reason,
             } => Outcome::Cancelled(self.apply_cancel(*now_ms, job_id, reason).map(Box::new)),
+            Command::NodeSessionOpened {
+                now_ms,
+                node,
+                session,
+            } => self.apply_session_opened(*now_ms, node, session),
+            Command::NodeSessionClosed {
+                now_ms,
+                node_id,
+                session_id,
+            } => self.apply_session_closed(*now_ms, node_id, session_id),
+            Command::NodesLost { now_ms, node_ids } => self.apply_nodes_lost(*now_ms, node_ids),
+            Command::Assign { now_ms, placements } => self.apply_assign(*now_ms, placements),
+            Command::ReportAttempts { now_ms, reports } => self.apply_reports(*now_ms, reports),
+            Command::SetEligibility {
+                now_ms,
+                node_id,
+                eligibility,
+            } => self.apply_eligibility(*now_ms, node_id, *eligibility),
         }
     }
 
@@ -149,6 +195,10 @@ impl State {
                     index,
                     state: TaskState::Pending,
                     attempts: Vec::new(),
+                    not_before_ms: 0,
+                    workload_failures: 0,
+                    infra_failures: 0,
+                    failure_reason: String::new(),
                 })
                 .collect();
             let job = Job {
@@ -179,17 +229,38 @@ impl State {
             job.updated_at_ms = now_ms;
             job.cancel_reason = reason.to_owned();
             for task in job.tasks.iter_mut().filter(|t| !t.state.is_terminal()) {
+                if task.state == TaskState::Pending {
+                    self.pending.remove(&pending_key_parts(job.spec.priority, job.seq, task.index));
+                }
                 task.state = TaskState::Cancelled;
+                // A live attempt stays live (and keeps its resources) until
+                // its node reports it killed.
+                if let Some(a) = task.attempts.last_mut().filter(|a| a.state.is_live()) {
+                    a.cancel_requested = true;
+                }
             }
         }
         Ok(job.clone())
     }
 
+    /// Adds `job` to the derived indexes.
     fn index_job(&mut self, job: &Job) {
         self.by_seq.insert(job.seq, job.id.clone());
         if !job.spec.idempotency_key.is_empty() {
             self.idempotency
                 .insert(job.spec.idempotency_key.clone(), job.id.clone());
+        }
+        for task in &job.tasks {
+            if task.state == TaskState::Pending {
+                self.pending.insert(pending_key(job, task.index));
+            }
+            if let Some(a) = task.live_attempt() {
+                self.live.entry(a.node_id.clone()).or_default().insert(AttemptRef {
+                    job_id: job.id.clone(),
+                    task: task.index,
+                    attempt: a.number,
+                });
+            }
         }
     }
 
@@ -227,11 +298,13 @@ impl State {
         let out = SnapshotOut {
             version: SNAPSHOT_VERSION,
             next_seq: self.next_seq,
+            stale_reports: self.stale_reports,
             jobs: self
                 .by_seq
                 .values()
                 .filter_map(|id| self.jobs.get(id))
                 .collect(),
+            nodes: self.nodes.values().collect(),
         };
         Ok(serde_json::to_vec(&out)?)
     }
@@ -244,6 +317,8 @@ impl State {
         }
         let mut state = State {
             next_seq: snap.next_seq,
+            stale_reports: snap.stale_reports,
+            nodes: snap.nodes.into_iter().map(|n| (n.info.id.clone(), n)).collect(),
             ..State::default()
         };
         for job in snap.jobs {

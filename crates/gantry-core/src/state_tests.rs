@@ -162,7 +162,7 @@ fn t20_list_pages_in_submission_order_with_filters() {
 fn t20_bad_snapshot_is_an_error_not_a_panic() {
     assert!(State::from_snapshot(b"not json").is_err());
     assert!(matches!(
-        State::from_snapshot(br#"{"version":99,"next_seq":0,"jobs":[]}"#),
+        State::from_snapshot(br#"{"version":99,"next_seq":0,"stale_reports":0,"jobs":[],"nodes":[]}"#),
         Err(SnapshotError::Version(99))
     ));
 }
@@ -186,10 +186,70 @@ fn arb_spec() -> impl Strategy<Value = JobSpec> {
         })
 }
 
+fn arb_node_id() -> impl Strategy<Value = String> {
+    (0u8..3).prop_map(|n| format!("node-{n}"))
+}
+
+fn arb_attempt() -> impl Strategy<Value = crate::AttemptRef> {
+    ((0u8..12).prop_map(|n| format!("job-{n}")), 0u32..3, 1u32..4)
+        .prop_map(|(job_id, task, attempt)| crate::AttemptRef { job_id, task, attempt })
+}
+
+fn arb_exit() -> impl Strategy<Value = crate::Exit> {
+    prop::option::of(prop::sample::select(vec![
+        crate::FailureClass::Workload,
+        crate::FailureClass::Timeout,
+        crate::FailureClass::Infra,
+        crate::FailureClass::Cancelled,
+    ]))
+    .prop_map(|failure| crate::Exit {
+        failure,
+        exit_code: Some(i32::from(failure.is_some())),
+        ..crate::Exit::default()
+    })
+}
+
 fn arb_command() -> impl Strategy<Value = Command> {
     // Few distinct ids so duplicates, conflicts and cancels of existing jobs happen.
     let id = || (0u8..12).prop_map(|n| format!("job-{n}"));
     prop_oneof![
+        1 => (any::<u16>(), arb_node_id(), 0u64..4000, 0u32..3).prop_map(|(now, id, cpu, s)| {
+            Command::NodeSessionOpened {
+                now_ms: u64::from(now),
+                node: crate::NodeInfo {
+                    id,
+                    capacity: crate::Resources { cpu_millis: cpu, memory_mib: 1024, gpus: 1 },
+                    max_tasks: 3,
+                    ..crate::NodeInfo::default()
+                },
+                session: crate::Session { id: format!("s{s}"), replica: 1, opened_at_ms: 0 },
+            }
+        }),
+        1 => (any::<u16>(), prop::collection::vec((arb_attempt(), arb_node_id()), 0..4)).prop_map(
+            |(now, ps)| Command::Assign {
+                now_ms: u64::from(now),
+                placements: ps
+                    .into_iter()
+                    .map(|(attempt, node_id)| crate::Placement { attempt, node_id })
+                    .collect(),
+            }
+        ),
+        1 => (any::<u16>(), prop::collection::vec((arb_attempt(), arb_node_id(), prop::option::of(arb_exit())), 0..4)).prop_map(
+            |(now, rs)| Command::ReportAttempts {
+                now_ms: u64::from(now),
+                reports: rs
+                    .into_iter()
+                    .map(|(attempt, node_id, exit)| crate::AttemptReport {
+                        node_id,
+                        attempt,
+                        event: exit.map_or(crate::AttemptEvent::Started, crate::AttemptEvent::Finished),
+                    })
+                    .collect(),
+            }
+        ),
+        1 => (any::<u16>(), prop::collection::vec(arb_node_id(), 0..2)).prop_map(|(now, node_ids)| {
+            Command::NodesLost { now_ms: u64::from(now), node_ids }
+        }),
         3 => (any::<u32>(), prop::collection::vec((id(), arb_spec()), 1..4)).prop_map(
             |(now, jobs)| Command::SubmitJobs {
                 now_ms: u64::from(now),

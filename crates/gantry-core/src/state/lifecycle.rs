@@ -1,0 +1,367 @@
+//! Nodes and attempts: sessions, placement, reports, loss and retries.
+
+use super::{State, pending_key};
+use crate::command::{AttemptEvent, AttemptReport, NodeError, Outcome, Placement};
+use crate::job::{
+    AttemptRef, AttemptState, Exit, FailureClass, Job, JobState, Resources, TaskState,
+};
+use crate::node::{Eligibility, Node, NodeInfo, NodeStatus, Session};
+use crate::{Attempt, limits};
+
+/// First retry delay; doubles per failure up to [`RETRY_BACKOFF_MAX_MS`].
+pub const RETRY_BACKOFF_BASE_MS: u64 = 1_000;
+pub const RETRY_BACKOFF_MAX_MS: u64 = 60_000;
+
+fn backoff_ms(failures: u32) -> u64 {
+    let shift = failures.saturating_sub(1).min(16);
+    (RETRY_BACKOFF_BASE_MS << shift).min(RETRY_BACKOFF_MAX_MS)
+}
+
+/// What a node has committed to live attempts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub resources: Resources,
+    pub tasks: u32,
+}
+
+impl Usage {
+    /// Whether `req` fits on `node` on top of this usage. A capacity of 0
+    /// for a resource means the node offers none of it.
+    pub fn fits(&self, node: &NodeInfo, req: &Resources) -> bool {
+        let cap = &node.capacity;
+        (node.max_tasks == 0 || self.tasks < node.max_tasks)
+            && self.resources.cpu_millis + req.cpu_millis <= cap.cpu_millis
+            && self.resources.memory_mib + req.memory_mib <= cap.memory_mib
+            && self.resources.gpus + req.gpus <= cap.gpus
+    }
+
+    pub fn add(&mut self, req: &Resources) {
+        self.resources.cpu_millis += req.cpu_millis;
+        self.resources.memory_mib += req.memory_mib;
+        self.resources.gpus += req.gpus;
+        self.tasks += 1;
+    }
+}
+
+/// Job state from its tasks (a cancelled job stays cancelled).
+fn refresh_job(job: &mut Job, now_ms: u64) {
+    job.updated_at_ms = now_ms;
+    if job.state == JobState::Cancelled {
+        return;
+    }
+    let tasks = &job.tasks;
+    job.state = if tasks.iter().all(|t| t.state.is_terminal()) {
+        if tasks.iter().all(|t| t.state == TaskState::Succeeded) {
+            JobState::Complete
+        } else {
+            JobState::Failed
+        }
+    } else if tasks
+        .iter()
+        .any(|t| matches!(t.state, TaskState::Assigned | TaskState::Running))
+        || tasks.iter().any(|t| t.state.is_terminal())
+    {
+        JobState::Running
+    } else {
+        JobState::Pending
+    };
+}
+
+impl State {
+    pub(super) fn apply_session_opened(
+        &mut self,
+        now_ms: u64,
+        info: &NodeInfo,
+        session: &Session,
+    ) -> Outcome {
+        let node = self.nodes.entry(info.id.clone()).or_insert_with(|| Node {
+            info: info.clone(),
+            status: NodeStatus::Ready,
+            eligibility: Eligibility::Eligible,
+            session: None,
+            registered_at_ms: now_ms,
+            updated_at_ms: now_ms,
+        });
+        node.info = info.clone();
+        node.status = NodeStatus::Ready;
+        node.session = Some(session.clone());
+        node.updated_at_ms = now_ms;
+        Outcome::Node(Ok(()))
+    }
+
+    pub(super) fn apply_session_closed(&mut self, now_ms: u64, node_id: &str, session_id: &str) -> Outcome {
+        let Some(node) = self.nodes.get_mut(node_id) else {
+            return Outcome::Node(Err(NodeError::NotFound(node_id.to_owned())));
+        };
+        if node.session.as_ref().is_some_and(|s| s.id == session_id) {
+            node.session = None;
+            node.updated_at_ms = now_ms;
+        }
+        Outcome::Node(Ok(()))
+    }
+
+    pub(super) fn apply_eligibility(
+        &mut self,
+        now_ms: u64,
+        node_id: &str,
+        eligibility: Eligibility,
+    ) -> Outcome {
+        let Some(node) = self.nodes.get_mut(node_id) else {
+            return Outcome::Node(Err(NodeError::NotFound(node_id.to_owned())));
+        };
+        node.eligibility = eligibility;
+        node.updated_at_ms = now_ms;
+        Outcome::Node(Ok(()))
+    }
+
+    pub(super) fn apply_nodes_lost(&mut self, now_ms: u64, node_ids: &[String]) -> Outcome {
+        let mut attempts_lost = 0;
+        for id in node_ids {
+            let Some(node) = self.nodes.get_mut(id) else {
+                continue;
+            };
+            node.status = NodeStatus::Lost;
+            node.session = None;
+            node.updated_at_ms = now_ms;
+            let live: Vec<AttemptRef> = self.live.remove(id).unwrap_or_default().into_iter().collect();
+            for r in live {
+                let exit = Exit {
+                    failure: Some(FailureClass::Infra),
+                    message: format!("node {id} lost: no replica held its session for the grace period"),
+                    ..Exit::default()
+                };
+                self.finish_attempt(now_ms, &r, AttemptState::Lost, exit);
+                attempts_lost += 1;
+            }
+        }
+        Outcome::NodesLost { attempts_lost }
+    }
+
+    pub(super) fn apply_assign(&mut self, now_ms: u64, placements: &[Placement]) -> Outcome {
+        let (mut placed, mut skipped) = (0, 0);
+        for p in placements {
+            if self.place(now_ms, p) {
+                placed += 1;
+            } else {
+                skipped += 1;
+            }
+        }
+        Outcome::Assigned { placed, skipped }
+    }
+
+    /// Re-checks one placement against the current state and applies it.
+    fn place(&mut self, now_ms: u64, p: &Placement) -> bool {
+        let Some(node) = self.nodes.get(&p.node_id) else {
+            return false;
+        };
+        if !node.accepts_work() {
+            return false;
+        }
+        let usage = self.usage(&p.node_id);
+        let Some(job) = self.jobs.get(&p.attempt.job_id) else {
+            return false;
+        };
+        let Some(task) = job.tasks.get(p.attempt.task as usize) else {
+            return false;
+        };
+        let valid = job.state != JobState::Cancelled
+            && task.state == TaskState::Pending
+            && task.not_before_ms <= now_ms
+            && p.attempt.attempt as usize == task.attempts.len() + 1
+            && usage.fits(&node.info, &job.spec.resources)
+            && job
+                .spec
+                .constraints
+                .iter()
+                .all(|(k, v)| node.info.labels.get(k) == Some(v));
+        if !valid {
+            return false;
+        }
+        let key = pending_key(job, task.index);
+        let Some(job) = self.jobs.get_mut(&p.attempt.job_id) else {
+            return false;
+        };
+        let Some(task) = job.tasks.get_mut(p.attempt.task as usize) else {
+            return false;
+        };
+        task.attempts.push(Attempt {
+            number: p.attempt.attempt,
+            node_id: p.node_id.clone(),
+            state: AttemptState::Assigned,
+            assigned_at_ms: now_ms,
+            started_at_ms: 0,
+            finished_at_ms: 0,
+            cancel_requested: false,
+            exit: Exit::default(),
+        });
+        task.state = TaskState::Assigned;
+        refresh_job(job, now_ms);
+        self.pending.remove(&key);
+        self.live
+            .entry(p.node_id.clone())
+            .or_default()
+            .insert(p.attempt.clone());
+        true
+    }
+
+    pub(super) fn apply_reports(&mut self, now_ms: u64, reports: &[AttemptReport]) -> Outcome {
+        let (mut accepted, mut stale) = (0, 0);
+        for r in reports {
+            if self.accept_report(now_ms, r) {
+                accepted += 1;
+            } else {
+                stale += 1;
+                self.stale_reports += 1;
+            }
+        }
+        Outcome::Reported { accepted, stale }
+    }
+
+    /// Fencing: only the current live attempt, only from its own node.
+    fn accept_report(&mut self, now_ms: u64, r: &AttemptReport) -> bool {
+        let current = self
+            .jobs
+            .get(&r.attempt.job_id)
+            .and_then(|j| j.tasks.get(r.attempt.task as usize))
+            .and_then(|t| t.live_attempt())
+            .is_some_and(|a| a.number == r.attempt.attempt && a.node_id == r.node_id);
+        if !current {
+            return false;
+        }
+        match &r.event {
+            AttemptEvent::Started => {
+                if let Some(job) = self.jobs.get_mut(&r.attempt.job_id)
+                    && let Some(task) = job.tasks.get_mut(r.attempt.task as usize)
+                    && let Some(a) = task.attempts.last_mut()
+                    && a.state == AttemptState::Assigned
+                {
+                    a.state = AttemptState::Running;
+                    a.started_at_ms = now_ms;
+                    if task.state == TaskState::Assigned {
+                        task.state = TaskState::Running;
+                    }
+                    refresh_job(job, now_ms);
+                }
+            }
+            AttemptEvent::Finished(exit) => {
+                let state = match exit.failure {
+                    None => AttemptState::Succeeded,
+                    Some(FailureClass::Cancelled) => AttemptState::Cancelled,
+                    Some(_) => AttemptState::Failed,
+                };
+                let mut exit = exit.clone();
+                limits::truncate_tail(&mut exit.stdout_tail);
+                limits::truncate_tail(&mut exit.stderr_tail);
+                self.finish_attempt(now_ms, &r.attempt, state, exit);
+            }
+        }
+        true
+    }
+
+    /// Ends a live attempt and moves its task on: done, retried or failed.
+    fn finish_attempt(&mut self, now_ms: u64, r: &AttemptRef, state: AttemptState, exit: Exit) {
+        let Some(job) = self.jobs.get_mut(&r.job_id) else {
+            return;
+        };
+        let max_attempts = job.spec.max_attempts;
+        let Some(task) = job.tasks.get_mut(r.task as usize) else {
+            return;
+        };
+        let Some(attempt) = task.attempts.last_mut().filter(|a| a.number == r.attempt) else {
+            return;
+        };
+        if let Some(set) = self.live.get_mut(&attempt.node_id) {
+            set.remove(r);
+        }
+        let failure = exit.failure;
+        let message = exit.message.clone();
+        attempt.state = state;
+        attempt.finished_at_ms = now_ms;
+        attempt.exit = exit;
+        let mut requeue = false;
+        if task.state == TaskState::Cancelled {
+            // The job was cancelled while this attempt ran: it stays cancelled.
+        } else {
+            match failure {
+                None => task.state = TaskState::Succeeded,
+                Some(FailureClass::Cancelled) => task.state = TaskState::Cancelled,
+                Some(FailureClass::Workload | FailureClass::Timeout) => {
+                    task.workload_failures += 1;
+                    if task.workload_failures < max_attempts {
+                        requeue = true;
+                        task.not_before_ms = now_ms + backoff_ms(task.workload_failures);
+                    } else {
+                        task.state = TaskState::Failed;
+                        task.failure_reason = format!(
+                            "{} of {max_attempts} attempts failed; last: {message}",
+                            task.workload_failures
+                        );
+                    }
+                }
+                Some(FailureClass::Infra) => {
+                    task.infra_failures += 1;
+                    if task.infra_failures <= limits::MAX_INFRA_RETRIES {
+                        requeue = true;
+                        task.not_before_ms = now_ms + backoff_ms(task.infra_failures);
+                    } else {
+                        task.state = TaskState::Failed;
+                        task.failure_reason = format!(
+                            "{} host failures (limit {}); last: {message}",
+                            task.infra_failures,
+                            limits::MAX_INFRA_RETRIES
+                        );
+                    }
+                }
+            }
+        }
+        if requeue {
+            task.state = TaskState::Pending;
+        }
+        let index = task.index;
+        refresh_job(job, now_ms);
+        if requeue {
+            self.pending.insert(pending_key(job, index));
+        }
+    }
+
+    /// Resources held by live attempts on `node_id`.
+    pub fn usage(&self, node_id: &str) -> Usage {
+        let mut usage = Usage::default();
+        for r in self.live.get(node_id).into_iter().flatten() {
+            if let Some(job) = self.jobs.get(&r.job_id) {
+                usage.add(&job.spec.resources);
+            }
+        }
+        usage
+    }
+
+    pub fn node(&self, id: &str) -> Option<&Node> {
+        self.nodes.get(id)
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    /// Live attempts on a node (what it should be running).
+    pub fn live_attempts(&self, node_id: &str) -> impl Iterator<Item = &AttemptRef> {
+        self.live.get(node_id).into_iter().flatten()
+    }
+
+    /// Pending tasks in scheduling order: priority, then submission order.
+    pub fn pending_tasks(&self) -> impl Iterator<Item = (&Job, u32)> {
+        self.pending.iter().filter_map(|(_, seq, task)| {
+            let id = self.by_seq.get(seq)?;
+            Some((self.jobs.get(id)?, *task))
+        })
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Reports refused by fencing since the cluster began.
+    pub fn stale_reports(&self) -> u64 {
+        self.stale_reports
+    }
+}
