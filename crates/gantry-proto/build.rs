@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "gantry/v1/jobs.proto",
         "gantry/v1/cluster.proto",
+        "gantry/v1/agent.proto",
+        "gantry/v1/nodes.proto",
         "gantry/internal/v1/raft.proto",
     ];
     for f in &files {
@@ -27,6 +29,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // No generated `connect` constructors: channels come from
+        // `transport::Transport`, and AgentService has an RPC named Connect.
+        .build_transport(false)
         .compile_fds(fds)?;
     Ok(())
 }

@@ -76,6 +76,13 @@ pub struct SubmitArgs {
     /// Makes retried submits return the original job.
     #[arg(long, default_value = "")]
     idempotency_key: String,
+    /// Run the command through `sh -c` (the words after `--` are joined
+    /// into one script). Without it, the command runs directly.
+    #[arg(long)]
+    shell: bool,
+    /// Spread this job's tasks over nodes instead of packing them.
+    #[arg(long)]
+    spread: bool,
     /// The program and its arguments.
     #[arg(last = true, required = true, num_args = 1..)]
     command: Vec<String>,
@@ -85,9 +92,16 @@ pub async fn run(args: &ClientArgs, cmd: JobCommand) -> Result<(), Failure> {
     let client = args.client()?;
     match cmd {
         JobCommand::Submit(s) => {
+            let argv = if s.shell {
+                vec![s.command.join(" ")]
+            } else {
+                s.command
+            };
             let spec = api::JobSpec {
                 name: s.name,
-                argv: s.command,
+                argv,
+                shell: s.shell,
+                spread: s.spread,
                 env: s.env.into_iter().collect::<HashMap<_, _>>(),
                 working_dir: s.workdir,
                 resources: Some(api::Resources {

@@ -42,6 +42,9 @@ pub struct ServerArgs {
     /// Longest a client request waits for a leader or a commit.
     #[arg(long, env = "GANTRY_REQUEST_TIMEOUT_MS")]
     request_timeout_ms: Option<u64>,
+    /// A node is lost when no replica has held its agent's stream this long.
+    #[arg(long, env = "GANTRY_NODE_GRACE_MS")]
+    node_grace_ms: Option<u64>,
     /// Validate the configuration, print it, and exit (0 when valid, 64 when not).
     #[arg(long)]
     check: bool,
@@ -60,6 +63,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     join: Option<bool>,
     request_timeout_ms: Option<u64>,
+    node_grace_ms: Option<u64>,
     raft: Option<FileRaft>,
 }
 
@@ -153,6 +157,7 @@ fn resolve(args: &ServerArgs) -> Result<ServerConfig, Failure> {
             .request_timeout_ms
             .or(file.request_timeout_ms)
             .unwrap_or(10_000),
+        node_grace_ms: args.node_grace_ms.or(file.node_grace_ms).unwrap_or(10_000),
         raft: RaftTimings {
             heartbeat_ms: args
                 .heartbeat_ms

@@ -124,11 +124,19 @@ pub enum Outcome {
     Submitted(Result<Vec<Submitted>, SubmitError>),
     Cancelled(Result<Box<Job>, CancelError>),
     Node(Result<(), NodeError>),
-    Assigned { placed: u32, skipped: u32 },
+    Assigned {
+        placed: u32,
+        skipped: u32,
+    },
     /// `stale`: reports ignored because they were not for the current live
     /// attempt or came from another node (fencing).
-    Reported { accepted: u32, stale: u32 },
-    NodesLost { attempts_lost: u32 },
+    Reported {
+        accepted: u32,
+        stale: u32,
+    },
+    NodesLost {
+        attempts_lost: u32,
+    },
 }
 
 // Raft logs show entries by their Display form; keep it short.
@@ -138,13 +146,23 @@ impl std::fmt::Display for Command {
             Self::SubmitJobs { jobs, .. } => write!(f, "submit {} job(s)", jobs.len()),
             Self::CancelJob { job_id, .. } => write!(f, "cancel job {job_id}"),
             Self::NodeSessionOpened { node, session, .. } => {
-                write!(f, "node {} session {} on replica {}", node.id, session.id, session.replica)
+                write!(
+                    f,
+                    "node {} session {} on replica {}",
+                    node.id, session.id, session.replica
+                )
             }
             Self::NodeSessionClosed { node_id, .. } => write!(f, "node {node_id} session closed"),
             Self::NodesLost { node_ids, .. } => write!(f, "nodes lost: {node_ids:?}"),
             Self::Assign { placements, .. } => write!(f, "assign {} task(s)", placements.len()),
-            Self::ReportAttempts { reports, .. } => write!(f, "{} attempt report(s)", reports.len()),
-            Self::SetEligibility { node_id, eligibility, .. } => {
+            Self::ReportAttempts { reports, .. } => {
+                write!(f, "{} attempt report(s)", reports.len())
+            }
+            Self::SetEligibility {
+                node_id,
+                eligibility,
+                ..
+            } => {
                 write!(f, "node {node_id} {eligibility:?}")
             }
         }

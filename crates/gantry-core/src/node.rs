@@ -34,7 +34,9 @@ pub enum Eligibility {
     /// No new tasks; running ones carry on.
     Cordoned,
     /// No new tasks; running ones are cancelled and rescheduled at the deadline.
-    Draining { deadline_ms: u64 },
+    Draining {
+        deadline_ms: u64,
+    },
 }
 
 /// The agent stream a replica holds for a node.

@@ -76,7 +76,11 @@ fn fullness(node: &Node, usage: &Usage, spec: &JobSpec) -> f64 {
     };
     frac(usage.resources.cpu_millis, r.cpu_millis, cap.cpu_millis);
     frac(usage.resources.memory_mib, r.memory_mib, cap.memory_mib);
-    frac(u64::from(usage.resources.gpus), u64::from(r.gpus), u64::from(cap.gpus));
+    frac(
+        u64::from(usage.resources.gpus),
+        u64::from(r.gpus),
+        u64::from(cap.gpus),
+    );
     frac(u64::from(usage.tasks), 1, u64::from(node.info.max_tasks));
     if parts.is_empty() {
         0.0

@@ -99,7 +99,10 @@ fn t10_binpack_fills_one_node_spread_uses_both() {
     submit(&mut s, 3, vec![job("j1", 1000, 0), job("j2", 1000, 0)]);
     let p = round(&mut s, 4, 0);
     assert_eq!(p.len(), 2);
-    assert_eq!(p[0].node_id, p[1].node_id, "bin-packing keeps one node free");
+    assert_eq!(
+        p[0].node_id, p[1].node_id,
+        "bin-packing keeps one node free"
+    );
 
     let mut s = State::default();
     open(&mut s, 1, node("a", 4000, 0, 0, &[]));
@@ -142,7 +145,15 @@ fn t10_constraints_gpus_and_capacity_hold() {
 fn t10_priority_goes_first_when_room_is_short() {
     let mut s = State::default();
     open(&mut s, 1, node("a", 2000, 0, 0, &[]));
-    submit(&mut s, 2, vec![job("low", 1000, 0), job("high", 1000, 5), job("mid", 1000, 1)]);
+    submit(
+        &mut s,
+        2,
+        vec![
+            job("low", 1000, 0),
+            job("high", 1000, 5),
+            job("mid", 1000, 1),
+        ],
+    );
     let p = round(&mut s, 3, 0);
     let placed: Vec<_> = p.iter().map(|p| p.attempt.job_id.as_str()).collect();
     assert_eq!(placed, vec!["high", "mid"]);
@@ -156,7 +167,13 @@ fn t20_workload_failures_retry_with_backoff_then_fail() {
     j.spec.max_attempts = 2;
     submit(&mut s, 2, vec![j]);
     let p = round(&mut s, 3, 0);
-    assert_eq!(finish(&mut s, 4, &p[0], Some(FailureClass::Workload)), Outcome::Reported { accepted: 1, stale: 0 });
+    assert_eq!(
+        finish(&mut s, 4, &p[0], Some(FailureClass::Workload)),
+        Outcome::Reported {
+            accepted: 1,
+            stale: 0
+        }
+    );
     let task = s.job("j").unwrap().tasks[0].clone();
     assert_eq!(task.state, TaskState::Pending);
     assert!(task.not_before_ms > 10);
@@ -164,11 +181,21 @@ fn t20_workload_failures_retry_with_backoff_then_fail() {
     let p2 = round(&mut s, 6, task.not_before_ms);
     assert_eq!(p2[0].attempt.attempt, 2);
     // A late report for attempt 1 is refused by fencing.
-    assert_eq!(finish(&mut s, 7, &p[0], None), Outcome::Reported { accepted: 0, stale: 1 });
+    assert_eq!(
+        finish(&mut s, 7, &p[0], None),
+        Outcome::Reported {
+            accepted: 0,
+            stale: 1
+        }
+    );
     finish(&mut s, 8, &p2[0], Some(FailureClass::Timeout));
     let job = s.job("j").unwrap();
     assert_eq!(job.state, JobState::Failed);
-    assert!(job.tasks[0].failure_reason.contains("2 of 2"), "{}", job.tasks[0].failure_reason);
+    assert!(
+        job.tasks[0].failure_reason.contains("2 of 2"),
+        "{}",
+        job.tasks[0].failure_reason
+    );
     assert_eq!(s.stale_reports(), 1);
 }
 
@@ -183,9 +210,21 @@ fn t20_infra_failures_do_not_consume_attempts_and_reports_are_fenced_by_node() {
     // A report naming another node is refused.
     let mut foreign = p[0].clone();
     foreign.node_id = "b".into();
-    assert_eq!(finish(&mut s, 4, &foreign, None), Outcome::Reported { accepted: 0, stale: 1 });
+    assert_eq!(
+        finish(&mut s, 4, &foreign, None),
+        Outcome::Reported {
+            accepted: 0,
+            stale: 1
+        }
+    );
     // The node is lost: the attempt is lost and the task retried (infra).
-    let out = s.apply(5, &Command::NodesLost { now_ms: 20, node_ids: vec!["a".into()] });
+    let out = s.apply(
+        5,
+        &Command::NodesLost {
+            now_ms: 20,
+            node_ids: vec!["a".into()],
+        },
+    );
     assert_eq!(out, Outcome::NodesLost { attempts_lost: 1 });
     let task = &s.job("j").unwrap().tasks[0];
     assert_eq!(task.state, TaskState::Pending);
@@ -205,10 +244,21 @@ fn t20_cancel_keeps_live_attempt_until_reported() {
     open(&mut s, 1, node("a", 4000, 0, 0, &[]));
     submit(&mut s, 2, vec![job("j", 1000, 0)]);
     let p = round(&mut s, 3, 0);
-    s.apply(4, &Command::CancelJob { now_ms: 5, job_id: "j".into(), reason: String::new() });
+    s.apply(
+        4,
+        &Command::CancelJob {
+            now_ms: 5,
+            job_id: "j".into(),
+            reason: String::new(),
+        },
+    );
     let a = &s.job("j").unwrap().tasks[0].attempts[0];
     assert!(a.cancel_requested && a.state.is_live());
-    assert_eq!(s.usage("a").tasks, 1, "resources held until the kill is reported");
+    assert_eq!(
+        s.usage("a").tasks,
+        1,
+        "resources held until the kill is reported"
+    );
     finish(&mut s, 5, &p[0], Some(FailureClass::Cancelled));
     let job = s.job("j").unwrap();
     assert_eq!(job.state, JobState::Cancelled);
@@ -239,7 +289,15 @@ fn arb_cluster() -> impl Strategy<Value = (Vec<NodeInfo>, Vec<NewJob>)> {
             .collect::<Vec<_>>()
     });
     let jobs = prop::collection::vec(
-        (0u64..3000, 0u64..2048, 0u32..3, -2i32..3, prop::option::of(prop::bool::ANY), 1u32..3, prop::bool::ANY),
+        (
+            0u64..3000,
+            0u64..2048,
+            0u32..3,
+            -2i32..3,
+            prop::option::of(prop::bool::ANY),
+            1u32..3,
+            prop::bool::ANY,
+        ),
         0..30,
     )
     .prop_map(|js| {

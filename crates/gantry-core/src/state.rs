@@ -230,7 +230,8 @@ impl State {
             job.cancel_reason = reason.to_owned();
             for task in job.tasks.iter_mut().filter(|t| !t.state.is_terminal()) {
                 if task.state == TaskState::Pending {
-                    self.pending.remove(&pending_key_parts(job.spec.priority, job.seq, task.index));
+                    self.pending
+                        .remove(&pending_key_parts(job.spec.priority, job.seq, task.index));
                 }
                 task.state = TaskState::Cancelled;
                 // A live attempt stays live (and keeps its resources) until
@@ -255,11 +256,14 @@ impl State {
                 self.pending.insert(pending_key(job, task.index));
             }
             if let Some(a) = task.live_attempt() {
-                self.live.entry(a.node_id.clone()).or_default().insert(AttemptRef {
-                    job_id: job.id.clone(),
-                    task: task.index,
-                    attempt: a.number,
-                });
+                self.live
+                    .entry(a.node_id.clone())
+                    .or_default()
+                    .insert(AttemptRef {
+                        job_id: job.id.clone(),
+                        task: task.index,
+                        attempt: a.number,
+                    });
             }
         }
     }
@@ -318,7 +322,11 @@ impl State {
         let mut state = State {
             next_seq: snap.next_seq,
             stale_reports: snap.stale_reports,
-            nodes: snap.nodes.into_iter().map(|n| (n.info.id.clone(), n)).collect(),
+            nodes: snap
+                .nodes
+                .into_iter()
+                .map(|n| (n.info.id.clone(), n))
+                .collect(),
             ..State::default()
         };
         for job in snap.jobs {

@@ -162,7 +162,9 @@ fn t20_list_pages_in_submission_order_with_filters() {
 fn t20_bad_snapshot_is_an_error_not_a_panic() {
     assert!(State::from_snapshot(b"not json").is_err());
     assert!(matches!(
-        State::from_snapshot(br#"{"version":99,"next_seq":0,"stale_reports":0,"jobs":[],"nodes":[]}"#),
+        State::from_snapshot(
+            br#"{"version":99,"next_seq":0,"stale_reports":0,"jobs":[],"nodes":[]}"#
+        ),
         Err(SnapshotError::Version(99))
     ));
 }
@@ -191,8 +193,13 @@ fn arb_node_id() -> impl Strategy<Value = String> {
 }
 
 fn arb_attempt() -> impl Strategy<Value = crate::AttemptRef> {
-    ((0u8..12).prop_map(|n| format!("job-{n}")), 0u32..3, 1u32..4)
-        .prop_map(|(job_id, task, attempt)| crate::AttemptRef { job_id, task, attempt })
+    ((0u8..12).prop_map(|n| format!("job-{n}")), 0u32..3, 1u32..4).prop_map(
+        |(job_id, task, attempt)| crate::AttemptRef {
+            job_id,
+            task,
+            attempt,
+        },
+    )
 }
 
 fn arb_exit() -> impl Strategy<Value = crate::Exit> {

@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use gantry_proto::internal::v1::raft_service_server::RaftServiceServer;
 use gantry_proto::transport::{MAX_MESSAGE_BYTES, Transport};
+use gantry_proto::v1::agent_service_server::AgentServiceServer;
 use gantry_proto::v1::cluster_service_server::ClusterServiceServer;
 use gantry_proto::v1::job_service_server::JobServiceServer;
+use gantry_proto::v1::node_service_server::NodeServiceServer;
 use gantry_store::Raft;
 use openraft::BasicNode;
 use tokio::net::TcpListener;
@@ -16,11 +18,13 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
+use crate::agent_api::AgentApi;
 use crate::cluster::ClusterApi;
 use crate::config::{ConfigError, ServerConfig};
 use crate::internal::InternalService;
 use crate::jobs::JobApi;
 use crate::network::NetworkFactory;
+use crate::nodes_api::NodeApi;
 use crate::peers::{MAX_INTERNAL_MESSAGE_BYTES, Peers};
 use crate::replica::Replica;
 
@@ -47,6 +51,7 @@ pub struct ServerHandle {
     pub replica: Arc<Replica>,
     stop: Option<oneshot::Sender<()>>,
     serve: JoinHandle<Result<(), tonic::transport::Error>>,
+    background: Vec<JoinHandle<()>>,
 }
 
 /// Binds `config.listen` and starts the replica.
@@ -94,7 +99,13 @@ pub async fn start_on(
         state,
         peers,
         config: Arc::new(config),
+        sessions: Default::default(),
+        liveness: Default::default(),
     });
+    let background = vec![
+        tokio::spawn(crate::leader::supervise(replica.clone())),
+        tokio::spawn(crate::leader::report_sessions(replica.clone())),
+    ];
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(gantry_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -122,6 +133,16 @@ pub async fn start_on(
         .add_service(ClusterServiceServer::new(ClusterApi {
             replica: replica.clone(),
         }))
+        .add_service(
+            AgentServiceServer::new(AgentApi {
+                replica: replica.clone(),
+            })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(NodeServiceServer::new(NodeApi {
+            replica: replica.clone(),
+        }))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -139,6 +160,7 @@ pub async fn start_on(
         replica,
         stop: Some(stop_tx),
         serve,
+        background,
     })
 }
 
@@ -186,6 +208,9 @@ async fn bootstrap(raft: &Raft, config: &ServerConfig) -> Result<(), StartError>
 impl ServerHandle {
     /// Stops serving and shuts Raft down.
     pub async fn shutdown(mut self) {
+        for task in self.background.drain(..) {
+            task.abort();
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

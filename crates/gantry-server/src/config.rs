@@ -30,6 +30,13 @@ pub struct ServerConfig {
     /// the replica answers UNAVAILABLE (a client's own grpc-timeout, if shorter, wins).
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// A node is lost when no replica has held its session for this long.
+    #[serde(default = "default_node_grace_ms")]
+    pub node_grace_ms: u64,
+}
+
+fn default_node_grace_ms() -> u64 {
+    10_000
 }
 
 /// Raft timing and compaction knobs, in milliseconds and entries.
@@ -138,11 +145,21 @@ impl ServerConfig {
         if self.request_timeout_ms == 0 {
             return Err(bad("request_timeout_ms", "must be at least 1"));
         }
+        if self.node_grace_ms < 1_000 {
+            return Err(bad(
+                "node_grace_ms",
+                "must be at least 1000: shorter than a reconnect would mark healthy nodes lost",
+            ));
+        }
         Ok(())
     }
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn node_grace(&self) -> Duration {
+        Duration::from_millis(self.node_grace_ms)
     }
 
     /// The openraft configuration these settings mean.
@@ -200,6 +217,7 @@ mod tests {
             raft: RaftTimings::default(),
             join: false,
             request_timeout_ms: 1000,
+            node_grace_ms: 10_000,
         }
     }
 

@@ -8,7 +8,7 @@ use gantry_core::Command;
 use gantry_proto::internal::v1::raft_service_server::RaftService;
 use gantry_proto::internal::v1::{
     LocalStatusRequest, LocalStatusResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
-    SnapshotChunk,
+    SessionsReport, SessionsReportAck, SnapshotChunk,
 };
 use gantry_store::{Snapshot, SnapshotMeta, Vote};
 use openraft::async_runtime::WatchReceiver;
@@ -128,5 +128,20 @@ impl RaftService for InternalService {
         _req: Request<LocalStatusRequest>,
     ) -> Result<Response<LocalStatusResponse>, Status> {
         Ok(Response::new(local_status(&self.replica)))
+    }
+
+    async fn report_sessions(
+        &self,
+        req: Request<SessionsReport>,
+    ) -> Result<Response<SessionsReportAck>, Status> {
+        if !self.replica.raft.is_leader() {
+            return Err(Status::failed_precondition("not the leader"));
+        }
+        let report = req.into_inner();
+        if report.node_ids.len() > 1_000_000 {
+            return Err(Status::invalid_argument("too many node ids in one report"));
+        }
+        self.replica.liveness.confirm(report.node_ids).await;
+        Ok(Response::new(SessionsReportAck {}))
     }
 }

@@ -4,6 +4,7 @@
 //! call: writes are forwarded to the leader by the replica itself, reads are
 //! linearizable through a read index unless the caller asks for a stale read.
 
+mod agent_api;
 mod app;
 mod cluster;
 pub mod config;
@@ -12,9 +13,12 @@ mod deadline;
 mod error;
 mod internal;
 mod jobs;
+mod leader;
 mod network;
+mod nodes_api;
 mod peers;
 mod replica;
+mod sessions;
 
 pub use app::{ServerHandle, StartError, start, start_on};
 pub use config::{ConfigError, RaftTimings, ServerConfig, parse_peers};

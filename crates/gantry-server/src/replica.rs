@@ -17,6 +17,7 @@ use tonic::{Code, Status};
 use crate::config::ServerConfig;
 use crate::network::{decode, encode};
 use crate::peers::Peers;
+use crate::sessions::{Liveness, Sessions};
 
 /// The answer to a forwarded write, as the leader sends it back.
 pub(crate) type ForwardReply = Result<(Outcome, u64), ForwardError>;
@@ -45,6 +46,10 @@ pub struct Replica {
     pub state: StateReader,
     pub peers: Peers,
     pub config: Arc<ServerConfig>,
+    /// Agent streams this replica holds.
+    pub sessions: Sessions,
+    /// On the leader: when each node's session was last confirmed.
+    pub liveness: Liveness,
 }
 
 fn unavailable_no_leader(waited: Duration) -> Status {

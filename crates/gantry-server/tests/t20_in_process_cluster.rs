@@ -46,6 +46,7 @@ impl TestCluster {
                 },
                 join: false,
                 request_timeout_ms: 3_000,
+                node_grace_ms: 10_000,
             };
             handles.insert(id, start_on(config, listener).await.unwrap());
             dirs.push(dir);
@@ -253,6 +254,7 @@ async fn t40_add_and_remove_a_replica() {
         raft: RaftTimings::default(),
         join: true,
         request_timeout_ms: 3_000,
+        node_grace_ms: 10_000,
     };
     cluster
         .handles

@@ -89,7 +89,12 @@ impl State {
         Outcome::Node(Ok(()))
     }
 
-    pub(super) fn apply_session_closed(&mut self, now_ms: u64, node_id: &str, session_id: &str) -> Outcome {
+    pub(super) fn apply_session_closed(
+        &mut self,
+        now_ms: u64,
+        node_id: &str,
+        session_id: &str,
+    ) -> Outcome {
         let Some(node) = self.nodes.get_mut(node_id) else {
             return Outcome::Node(Err(NodeError::NotFound(node_id.to_owned())));
         };
@@ -123,11 +128,18 @@ impl State {
             node.status = NodeStatus::Lost;
             node.session = None;
             node.updated_at_ms = now_ms;
-            let live: Vec<AttemptRef> = self.live.remove(id).unwrap_or_default().into_iter().collect();
+            let live: Vec<AttemptRef> = self
+                .live
+                .remove(id)
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
             for r in live {
                 let exit = Exit {
                     failure: Some(FailureClass::Infra),
-                    message: format!("node {id} lost: no replica held its session for the grace period"),
+                    message: format!(
+                        "node {id} lost: no replica held its session for the grace period"
+                    ),
                     ..Exit::default()
                 };
                 self.finish_attempt(now_ms, &r, AttemptState::Lost, exit);

@@ -1,0 +1,342 @@
+//! `gantry.v1.AgentService.Connect`: one bidirectional stream per agent.
+//!
+//! The replica that holds a node's stream registers the session in the log,
+//! pushes the node's assignments and cancellations as they are applied
+//! (level-triggered: it diffs what the node should run against what it has
+//! sent), and proposes the agent's reports in batches, acknowledging each
+//! finished report once it is committed.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::Stream;
+use gantry_core::{AttemptEvent, AttemptRef, AttemptReport, Command, JobSpec, Session};
+use gantry_proto::v1::agent_message::Msg as AgentMsg;
+use gantry_proto::v1::agent_service_server::AgentService;
+use gantry_proto::v1::server_message::Msg as ServerMsg;
+use gantry_proto::v1::{Ack, AgentMessage, Assign, Cancel, ServerMessage, Welcome};
+use openraft::async_runtime::WatchReceiver;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::convert::{
+    exit_from_api, node_info_from_hello, spec_to_api, token_from_api, token_to_api,
+};
+use crate::replica::Replica;
+
+/// How often agents send heartbeats.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a new stream may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages queued towards one agent; a slow agent slows its own dispatch.
+const OUTBOUND_QUEUE: usize = 256;
+/// Reports queued from one agent before its stream reads are paused.
+const REPORT_QUEUE: usize = 1024;
+/// The most reports proposed in one log entry.
+const MAX_REPORT_BATCH: usize = 512;
+
+pub struct AgentApi {
+    pub(crate) replica: Arc<Replica>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn msg(m: ServerMsg) -> Result<ServerMessage, Status> {
+    Ok(ServerMessage { msg: Some(m) })
+}
+
+type Outbound = mpsc::Sender<Result<ServerMessage, Status>>;
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    type ConnectStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
+
+    async fn connect(
+        &self,
+        req: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let replica = self.replica.clone();
+        let mut inbound = req.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(AgentMessage {
+                msg: Some(AgentMsg::Hello(h)),
+            }))) => h,
+            Ok(Err(s)) => return Err(s),
+            Err(_) => return Err(Status::deadline_exceeded("no hello within 10s")),
+            Ok(_) => {
+                return Err(Status::invalid_argument(
+                    "the first message on the agent stream must be hello",
+                ));
+            }
+        };
+        let info = node_info_from_hello(&hello)?;
+        let node_id = info.id.clone();
+        let session = Session {
+            id: uuid::Uuid::new_v4().to_string(),
+            replica: replica.id,
+            opened_at_ms: now_ms(),
+        };
+        let deadline = Instant::now() + replica.config.request_timeout();
+        let (_, index) = replica
+            .write(
+                Command::NodeSessionOpened {
+                    now_ms: now_ms(),
+                    node: info,
+                    session: session.clone(),
+                },
+                deadline,
+            )
+            .await?;
+        replica.sessions.open(&node_id, &session.id).await;
+        tracing::info!(node = %node_id, session = %session.id, "agent connected");
+
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let welcome = Welcome {
+            session_id: session.id.clone(),
+            heartbeat_interval_ms: HEARTBEAT_INTERVAL.as_millis() as u64,
+            replica_id: replica.id,
+        };
+        let _ = tx.send(msg(ServerMsg::Welcome(welcome))).await;
+
+        let running: BTreeSet<AttemptRef> = hello
+            .running
+            .into_iter()
+            .filter_map(|t| token_from_api(Some(t)).ok())
+            .collect();
+        let (reports_tx, reports_rx) = mpsc::channel(REPORT_QUEUE);
+        // Finished reports the agent could not get acknowledged before.
+        for f in hello.unacknowledged {
+            if let Ok(attempt) = token_from_api(f.attempt.clone()) {
+                let event = AttemptEvent::Finished(exit_from_api(f));
+                let _ = reports_tx.try_send((attempt, event));
+            }
+        }
+        tokio::spawn(run_session(
+            replica, node_id, session.id, index, running, inbound, tx, reports_tx, reports_rx,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_session(
+    replica: Arc<Replica>,
+    node_id: String,
+    session_id: String,
+    opened_at_index: u64,
+    running: BTreeSet<AttemptRef>,
+    mut inbound: Streaming<AgentMessage>,
+    tx: Outbound,
+    reports_tx: mpsc::Sender<(AttemptRef, AttemptEvent)>,
+    reports_rx: mpsc::Receiver<(AttemptRef, AttemptEvent)>,
+) {
+    let dispatcher = tokio::spawn(dispatch(
+        replica.clone(),
+        node_id.clone(),
+        opened_at_index,
+        running,
+        tx.clone(),
+    ));
+    let proposer = tokio::spawn(propose_reports(
+        replica.clone(),
+        node_id.clone(),
+        reports_rx,
+        tx.clone(),
+    ));
+    loop {
+        let m = match inbound.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::info!(node = %node_id, error = %e, "agent stream broke");
+                break;
+            }
+        };
+        let report = match m.msg {
+            Some(AgentMsg::Started(s)) => {
+                token_from_api(s.attempt).map(|a| (a, AttemptEvent::Started))
+            }
+            Some(AgentMsg::Finished(f)) => token_from_api(f.attempt.clone())
+                .map(|a| (a, AttemptEvent::Finished(exit_from_api(f)))),
+            Some(AgentMsg::Heartbeat(_)) | Some(AgentMsg::Output(_)) => continue,
+            Some(AgentMsg::Hello(_)) | None => {
+                Err(Status::invalid_argument("unexpected message after hello"))
+            }
+        };
+        match report {
+            Ok(r) => {
+                if reports_tx.send(r).await.is_err() {
+                    break;
+                }
+            }
+            Err(status) => {
+                tracing::warn!(node = %node_id, error = %status, "bad message from agent; closing its stream");
+                let _ = tx.send(Err(status)).await;
+                break;
+            }
+        }
+    }
+    dispatcher.abort();
+    // Let the proposer commit what was already received.
+    drop(reports_tx);
+    let _ = proposer.await;
+    replica.sessions.close(&node_id, &session_id).await;
+    let deadline = Instant::now() + replica.config.request_timeout();
+    let closed = Command::NodeSessionClosed {
+        now_ms: now_ms(),
+        node_id: node_id.clone(),
+        session_id,
+    };
+    match replica.write(closed, deadline).await {
+        Ok(_) => tracing::info!(node = %node_id, "agent disconnected"),
+        Err(e) => tracing::warn!(node = %node_id, error = %e, "could not record the session's end"),
+    }
+}
+
+/// Pushes the node's live attempts: Assign for new ones, Cancel for those
+/// whose job was cancelled, and Cancel for attempts the agent runs that the
+/// cluster no longer assigns to it.
+async fn dispatch(
+    replica: Arc<Replica>,
+    node_id: String,
+    opened_at_index: u64,
+    mut agent_running: BTreeSet<AttemptRef>,
+    tx: Outbound,
+) {
+    // Until this replica has applied the session's own entry it may not yet
+    // know assignments the agent already runs: reconcile only after it.
+    let wait = replica
+        .raft
+        .wait(None)
+        .applied_index_at_least(Some(opened_at_index), "session open applied")
+        .await;
+    if wait.is_err() {
+        return;
+    }
+    let mut sent: BTreeSet<AttemptRef> = BTreeSet::new();
+    let mut cancels_sent: BTreeSet<AttemptRef> = BTreeSet::new();
+    let mut metrics = replica.raft.metrics();
+    let mut last_applied = None;
+    loop {
+        let applied = metrics.borrow_watched().last_applied;
+        if last_applied != Some(applied) {
+            last_applied = Some(applied);
+            let live: Vec<(AttemptRef, JobSpec, bool)> = replica
+                .state
+                .read(|s, _| {
+                    s.live_attempts(&node_id)
+                        .filter_map(|r| {
+                            let job = s.job(&r.job_id)?;
+                            let a = job.tasks.get(r.task as usize)?.attempts.last()?;
+                            Some((r.clone(), job.spec.clone(), a.cancel_requested))
+                        })
+                        .collect()
+                })
+                .await;
+            let live_refs: BTreeSet<&AttemptRef> = live.iter().map(|(r, _, _)| r).collect();
+            for stale in agent_running.iter().filter(|r| !live_refs.contains(r)) {
+                tracing::info!(node = %node_id, attempt = %stale, "agent runs an attempt not assigned to it; cancelling");
+                let cancel = Cancel {
+                    attempt: Some(token_to_api(stale)),
+                    reason: "not assigned to this node".into(),
+                };
+                if tx.send(msg(ServerMsg::Cancel(cancel))).await.is_err() {
+                    return;
+                }
+            }
+            for (r, spec, cancel_requested) in &live {
+                if *cancel_requested {
+                    if cancels_sent.insert(r.clone()) {
+                        let cancel = Cancel {
+                            attempt: Some(token_to_api(r)),
+                            reason: "job cancelled".into(),
+                        };
+                        if tx.send(msg(ServerMsg::Cancel(cancel))).await.is_err() {
+                            return;
+                        }
+                    }
+                } else if !agent_running.contains(r) && sent.insert(r.clone()) {
+                    let assign = Assign {
+                        attempt: Some(token_to_api(r)),
+                        spec: Some(spec_to_api(spec)),
+                    };
+                    if tx.send(msg(ServerMsg::Assign(assign))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            // Remember only what is still live; the agent's own list was used once.
+            sent.extend(
+                agent_running
+                    .iter()
+                    .filter(|r| live_refs.contains(r))
+                    .cloned(),
+            );
+            agent_running.clear();
+            sent.retain(|r| live_refs.contains(r));
+            cancels_sent.retain(|r| live_refs.contains(r));
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Proposes the agent's reports in batches; acknowledges finished reports
+/// once committed. A report that cannot be committed now is retried while
+/// the stream lives; after that the agent re-sends it on reconnect.
+async fn propose_reports(
+    replica: Arc<Replica>,
+    node_id: String,
+    mut rx: mpsc::Receiver<(AttemptRef, AttemptEvent)>,
+    tx: Outbound,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_REPORT_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let reports: Vec<AttemptReport> = batch
+            .iter()
+            .map(|(attempt, event)| AttemptReport {
+                node_id: node_id.clone(),
+                attempt: attempt.clone(),
+                event: event.clone(),
+            })
+            .collect();
+        let cmd = Command::ReportAttempts {
+            now_ms: now_ms(),
+            reports,
+        };
+        loop {
+            let deadline = Instant::now() + replica.config.request_timeout();
+            match replica.write(cmd.clone(), deadline).await {
+                Ok(_) => break,
+                Err(e) if !tx.is_closed() => {
+                    tracing::warn!(node = %node_id, error = %e, "reports not committed yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(_) => return,
+            }
+        }
+        for (attempt, event) in &batch {
+            if matches!(event, AttemptEvent::Finished(_)) {
+                let ack = Ack {
+                    attempt: Some(token_to_api(attempt)),
+                };
+                let _ = tx.send(msg(ServerMsg::Ack(ack))).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Loops that run only on the leader (the scheduler, node liveness), started
+//! when this replica gains leadership and stopped when it loses it; and the
+//! loop every replica runs to tell the leader which sessions it holds.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gantry_core::{Command, NodeStatus, scheduler};
+use gantry_proto::internal::v1::SessionsReport;
+use openraft::async_runtime::WatchReceiver;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::replica::Replica;
+
+/// Most placements in one Assign entry.
+const MAX_PLACEMENTS_PER_ROUND: usize = 1_000;
+/// How often the scheduler looks again when nothing changed (retry backoffs expire).
+const SCHEDULER_TICK: Duration = Duration::from_millis(500);
+/// How often replicas report their sessions and the leader checks liveness.
+pub const SESSION_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Watches leadership and runs the leader-only loops while it lasts.
+pub async fn supervise(replica: Arc<Replica>) {
+    let mut metrics = replica.raft.metrics();
+    let mut loops: Vec<JoinHandle<()>> = Vec::new();
+    loop {
+        let leading = {
+            let m = metrics.borrow_watched();
+            m.current_leader == Some(replica.id) && m.state.is_leader()
+        };
+        if leading && loops.is_empty() {
+            tracing::info!(
+                id = replica.id,
+                "leadership gained: starting the scheduler and liveness loops"
+            );
+            replica.liveness.reset().await;
+            loops.push(tokio::spawn(schedule_loop(replica.clone())));
+            loops.push(tokio::spawn(liveness_loop(replica.clone())));
+        } else if !leading && !loops.is_empty() {
+            tracing::info!(id = replica.id, "leadership lost: stopping leader loops");
+            for l in loops.drain(..) {
+                l.abort();
+            }
+        }
+        if metrics.changed().await.is_err() {
+            break;
+        }
+    }
+    for l in loops {
+        l.abort();
+    }
+}
+
+async fn schedule_loop(replica: Arc<Replica>) {
+    let mut metrics = replica.raft.metrics();
+    loop {
+        let now = now_ms();
+        let placements = replica
+            .state
+            .read(|s, _| scheduler::schedule(s, now, MAX_PLACEMENTS_PER_ROUND))
+            .await;
+        if !placements.is_empty() {
+            let n = placements.len();
+            let deadline = Instant::now() + replica.config.request_timeout();
+            match replica
+                .write(
+                    Command::Assign {
+                        now_ms: now,
+                        placements,
+                    },
+                    deadline,
+                )
+                .await
+            {
+                Ok(_) => {
+                    tracing::debug!(placed = n, "scheduling round committed");
+                    continue;
+                }
+                Err(e) => tracing::warn!(error = %e, "scheduling round not committed"),
+            }
+        }
+        // Woken by newly applied entries (new work, finished attempts,
+        // nodes), or by the tick for retry backoffs.
+        let applied = metrics.borrow_watched().last_applied;
+        let _ = tokio::time::timeout(SCHEDULER_TICK, async {
+            while metrics.changed().await.is_ok() {
+                if metrics.borrow_watched().last_applied != applied {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+async fn liveness_loop(replica: Arc<Replica>) {
+    let grace = replica.config.node_grace();
+    let mut tick = tokio::time::interval(SESSION_REPORT_INTERVAL / 2);
+    loop {
+        tick.tick().await;
+        let ready: Vec<String> = replica
+            .state
+            .read(|s, _| {
+                s.nodes()
+                    .filter(|n| n.status == NodeStatus::Ready)
+                    .map(|n| n.id().to_owned())
+                    .collect()
+            })
+            .await;
+        let lost = replica.liveness.expired(&ready, grace).await;
+        if lost.is_empty() {
+            continue;
+        }
+        tracing::warn!(nodes = ?lost, ?grace, "no replica held these nodes' sessions for the grace period: marking them lost");
+        let deadline = Instant::now() + replica.config.request_timeout();
+        let cmd = Command::NodesLost {
+            now_ms: now_ms(),
+            node_ids: lost.clone(),
+        };
+        match replica.write(cmd, deadline).await {
+            Ok(_) => replica.liveness.forget(&lost).await,
+            Err(e) => tracing::warn!(error = %e, "could not record lost nodes"),
+        }
+    }
+}
+
+/// Every replica: tell the leader which agent sessions this replica holds.
+pub async fn report_sessions(replica: Arc<Replica>) {
+    let mut tick = tokio::time::interval(SESSION_REPORT_INTERVAL);
+    loop {
+        tick.tick().await;
+        let nodes = replica.sessions.nodes().await;
+        if nodes.is_empty() {
+            continue;
+        }
+        let leader = {
+            let rx = replica.raft.metrics();
+            let m = rx.borrow_watched();
+            m.current_leader.and_then(|id| {
+                m.membership_config
+                    .membership()
+                    .get_node(&id)
+                    .map(|n| (id, n.addr.clone()))
+            })
+        };
+        match leader {
+            Some((id, _)) if id == replica.id => replica.liveness.confirm(nodes).await,
+            Some((id, addr)) => {
+                let report = SessionsReport {
+                    replica: replica.id,
+                    node_ids: nodes,
+                };
+                let sent = async {
+                    let mut client = replica.peers.raft_client(&addr).await?;
+                    let mut req = tonic::Request::new(report);
+                    req.set_timeout(SESSION_REPORT_INTERVAL);
+                    client.report_sessions(req).await
+                };
+                if let Err(e) = sent.await {
+                    tracing::debug!(leader = id, error = %e, "session report not delivered");
+                }
+            }
+            None => {}
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! `gantry.v1.NodeService`: list nodes, cordon, uncordon, drain.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use gantry_core::{Command, Outcome};
+use gantry_proto::v1::node_service_server::NodeService;
+use gantry_proto::v1::{
+    ListNodesRequest, ListNodesResponse, SetEligibilityRequest, SetEligibilityResponse,
+};
+use tonic::{Request, Response, Status};
+
+use crate::convert::{eligibility_from_api, node_to_api};
+use crate::deadline::deadline;
+use crate::replica::Replica;
+
+pub struct NodeApi {
+    pub(crate) replica: Arc<Replica>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[tonic::async_trait]
+impl NodeService for NodeApi {
+    async fn list_nodes(
+        &self,
+        req: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
+        let deadline = deadline(&req, self.replica.config.request_timeout());
+        if !req.into_inner().stale {
+            self.replica.read_barrier(deadline).await?;
+        }
+        let nodes = self
+            .replica
+            .state
+            .read(|s, _| {
+                s.nodes()
+                    .map(|n| node_to_api(n, &s.usage(n.id())))
+                    .collect()
+            })
+            .await;
+        Ok(Response::new(ListNodesResponse { nodes }))
+    }
+
+    async fn set_eligibility(
+        &self,
+        req: Request<SetEligibilityRequest>,
+    ) -> Result<Response<SetEligibilityResponse>, Status> {
+        let deadline = deadline(&req, self.replica.config.request_timeout());
+        let req = req.into_inner();
+        let now = now_ms();
+        let eligibility = eligibility_from_api(req.eligibility, req.drain_deadline_ms, now)?;
+        let cmd = Command::SetEligibility {
+            now_ms: now,
+            node_id: req.node_id.clone(),
+            eligibility,
+        };
+        let (outcome, index) = self.replica.write(cmd, deadline).await?;
+        match outcome {
+            Outcome::Node(Ok(())) => {}
+            Outcome::Node(Err(e)) => return Err(Status::not_found(e.to_string())),
+            _ => return Err(crate::error::unexpected_outcome("SetEligibility")),
+        }
+        // Answer with the node as of this change, even on a lagging follower.
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let _ = self
+            .replica
+            .raft
+            .wait(Some(remaining))
+            .applied_index_at_least(Some(index), "eligibility applied")
+            .await;
+        let node = self
+            .replica
+            .state
+            .read(|s, _| {
+                s.node(&req.node_id)
+                    .map(|n| node_to_api(n, &s.usage(n.id())))
+            })
+            .await;
+        Ok(Response::new(SetEligibilityResponse { node }))
+    }
+}

@@ -1,0 +1,83 @@
+//! Agent sessions: which streams this replica holds, and, on the leader,
+//! when some replica last confirmed each node's session. Liveness lives in
+//! memory only: heartbeats never reach the Raft log.
+
+use std::collections::HashMap;
+
+use tokio::sync::RwLock;
+use tokio::time::Instant;
+
+/// The agent streams this replica holds: node id → session id.
+#[derive(Default)]
+pub struct Sessions {
+    held: RwLock<HashMap<String, String>>,
+}
+
+impl Sessions {
+    pub async fn open(&self, node_id: &str, session_id: &str) {
+        self.held
+            .write()
+            .await
+            .insert(node_id.to_owned(), session_id.to_owned());
+    }
+
+    /// Forgets the session unless a newer one for the node replaced it.
+    pub async fn close(&self, node_id: &str, session_id: &str) {
+        let mut held = self.held.write().await;
+        if held.get(node_id).is_some_and(|s| s == session_id) {
+            held.remove(node_id);
+        }
+    }
+
+    pub async fn nodes(&self) -> Vec<String> {
+        self.held.read().await.keys().cloned().collect()
+    }
+
+    pub async fn count(&self) -> usize {
+        self.held.read().await.len()
+    }
+}
+
+/// On the leader: when a replica last said it holds each node's session.
+#[derive(Default)]
+pub struct Liveness {
+    confirmed: RwLock<HashMap<String, Instant>>,
+}
+
+impl Liveness {
+    pub async fn confirm(&self, node_ids: impl IntoIterator<Item = String>) {
+        let now = Instant::now();
+        let mut confirmed = self.confirmed.write().await;
+        for id in node_ids {
+            confirmed.insert(id, now);
+        }
+    }
+
+    /// Nodes among `ready` not confirmed for `grace`. A node seen for the
+    /// first time (e.g. by a new leader) gets a full grace period from now.
+    pub async fn expired(&self, ready: &[String], grace: std::time::Duration) -> Vec<String> {
+        let now = Instant::now();
+        let mut confirmed = self.confirmed.write().await;
+        ready
+            .iter()
+            .filter(|id| {
+                let seen = *confirmed.entry((*id).clone()).or_insert(now);
+                now.duration_since(seen) > grace
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets nodes just marked lost, so a reconnect starts a fresh period.
+    pub async fn forget(&self, node_ids: &[String]) {
+        let mut confirmed = self.confirmed.write().await;
+        for id in node_ids {
+            confirmed.remove(id);
+        }
+    }
+
+    /// Forgets everything: a new term of leadership starts from scratch.
+    pub async fn reset(&self) {
+        self.confirmed.write().await.clear();
+    }
+}
