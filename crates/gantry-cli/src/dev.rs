@@ -28,6 +28,9 @@ pub struct DevArgs {
     /// Number of replicas (odd: 1, 3 or 5).
     #[arg(long, default_value_t = 3)]
     replicas: u64,
+    /// Number of agents (compute nodes) on this machine.
+    #[arg(long, default_value_t = 2)]
+    agents: u64,
     /// Delete any previous dev cluster in --data-dir first.
     #[arg(long)]
     fresh: bool,
@@ -36,6 +39,16 @@ pub struct DevArgs {
 #[derive(Serialize, Deserialize)]
 struct ClusterFile {
     replicas: Vec<Member>,
+    #[serde(default)]
+    agents: Vec<AgentMember>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AgentMember {
+    node_id: String,
+    pid: u32,
+    data_dir: PathBuf,
+    log: PathBuf,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -67,14 +80,51 @@ fn previous_addresses(dir: &Path, n: u64) -> Option<Vec<String>> {
         .then(|| file.replicas.into_iter().map(|m| m.address).collect())
 }
 
+fn log_file(path: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+fn spawn_agent(dir: &Path, i: u64, servers: &str) -> anyhow::Result<(Child, AgentMember)> {
+    let node_id = format!("dev-agent-{i}");
+    let data_dir = dir.join(&node_id);
+    let log = dir.join(format!("{node_id}.log"));
+    let out = log_file(&log)?;
+    let exe = std::env::current_exe().context("finding the gantry binary")?;
+    let child = Command::new(exe)
+        .args([
+            "agent",
+            "--servers",
+            servers,
+            "--node-id",
+            &node_id,
+            "--label",
+            "dev=true",
+        ])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting an agent")?;
+    let member = AgentMember {
+        node_id,
+        pid: child.id().unwrap_or(0),
+        data_dir,
+        log,
+    };
+    Ok((child, member))
+}
+
 fn spawn_replica(dir: &Path, id: u64, addr: &str, peers: &str) -> anyhow::Result<(Child, Member)> {
     let data_dir = dir.join(format!("replica-{id}"));
     let log = dir.join(format!("replica-{id}.log"));
-    let log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .with_context(|| format!("opening {}", log.display()))?;
+    let log_file = log_file(&log)?;
     let exe = std::env::current_exe().context("finding the gantry binary")?;
     let child = Command::new(exe)
         .args([
@@ -145,28 +195,40 @@ async fn run_inner(args: DevArgs) -> anyhow::Result<()> {
         children.push(child);
         members.push(member);
     }
-    std::fs::write(
-        dir.join("cluster.json"),
-        serde_json::to_string_pretty(&ClusterFile { replicas: members })?,
-    )?;
     let servers = addresses.join(",");
     let env_file = dir.join("env");
     std::fs::write(&env_file, format!("export GANTRY_SERVERS={servers}\n"))?;
 
     let client = Client::new(std::slice::from_ref(&servers), ClientOptions::default())?;
     let leader = wait_for_leader(&client, &mut children).await?;
+    let mut agents = Vec::new();
+    for i in 1..=args.agents {
+        let (child, member) = spawn_agent(&dir, i, &servers)?;
+        children.push(child);
+        agents.push(member);
+    }
+    std::fs::write(
+        dir.join("cluster.json"),
+        serde_json::to_string_pretty(&ClusterFile {
+            replicas: members,
+            agents,
+        })?,
+    )?;
+    wait_for_agents(&client, args.agents).await?;
     println!(
-        "\nGantry dev cluster: {} replicas, leader is replica {leader}\n\
+        "\nGantry dev cluster: {} replicas (leader: replica {leader}), {} agents\n\
          \n  servers:  {servers}\
          \n  data:     {}\
          \n  logs:     {}/replica-N.log\
          \n\nIn another shell:\
          \n  . {}\
          \n  gantry job submit -- echo hello\
+         \n  gantry node list\
          \n  gantry job list\
          \n  gantry cluster status\
          \n\nCtrl-C stops the cluster.",
         args.replicas,
+        args.agents,
         dir.display(),
         dir.display(),
         env_file.display(),
@@ -200,6 +262,25 @@ async fn wait_for_leader(client: &Client, children: &mut [Child]) -> anyhow::Res
     }
 }
 
+async fn wait_for_agents(client: &Client, n: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(nodes) = client.list_nodes(true).await
+            && nodes
+                .iter()
+                .filter(|n| n.status == "ready" && n.session_replica != 0)
+                .count() as u64
+                >= n
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the agents did not connect within 30s; see dev-agent-N.log in the data dir");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Runs until Ctrl-C/SIGTERM, reporting children that exit on their own.
 async fn supervise(children: &mut [Child]) {
     let signal = shutdown_signal();
@@ -211,7 +292,7 @@ async fn supervise(children: &mut [Child]) {
             () = tokio::time::sleep(Duration::from_millis(500)) => {
                 for (i, c) in children.iter_mut().enumerate() {
                     if !reported[i] && let Ok(Some(status)) = c.try_wait() {
-                        eprintln!("replica {} exited ({status}); the others keep running", i + 1);
+                        eprintln!("child {} exited ({status}); the others keep running", i + 1);
                         reported[i] = true;
                     }
                 }
@@ -220,9 +301,9 @@ async fn supervise(children: &mut [Child]) {
     }
 }
 
-/// SIGTERM to every child, SIGKILL to those still running after 10 s.
+/// SIGTERM to every child (agents first), SIGKILL to those still running after 10 s.
 async fn stop_all(children: &mut [Child]) {
-    for c in children.iter() {
+    for c in children.iter().rev() {
         if let Some(pid) = c.id().and_then(|p| i32::try_from(p).ok()) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         }

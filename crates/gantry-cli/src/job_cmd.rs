@@ -248,20 +248,59 @@ fn print_job(j: &api::Job) {
         println!("{:<14}{}", "Cancelled", j.cancel_reason);
     }
     println!();
-    let rows: Vec<Vec<String>> = j
-        .tasks
-        .iter()
-        .map(|t| {
-            let last = t.attempts.last();
-            vec![
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for t in &j.tasks {
+        let state = api::TaskState::try_from(t.state)
+            .map(|s| enum_name(s.as_str_name(), "TASK_STATE_"))
+            .unwrap_or_default();
+        if t.attempts.is_empty() {
+            rows.push(vec![t.index.to_string(), state.clone(), "-".into()]);
+        }
+        for a in &t.attempts {
+            let exit = match (a.exit_code, a.signal) {
+                (Some(c), _) => c.to_string(),
+                (None, Some(s)) => format!("signal {s}"),
+                (None, None) => "-".into(),
+            };
+            rows.push(vec![
                 t.index.to_string(),
-                api::TaskState::try_from(t.state)
-                    .map(|s| enum_name(s.as_str_name(), "TASK_STATE_"))
-                    .unwrap_or_default(),
-                t.attempts.len().to_string(),
-                last.map(|a| a.node_id.clone()).unwrap_or_default(),
-            ]
-        })
-        .collect();
-    table(&["TASK", "STATE", "ATTEMPTS", "NODE"], &rows);
+                state.clone(),
+                a.number.to_string(),
+                a.node_id.clone(),
+                a.state.clone(),
+                exit,
+                if a.failure_class.is_empty() {
+                    "-".into()
+                } else {
+                    a.failure_class.clone()
+                },
+                time_ms(a.started_at_ms),
+                time_ms(a.finished_at_ms),
+                a.message.clone(),
+            ]);
+        }
+        if !t.failure_reason.is_empty() {
+            rows.push(vec![
+                t.index.to_string(),
+                state,
+                "".into(),
+                format!("failed: {}", t.failure_reason),
+            ]);
+        }
+    }
+    table(
+        &[
+            "TASK",
+            "STATE",
+            "ATTEMPT",
+            "NODE",
+            "ATTEMPT STATE",
+            "EXIT",
+            "FAILURE",
+            "STARTED",
+            "FINISHED",
+            "MESSAGE",
+        ],
+        &rows,
+    );
 }

@@ -2,9 +2,11 @@
 //! and the CLI (`job`, `cluster`). A thin clap layer over gantry-server and
 //! gantry-client.
 
+mod agent_cmd;
 mod cluster_cmd;
 mod dev;
 mod job_cmd;
+mod node_cmd;
 mod output;
 mod parse;
 mod server_cmd;
@@ -57,6 +59,8 @@ impl ClientArgs {
 enum Command {
     /// Run a replica.
     Server(Box<server_cmd::ServerArgs>),
+    /// Run an agent: connect to the cluster and run the tasks it assigns.
+    Agent(Box<agent_cmd::AgentArgs>),
     /// Run a local cluster of replicas as child processes (for trying Gantry out).
     Dev(dev::DevArgs),
     /// Submit, inspect, list and cancel jobs.
@@ -65,6 +69,13 @@ enum Command {
         client: ClientArgs,
         #[command(subcommand)]
         command: job_cmd::JobCommand,
+    },
+    /// List nodes; cordon, uncordon and drain them.
+    Node {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: node_cmd::NodeCommand,
     },
     /// Inspect and change the set of replicas.
     Cluster {
@@ -116,7 +127,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => server_cmd::run(*args).await,
+            Command::Agent(args) => agent_cmd::run(*args).await,
             Command::Dev(args) => dev::run(args).await,
+            Command::Node { client, command } => node_cmd::run(&client, command).await,
             Command::Job { client, command } => job_cmd::run(&client, command).await,
             Command::Cluster { client, command } => cluster_cmd::run(&client, command).await,
         }

@@ -13,10 +13,11 @@ use std::time::Duration;
 use gantry_proto::transport::Transport;
 use gantry_proto::v1::cluster_service_client::ClusterServiceClient;
 use gantry_proto::v1::job_service_client::JobServiceClient;
+use gantry_proto::v1::node_service_client::NodeServiceClient;
 use gantry_proto::v1::{
-    AddReplicaRequest, CancelJobRequest, ClusterStatusRequest, ClusterStatusResponse,
-    GetJobRequest, Job, JobSpec, ListJobsRequest, ListJobsResponse, RemoveReplicaRequest,
-    SubmitJobsRequest, SubmitJobsResponse,
+    AddReplicaRequest, CancelJobRequest, ClusterStatusRequest, ClusterStatusResponse, Eligibility,
+    GetJobRequest, Job, JobSpec, ListJobsRequest, ListJobsResponse, ListNodesRequest, Node,
+    RemoveReplicaRequest, SetEligibilityRequest, SubmitJobsRequest, SubmitJobsResponse,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -233,6 +234,43 @@ impl Client {
                 let resp = Self::jobs(ch).cancel_job(req).await?.into_inner();
                 resp.job
                     .ok_or_else(|| Status::internal("server returned no job"))
+            }
+        })
+        .await
+    }
+
+    pub async fn list_nodes(&self, stale: bool) -> Result<Vec<Node>, ClientError> {
+        self.with_retry(|ch| async move {
+            Ok(NodeServiceClient::new(ch)
+                .list_nodes(ListNodesRequest { stale })
+                .await?
+                .into_inner()
+                .nodes)
+        })
+        .await
+    }
+
+    /// Cordon, uncordon or drain a node (`drain_deadline_ms` for draining).
+    pub async fn set_eligibility(
+        &self,
+        node_id: &str,
+        eligibility: Eligibility,
+        drain_deadline_ms: u64,
+    ) -> Result<Node, ClientError> {
+        let req = SetEligibilityRequest {
+            node_id: node_id.to_owned(),
+            eligibility: eligibility as i32,
+            drain_deadline_ms,
+        };
+        self.with_retry(|ch| {
+            let req = req.clone();
+            async move {
+                NodeServiceClient::new(ch)
+                    .set_eligibility(req)
+                    .await?
+                    .into_inner()
+                    .node
+                    .ok_or_else(|| Status::internal("server returned no node"))
             }
         })
         .await

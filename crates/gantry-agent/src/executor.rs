@@ -1,0 +1,291 @@
+//! Runs one attempt as a process in a process group of its own: argv
+//! executed directly (a shell only when the job asks for one), a fresh
+//! working directory, live output in bounded chunks, a timeout, and cancel
+//! that kills the whole group (SIGTERM, then SIGKILL after a grace period).
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use gantry_proto::v1::agent_message::Msg;
+use gantry_proto::v1::{
+    AgentMessage, AttemptFinished, AttemptStarted, AttemptToken, FailureClass, JobSpec,
+    OutputChunk, OutputStream,
+};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
+
+/// Largest live output chunk sent to the replica.
+pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
+/// Output kept for the final report, per stream (the log keeps 16 KiB).
+pub const TAIL_BYTES: usize = 16 * 1024;
+
+/// Why the agent stopped an attempt before it exited by itself.
+#[derive(Debug)]
+enum Stop {
+    Timeout,
+    Cancel(String),
+}
+
+pub struct Execution {
+    pub token: AttemptToken,
+    pub spec: JobSpec,
+    pub work_root: PathBuf,
+    pub kill_grace: Duration,
+    pub events: mpsc::Sender<AgentMessage>,
+    pub cancel: oneshot::Receiver<String>,
+}
+
+fn send(events: &mpsc::Sender<AgentMessage>, msg: Msg) {
+    // Live events are best effort: when the queue to the replica is full
+    // (disconnected, slow), output is dropped; the finished report is kept
+    // separately until the cluster acknowledges it.
+    let _ = events.try_send(AgentMessage { msg: Some(msg) });
+}
+
+fn finished(token: &AttemptToken, failure: FailureClass, message: String) -> AttemptFinished {
+    AttemptFinished {
+        attempt: Some(token.clone()),
+        failure: failure as i32,
+        message,
+        ..AttemptFinished::default()
+    }
+}
+
+/// The argv to execute: the job's own, or `sh -c SCRIPT sh ARGS...` when it asks for a shell.
+fn command_line(spec: &JobSpec) -> Vec<String> {
+    if spec.shell {
+        let mut argv = vec!["/bin/sh".to_owned(), "-c".to_owned()];
+        argv.push(spec.argv.first().cloned().unwrap_or_default());
+        argv.push("sh".to_owned());
+        argv.extend(spec.argv.iter().skip(1).cloned());
+        argv
+    } else {
+        spec.argv.clone()
+    }
+}
+
+fn work_dir(root: &Path, token: &AttemptToken) -> PathBuf {
+    // Job ids are UUIDs chosen by the cluster; keep only safe characters anyway.
+    let job: String = token
+        .job_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    root.join(format!("{job}-{}-{}", token.task, token.attempt))
+}
+
+/// Runs the attempt to its end and returns the finished report.
+pub async fn run(exec: Execution) -> AttemptFinished {
+    let Execution {
+        token,
+        spec,
+        work_root,
+        kill_grace,
+        events,
+        cancel,
+    } = exec;
+    let fresh_dir = spec.working_dir.is_empty();
+    let dir = if fresh_dir {
+        work_dir(&work_root, &token)
+    } else {
+        PathBuf::from(&spec.working_dir)
+    };
+    if fresh_dir && let Err(e) = tokio::fs::create_dir_all(&dir).await {
+        return finished(
+            &token,
+            FailureClass::Infra,
+            format!("cannot create the working directory {}: {e}", dir.display()),
+        );
+    }
+    let argv = command_line(&spec);
+    let Some(program) = argv.first() else {
+        return finished(&token, FailureClass::Workload, "empty argv".into());
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(&argv[1..])
+        .envs(&spec.env)
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so cancel and timeout reach every child.
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return finished(
+                &token,
+                FailureClass::Workload,
+                format!("cannot start {program:?}: {e}"),
+            );
+        }
+    };
+    let pgid = child.id().and_then(|p| i32::try_from(p).ok());
+    send(
+        &events,
+        Msg::Started(AttemptStarted {
+            attempt: Some(token.clone()),
+        }),
+    );
+    let stdout = child
+        .stdout
+        .take()
+        .map(|s| tokio::spawn(pump(s, token.clone(), OutputStream::Stdout, events.clone())));
+    let stderr = child
+        .stderr
+        .take()
+        .map(|s| tokio::spawn(pump(s, token.clone(), OutputStream::Stderr, events.clone())));
+
+    let (status, stop) = wait_or_stop(&mut child, pgid, &spec, cancel, kill_grace).await;
+    // Whatever the main process left behind in its group goes too.
+    if let Some(pgid) = pgid {
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    }
+    let stdout_tail = match stdout {
+        Some(h) => h.await.unwrap_or_default(),
+        None => String::new(),
+    };
+    let stderr_tail = match stderr {
+        Some(h) => h.await.unwrap_or_default(),
+        None => String::new(),
+    };
+    if fresh_dir {
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+    }
+    let mut report = report(&token, status, stop, &spec);
+    report.stdout_tail = stdout_tail;
+    report.stderr_tail = stderr_tail;
+    report
+}
+
+async fn wait_or_stop(
+    child: &mut Child,
+    pgid: Option<i32>,
+    spec: &JobSpec,
+    mut cancel: oneshot::Receiver<String>,
+    grace: Duration,
+) -> (std::io::Result<ExitStatus>, Option<Stop>) {
+    let timeout = async {
+        if spec.timeout_ms == 0 {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(Duration::from_millis(spec.timeout_ms)).await;
+    };
+    let stop = tokio::select! {
+        status = child.wait() => return (status, None),
+        () = timeout => Stop::Timeout,
+        reason = &mut cancel => Stop::Cancel(reason.unwrap_or_else(|_| "agent shutting down".into())),
+    };
+    if let Some(pgid) = pgid {
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
+    }
+    let status = match tokio::time::timeout(grace, child.wait()).await {
+        Ok(s) => s,
+        Err(_) => {
+            if let Some(pgid) = pgid {
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            }
+            child.wait().await
+        }
+    };
+    (status, Some(stop))
+}
+
+fn report(
+    token: &AttemptToken,
+    status: std::io::Result<ExitStatus>,
+    stop: Option<Stop>,
+    spec: &JobSpec,
+) -> AttemptFinished {
+    use std::os::unix::process::ExitStatusExt;
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => {
+            return finished(
+                token,
+                FailureClass::Infra,
+                format!("waiting for the task failed: {e}"),
+            );
+        }
+    };
+    let (failure, message) = match (&stop, status.code(), status.signal()) {
+        (Some(Stop::Timeout), _, _) => (
+            FailureClass::Timeout,
+            format!(
+                "timed out after {} ms; process group killed",
+                spec.timeout_ms
+            ),
+        ),
+        (Some(Stop::Cancel(reason)), _, _) => (
+            FailureClass::Cancelled,
+            format!("cancelled ({reason}); process group killed"),
+        ),
+        (None, Some(0), _) => (FailureClass::Unspecified, String::new()),
+        (None, Some(code), _) => (FailureClass::Workload, format!("exited with code {code}")),
+        (None, None, Some(sig)) => (FailureClass::Workload, format!("killed by signal {sig}")),
+        (None, None, None) => (
+            FailureClass::Workload,
+            "ended without an exit status".into(),
+        ),
+    };
+    AttemptFinished {
+        attempt: Some(token.clone()),
+        exit_code: status.code(),
+        signal: status.signal(),
+        failure: failure as i32,
+        message,
+        ..AttemptFinished::default()
+    }
+}
+
+/// Streams one output pipe in chunks and returns its tail.
+async fn pump(
+    mut pipe: impl AsyncRead + Unpin,
+    token: AttemptToken,
+    stream: OutputStream,
+    events: mpsc::Sender<AgentMessage>,
+) -> String {
+    let mut buf = vec![0u8; MAX_CHUNK_BYTES];
+    let mut tail: VecDeque<u8> = VecDeque::with_capacity(TAIL_BYTES);
+    let mut sequence = 0;
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let data = &buf[..n];
+        for b in data {
+            if tail.len() == TAIL_BYTES {
+                tail.pop_front();
+            }
+            tail.push_back(*b);
+        }
+        send(
+            &events,
+            Msg::Output(OutputChunk {
+                attempt: Some(token.clone()),
+                stream: stream as i32,
+                sequence,
+                data: data.to_vec(),
+            }),
+        );
+        sequence += 1;
+    }
+    String::from_utf8_lossy(&Vec::from(tail)).into_owned()
+}
+
+#[cfg(test)]
+#[path = "executor_tests.rs"]
+mod tests;

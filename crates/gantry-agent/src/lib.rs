@@ -1,0 +1,307 @@
+//! The Gantry agent (`gantry agent`): registers the node's capacity, holds
+//! one bidirectional stream to any replica (outbound only), runs the
+//! attempts it is assigned and streams back output and results.
+//!
+//! Running attempts do not depend on the stream: when a replica dies the
+//! agent reconnects to another one (exponential backoff with jitter),
+//! reports what it still runs, and re-sends finished reports the cluster has
+//! not acknowledged. The replica tells it to kill anything the cluster no
+//! longer assigns to it.
+
+pub mod capacity;
+pub mod executor;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gantry_proto::transport::{MAX_MESSAGE_BYTES, Transport};
+use gantry_proto::v1::agent_message::Msg as AgentMsg;
+use gantry_proto::v1::agent_service_client::AgentServiceClient;
+use gantry_proto::v1::server_message::Msg as ServerMsg;
+use gantry_proto::v1::{
+    AgentMessage, AttemptFinished, AttemptToken, Heartbeat, Hello, JobSpec, Resources,
+};
+use rand::Rng;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// Events queued towards the replica (output is dropped past this).
+const EVENT_QUEUE: usize = 4096;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub servers: Vec<String>,
+    pub node_id: String,
+    pub labels: BTreeMap<String, String>,
+    pub data_dir: PathBuf,
+    /// 0: no limit besides resources.
+    pub max_tasks: u32,
+    /// Overrides for detected capacity.
+    pub cpu_millis: Option<u64>,
+    pub memory_mib: Option<u64>,
+    /// How long a cancelled task gets between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+    pub transport: Transport,
+}
+
+type Key = (String, u32, u32);
+
+fn key(t: &AttemptToken) -> Key {
+    (t.job_id.clone(), t.task, t.attempt)
+}
+
+struct Running {
+    cancel: Option<oneshot::Sender<String>>,
+    handle: JoinHandle<()>,
+}
+
+/// Shared between the stream and the executors.
+struct Shared {
+    cfg: AgentConfig,
+    capacity: Resources,
+    gpus: Vec<gantry_proto::v1::GpuInfo>,
+    running: Mutex<HashMap<Key, Running>>,
+    /// Finished reports not yet acknowledged by the cluster.
+    unacked: Mutex<BTreeMap<Key, AttemptFinished>>,
+    events: mpsc::Sender<AgentMessage>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("invalid agent configuration: {0}")]
+    Config(String),
+}
+
+/// Runs the agent until `shutdown` resolves; then cancels every running
+/// attempt (killing its process group) and waits for them to end.
+pub async fn run(
+    cfg: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    if cfg.servers.is_empty() {
+        return Err(AgentError::Config(
+            "servers: give at least one replica address (--servers or GANTRY_SERVERS)".into(),
+        ));
+    }
+    if cfg.node_id.is_empty() {
+        return Err(AgentError::Config("node_id: must not be empty".into()));
+    }
+    let work_root = cfg.data_dir.join("work");
+    std::fs::create_dir_all(&work_root).map_err(|e| {
+        AgentError::Config(format!(
+            "data_dir: cannot create {}: {e}",
+            work_root.display()
+        ))
+    })?;
+    let gpus = capacity::gpus();
+    let capacity = Resources {
+        cpu_millis: cfg.cpu_millis.unwrap_or_else(capacity::cpu_millis),
+        memory_mib: cfg.memory_mib.unwrap_or_else(capacity::memory_mib),
+        gpus: gpus.len() as u32,
+    };
+    tracing::info!(node = %cfg.node_id, ?capacity, "agent starting");
+    let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let shared = Arc::new(Shared {
+        cfg,
+        capacity,
+        gpus,
+        running: Mutex::default(),
+        unacked: Mutex::default(),
+        events,
+    });
+    tokio::select! {
+        () = connect_loop(shared.clone(), events_rx) => {}
+        () = shutdown => {}
+    }
+    stop_all(&shared).await;
+    Ok(())
+}
+
+async fn stop_all(shared: &Shared) {
+    let running: Vec<Running> = shared
+        .running
+        .lock()
+        .await
+        .drain()
+        .map(|(_, r)| r)
+        .collect();
+    if !running.is_empty() {
+        tracing::info!(count = running.len(), "stopping running attempts");
+    }
+    for mut r in running {
+        if let Some(c) = r.cancel.take() {
+            let _ = c.send("agent shutting down".into());
+        }
+        let _ = r.handle.await;
+    }
+}
+
+async fn connect_loop(shared: Arc<Shared>, mut events: mpsc::Receiver<AgentMessage>) {
+    let servers = shared.cfg.servers.clone();
+    let mut backoff = BACKOFF_MIN;
+    let mut next = 0;
+    loop {
+        let server = &servers[next % servers.len()];
+        match session(&shared, server, &mut events).await {
+            Ok(()) => {
+                tracing::info!(%server, "stream closed by the replica; reconnecting");
+                backoff = BACKOFF_MIN;
+            }
+            Err(e) => {
+                tracing::warn!(%server, error = %e, "agent stream failed; trying the next replica");
+                next += 1;
+            }
+        }
+        // Jitter spreads reconnects of many agents after a replica dies.
+        let jitter = rand::rng().random_range(0.5..1.5);
+        tokio::time::sleep(backoff.mul_f64(jitter)).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One stream: hello, then pump events up and orders down until it ends.
+async fn session(
+    shared: &Arc<Shared>,
+    server: &str,
+    events: &mut mpsc::Receiver<AgentMessage>,
+) -> Result<(), tonic::Status> {
+    let channel = shared
+        .cfg
+        .transport
+        .channel(server)
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+    let mut client = AgentServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let (out, out_rx) = mpsc::channel::<AgentMessage>(256);
+    let hello = Hello {
+        node_id: shared.cfg.node_id.clone(),
+        labels: shared.cfg.labels.clone().into_iter().collect(),
+        capacity: Some(shared.capacity),
+        max_tasks: shared.cfg.max_tasks,
+        version: env!("CARGO_PKG_VERSION").into(),
+        running: shared
+            .running
+            .lock()
+            .await
+            .keys()
+            .map(|(job_id, task, attempt)| AttemptToken {
+                job_id: job_id.clone(),
+                task: *task,
+                attempt: *attempt,
+            })
+            .collect(),
+        unacknowledged: shared.unacked.lock().await.values().cloned().collect(),
+        gpus: shared.gpus.clone(),
+    };
+    let _ = out
+        .send(AgentMessage {
+            msg: Some(AgentMsg::Hello(hello)),
+        })
+        .await;
+    let mut inbound = client
+        .connect(ReceiverStream::new(out_rx))
+        .await?
+        .into_inner();
+    let welcome = match inbound.message().await? {
+        Some(gantry_proto::v1::ServerMessage {
+            msg: Some(ServerMsg::Welcome(w)),
+        }) => w,
+        _ => return Err(tonic::Status::internal("the replica did not send welcome")),
+    };
+    tracing::info!(%server, replica = welcome.replica_id, session = %welcome.session_id, "connected");
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(
+        welcome.heartbeat_interval_ms.max(100),
+    ));
+    loop {
+        tokio::select! {
+            m = inbound.message() => match m? {
+                Some(m) => handle(shared, m.msg).await,
+                None => return Ok(()),
+            },
+            Some(ev) = events.recv() => {
+                if out.send(ev).await.is_err() {
+                    return Err(tonic::Status::unavailable("stream closed"));
+                }
+            }
+            _ = heartbeat.tick() => {
+                let hb = AgentMessage { msg: Some(AgentMsg::Heartbeat(Heartbeat { sent_at_ms: 0 })) };
+                if out.send(hb).await.is_err() {
+                    return Err(tonic::Status::unavailable("stream closed"));
+                }
+            }
+        }
+    }
+}
+
+async fn handle(shared: &Arc<Shared>, msg: Option<ServerMsg>) {
+    match msg {
+        Some(ServerMsg::Assign(a)) => {
+            let (Some(token), Some(spec)) = (a.attempt, a.spec) else {
+                return;
+            };
+            start(shared, token, spec).await;
+        }
+        Some(ServerMsg::Cancel(c)) => {
+            let Some(token) = c.attempt else { return };
+            let mut running = shared.running.lock().await;
+            if let Some(r) = running.get_mut(&key(&token))
+                && let Some(cancel) = r.cancel.take()
+            {
+                tracing::info!(attempt = ?key(&token), reason = %c.reason, "cancelling");
+                let _ = cancel.send(c.reason);
+            }
+        }
+        Some(ServerMsg::Ack(a)) => {
+            if let Some(token) = a.attempt {
+                shared.unacked.lock().await.remove(&key(&token));
+            }
+        }
+        Some(ServerMsg::Welcome(_)) | None => {}
+    }
+}
+
+async fn start(shared: &Arc<Shared>, token: AttemptToken, spec: JobSpec) {
+    let k = key(&token);
+    let mut running = shared.running.lock().await;
+    if running.contains_key(&k) || shared.unacked.lock().await.contains_key(&k) {
+        return; // already running or already finished: assignments are level-triggered
+    }
+    let (cancel_tx, cancel) = oneshot::channel();
+    let exec = executor::Execution {
+        token: token.clone(),
+        spec,
+        work_root: shared.cfg.data_dir.join("work"),
+        kill_grace: shared.cfg.kill_grace,
+        events: shared.events.clone(),
+        cancel,
+    };
+    let shared2 = shared.clone();
+    tracing::info!(attempt = ?k, "starting");
+    let handle = tokio::spawn(async move {
+        let report = executor::run(exec).await;
+        let k = key(&token);
+        tracing::info!(attempt = ?k, failure = report.failure, message = %report.message, "finished");
+        shared2
+            .unacked
+            .lock()
+            .await
+            .insert(k.clone(), report.clone());
+        shared2.running.lock().await.remove(&k);
+        let _ = shared2.events.try_send(AgentMessage {
+            msg: Some(AgentMsg::Finished(report)),
+        });
+    });
+    running.insert(
+        k,
+        Running {
+            cancel: Some(cancel_tx),
+            handle,
+        },
+    );
+}
