@@ -25,6 +25,8 @@ pub struct Timings {
     pub election_min_ms: u64,
     pub election_max_ms: u64,
     pub snapshot_every: u64,
+    /// How long a node may go without a session before it is lost.
+    pub node_grace_ms: u64,
 }
 
 impl Default for Timings {
@@ -34,6 +36,7 @@ impl Default for Timings {
             election_min_ms: 300,
             election_max_ms: 600,
             snapshot_every: 1_000,
+            node_grace_ms: 3_000,
         }
     }
 }
@@ -46,8 +49,17 @@ pub struct Replica {
     child: Option<Child>,
 }
 
+pub struct Agent {
+    pub node_id: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    servers: Vec<String>,
+    child: Option<Child>,
+}
+
 pub struct Cluster {
     pub replicas: BTreeMap<u64, Replica>,
+    pub agents: BTreeMap<String, Agent>,
     peers: String,
     timings: Timings,
     bin: PathBuf,
@@ -137,6 +149,7 @@ impl Cluster {
         }
         let mut cluster = Self {
             replicas,
+            agents: BTreeMap::new(),
             peers,
             timings,
             bin,
@@ -177,6 +190,7 @@ impl Cluster {
             .args(["--election-timeout-min-ms", &t.election_min_ms.to_string()])
             .args(["--election-timeout-max-ms", &t.election_max_ms.to_string()])
             .args(["--snapshot-every", &t.snapshot_every.to_string()])
+            .args(["--node-grace-ms", &t.node_grace_ms.to_string()])
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -278,6 +292,106 @@ impl Cluster {
     /// The replica's log output so far.
     pub fn log_text(&self, id: u64) -> String {
         std::fs::read_to_string(&self.replicas[&id].log).unwrap_or_default()
+    }
+
+    /// Starts an agent that tries the given replicas in this order.
+    pub fn start_agent(&mut self, node_id: &str, replica_ids: &[u64]) -> anyhow::Result<()> {
+        let servers = replica_ids
+            .iter()
+            .map(|id| self.replicas[id].addr.clone())
+            .collect();
+        self.agents.insert(
+            node_id.to_owned(),
+            Agent {
+                node_id: node_id.to_owned(),
+                data_dir: self.dir.path().join(format!("agent-{node_id}")),
+                log: self.dir.path().join(format!("agent-{node_id}.log")),
+                servers,
+                child: None,
+            },
+        );
+        self.spawn_agent(node_id)
+    }
+
+    fn spawn_agent(&mut self, node_id: &str) -> anyhow::Result<()> {
+        let a = self.agents.get_mut(node_id).context("no such agent")?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&a.log)?;
+        let child = Command::new(&self.bin)
+            .args([
+                "agent",
+                "--servers",
+                &a.servers.join(","),
+                "--node-id",
+                node_id,
+            ])
+            .arg("--data-dir")
+            .arg(&a.data_dir)
+            .args(["--kill-grace", "1s"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()?;
+        a.child = Some(child);
+        Ok(())
+    }
+
+    fn agent_pid(&self, node_id: &str) -> anyhow::Result<Pid> {
+        let pid = self.agents[node_id]
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .context("agent is not running")?;
+        Ok(Pid::from_raw(i32::try_from(pid)?))
+    }
+
+    /// SIGKILL an agent (its tasks' process groups live on, as after a crash).
+    pub async fn kill_agent(&mut self, node_id: &str) -> anyhow::Result<()> {
+        kill(self.agent_pid(node_id)?, Signal::SIGKILL)?;
+        if let Some(mut c) = self.agents.get_mut(node_id).and_then(|a| a.child.take()) {
+            c.wait().await?;
+        }
+        Ok(())
+    }
+
+    pub fn restart_agent(&mut self, node_id: &str) -> anyhow::Result<()> {
+        self.spawn_agent(node_id)
+    }
+
+    /// SIGSTOP / SIGCONT an agent.
+    pub fn pause_agent(&self, node_id: &str, paused: bool) -> anyhow::Result<()> {
+        let sig = if paused {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        };
+        kill(self.agent_pid(node_id)?, sig)?;
+        Ok(())
+    }
+
+    pub fn agent_log(&self, node_id: &str) -> String {
+        std::fs::read_to_string(&self.agents[node_id].log).unwrap_or_default()
+    }
+
+    /// Waits until these nodes are ready and connected.
+    pub async fn wait_nodes_ready(&self, node_ids: &[&str]) -> anyhow::Result<()> {
+        let client = Client::new(&self.live_addrs(), ClientOptions::default())?;
+        wait_for("nodes to be ready", Duration::from_secs(30), || async {
+            let nodes = client.list_nodes(false).await.ok()?;
+            node_ids
+                .iter()
+                .all(|id| {
+                    nodes
+                        .iter()
+                        .any(|n| n.id == *id && n.status == "ready" && n.session_replica != 0)
+                })
+                .then_some(())
+        })
+        .await
     }
 
     /// The process id of a running replica.

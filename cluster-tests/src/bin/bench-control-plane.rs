@@ -141,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
             election_min_ms: 300,
             election_max_ms: 600,
             snapshot_every: 10_000,
+            node_grace_ms: 10_000,
         }
     } else {
         Timings {
@@ -148,6 +149,7 @@ async fn main() -> anyhow::Result<()> {
             election_min_ms: 600,
             election_max_ms: 1200,
             snapshot_every: 10_000,
+            node_grace_ms: 10_000,
         }
     };
     let mut cluster = Cluster::start(3, timings.clone()).await?;

@@ -38,6 +38,9 @@ pub struct Execution {
     pub kill_grace: Duration,
     pub events: mpsc::Sender<AgentMessage>,
     pub cancel: oneshot::Receiver<String>,
+    /// Where to record the attempt's process group once it runs, so that an
+    /// agent restarted after a crash can kill what its previous life left.
+    pub record: Option<PathBuf>,
 }
 
 fn send(events: &mpsc::Sender<AgentMessage>, msg: Msg) {
@@ -94,6 +97,7 @@ pub async fn run(exec: Execution) -> AttemptFinished {
         kill_grace,
         events,
         cancel,
+        record,
     } = exec;
     let fresh_dir = spec.working_dir.is_empty();
     let dir = if fresh_dir {
@@ -133,6 +137,15 @@ pub async fn run(exec: Execution) -> AttemptFinished {
         }
     };
     let pgid = child.id().and_then(|p| i32::try_from(p).ok());
+    if let (Some(path), Some(pgid)) = (&record, pgid) {
+        let text = format!(
+            "{}\n{}\n{}\n{pgid}\n",
+            token.job_id, token.task, token.attempt
+        );
+        if let Err(e) = tokio::fs::write(path, text).await {
+            tracing::warn!(path = %path.display(), error = %e, "cannot record the attempt's process group");
+        }
+    }
     send(
         &events,
         Msg::Started(AttemptStarted {

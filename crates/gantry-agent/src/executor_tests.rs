@@ -44,6 +44,7 @@ async fn execute(
         kill_grace: Duration::from_secs(2),
         events,
         cancel,
+        record: None,
     })
     .await;
     (report, rx, cancel_tx)
@@ -124,6 +125,7 @@ async fn t20_cancel_leaves_no_process_behind() {
         kill_grace: Duration::from_secs(2),
         events,
         cancel,
+        record: None,
     }));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let child_pid = loop {

@@ -91,13 +91,12 @@ pub async fn run(
     if cfg.node_id.is_empty() {
         return Err(AgentError::Config("node_id: must not be empty".into()));
     }
-    let work_root = cfg.data_dir.join("work");
-    std::fs::create_dir_all(&work_root).map_err(|e| {
-        AgentError::Config(format!(
-            "data_dir: cannot create {}: {e}",
-            work_root.display()
-        ))
-    })?;
+    for dir in [cfg.data_dir.join("work"), cfg.data_dir.join("attempts")] {
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            AgentError::Config(format!("data_dir: cannot create {}: {e}", dir.display()))
+        })?;
+    }
+    let leftovers = recover(&cfg.data_dir.join("attempts"));
     let gpus = capacity::gpus();
     let capacity = Resources {
         cpu_millis: cfg.cpu_millis.unwrap_or_else(capacity::cpu_millis),
@@ -111,7 +110,7 @@ pub async fn run(
         capacity,
         gpus,
         running: Mutex::default(),
-        unacked: Mutex::default(),
+        unacked: Mutex::new(leftovers),
         events,
     });
     tokio::select! {
@@ -120,6 +119,74 @@ pub async fn run(
     }
     stop_all(&shared).await;
     Ok(())
+}
+
+fn record_path(data_dir: &std::path::Path, k: &Key) -> PathBuf {
+    let job: String =
+        k.0.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+    data_dir
+        .join("attempts")
+        .join(format!("{job}-{}-{}", k.1, k.2))
+}
+
+/// Attempts a previous run of this agent left behind (it crashed or was
+/// killed): their process groups are killed, and each becomes a finished
+/// report of an infrastructure failure, sent with the next hello. The
+/// cluster accepts it if the attempt is still current, or ignores it
+/// (fencing) if the task has moved on.
+fn recover(dir: &std::path::Path) -> BTreeMap<Key, AttemptFinished> {
+    let mut reports = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return reports;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut lines = text.lines();
+        let parsed = (|| {
+            let job_id = lines.next()?.to_owned();
+            let task = lines.next()?.parse().ok()?;
+            let attempt = lines.next()?.parse().ok()?;
+            let pgid: i32 = lines.next()?.parse().ok()?;
+            Some((job_id, task, attempt, pgid))
+        })();
+        let Some((job_id, task, attempt, pgid)) = parsed else {
+            tracing::warn!(path = %path.display(), "unreadable attempt record; removing it");
+            let _ = std::fs::remove_file(&path);
+            continue;
+        };
+        if pgid > 1 {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        tracing::warn!(%job_id, task, attempt, pgid, "attempt left by a previous agent run: killed its processes");
+        let token = AttemptToken {
+            job_id,
+            task,
+            attempt,
+        };
+        reports.insert(
+            key(&token),
+            AttemptFinished {
+                attempt: Some(token),
+                failure: gantry_proto::v1::FailureClass::Infra as i32,
+                message: "the agent restarted while the attempt ran; its processes were killed"
+                    .into(),
+                ..AttemptFinished::default()
+            },
+        );
+    }
+    reports
 }
 
 async fn stop_all(shared: &Shared) {
@@ -259,7 +326,9 @@ async fn handle(shared: &Arc<Shared>, msg: Option<ServerMsg>) {
         }
         Some(ServerMsg::Ack(a)) => {
             if let Some(token) = a.attempt {
-                shared.unacked.lock().await.remove(&key(&token));
+                let k = key(&token);
+                shared.unacked.lock().await.remove(&k);
+                let _ = tokio::fs::remove_file(record_path(&shared.cfg.data_dir, &k)).await;
             }
         }
         Some(ServerMsg::Welcome(_)) | None => {}
@@ -280,6 +349,7 @@ async fn start(shared: &Arc<Shared>, token: AttemptToken, spec: JobSpec) {
         kill_grace: shared.cfg.kill_grace,
         events: shared.events.clone(),
         cancel,
+        record: Some(record_path(&shared.cfg.data_dir, &k)),
     };
     let shared2 = shared.clone();
     tracing::info!(attempt = ?k, "starting");

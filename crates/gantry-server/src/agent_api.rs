@@ -160,6 +160,7 @@ async fn run_session(
                 break;
             }
         };
+        replica.sessions.touch(&node_id, &session_id).await;
         let report = match m.msg {
             Some(AgentMsg::Started(s)) => {
                 token_from_api(s.attempt).map(|a| (a, AttemptEvent::Started))

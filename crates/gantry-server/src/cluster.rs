@@ -78,11 +78,18 @@ impl ClusterApi {
         });
         let replicas = futures::future::join_all(probes).await;
         let me = local_status(&self.replica);
+        let (stale_reports, pending_tasks) = self
+            .replica
+            .state
+            .read(|s, _| (s.stale_reports(), s.pending_count() as u64))
+            .await;
         ClusterStatusResponse {
             leader_id: me.leader_id,
             term: me.term,
             replicas,
             answered_by: self.replica.id,
+            stale_reports,
+            pending_tasks,
         }
     }
 

@@ -7,10 +7,14 @@ use std::collections::HashMap;
 use tokio::sync::RwLock;
 use tokio::time::Instant;
 
-/// The agent streams this replica holds: node id → session id.
+/// A session counts as held only while its agent keeps talking: a frozen
+/// agent (or a half-open connection) stops being confirmed after this.
+pub const SESSION_SILENCE_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The agent streams this replica holds: node id → (session id, last message).
 #[derive(Default)]
 pub struct Sessions {
-    held: RwLock<HashMap<String, String>>,
+    held: RwLock<HashMap<String, (String, Instant)>>,
 }
 
 impl Sessions {
@@ -18,19 +22,36 @@ impl Sessions {
         self.held
             .write()
             .await
-            .insert(node_id.to_owned(), session_id.to_owned());
+            .insert(node_id.to_owned(), (session_id.to_owned(), Instant::now()));
+    }
+
+    /// Records that the agent spoke (any message, heartbeats included).
+    pub async fn touch(&self, node_id: &str, session_id: &str) {
+        if let Some((s, seen)) = self.held.write().await.get_mut(node_id)
+            && s == session_id
+        {
+            *seen = Instant::now();
+        }
     }
 
     /// Forgets the session unless a newer one for the node replaced it.
     pub async fn close(&self, node_id: &str, session_id: &str) {
         let mut held = self.held.write().await;
-        if held.get(node_id).is_some_and(|s| s == session_id) {
+        if held.get(node_id).is_some_and(|(s, _)| s == session_id) {
             held.remove(node_id);
         }
     }
 
+    /// Nodes whose agents spoke recently.
     pub async fn nodes(&self) -> Vec<String> {
-        self.held.read().await.keys().cloned().collect()
+        let now = Instant::now();
+        self.held
+            .read()
+            .await
+            .iter()
+            .filter(|(_, (_, seen))| now.duration_since(*seen) <= SESSION_SILENCE_LIMIT)
+            .map(|(node, _)| node.clone())
+            .collect()
     }
 
     pub async fn count(&self) -> usize {

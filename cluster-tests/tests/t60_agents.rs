@@ -1,0 +1,254 @@
+//! Replicas and agents of the real binary: a mixed workload ends in the
+//! right states with the right exit codes and output; an agent crash moves
+//! its task to another node and its stale report is fenced off; a replica
+//! failover is not a node failure.
+
+// Tests may unwrap; synchronous helpers poll with std's clock.
+#![allow(clippy::unwrap_used, clippy::disallowed_types)]
+
+use std::time::Duration;
+
+use cluster_tests::{Cluster, Timings, wait_for};
+use gantry_client::{Client, ClientOptions, api};
+
+fn argv(args: &[&str]) -> api::JobSpec {
+    api::JobSpec {
+        argv: args.iter().map(|s| s.to_string()).collect(),
+        max_attempts: 1,
+        ..Default::default()
+    }
+}
+
+fn shell(script: &str) -> api::JobSpec {
+    api::JobSpec {
+        argv: vec![script.to_owned()],
+        shell: true,
+        max_attempts: 1,
+        ..Default::default()
+    }
+}
+
+fn state(j: &api::Job) -> api::JobState {
+    api::JobState::try_from(j.state).unwrap()
+}
+
+/// Processes whose command line contains `needle` (zombies excluded).
+fn processes_matching(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let path = entry.path();
+        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, r)| r.starts_with('Z'));
+        if cmdline.contains(needle) && !zombie {
+            found.push(cmdline);
+        }
+    }
+    found
+}
+
+async fn wait_state(client: &Client, id: &str, want: api::JobState) -> api::Job {
+    wait_for(
+        &format!("job {id} to be {want:?}"),
+        Duration::from_secs(60),
+        || async {
+            let j = client.get_job(id, false).await.ok()?;
+            (state(&j) == want).then_some(j)
+        },
+    )
+    .await
+    .unwrap()
+}
+
+async fn submit(client: &Client, specs: Vec<api::JobSpec>) -> Vec<String> {
+    client
+        .submit_jobs(specs)
+        .await
+        .unwrap()
+        .jobs
+        .into_iter()
+        .map(|j| j.job_id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t60_mixed_workload_ends_in_the_right_states() {
+    let mut cluster = Cluster::start(3, Timings::default()).await.unwrap();
+    cluster.start_agent("a1", &[1, 2, 3]).unwrap();
+    cluster.start_agent("a2", &[2, 3, 1]).unwrap();
+    cluster.wait_nodes_ready(&["a1", "a2"]).await.unwrap();
+    let client = Client::new(&cluster.live_addrs(), ClientOptions::default()).unwrap();
+
+    let ok = submit(
+        &client,
+        (0..80)
+            .map(|i| argv(&["/bin/echo", &format!("ok-{i}")]))
+            .collect(),
+    )
+    .await;
+    let failing = submit(
+        &client,
+        (0..60).map(|_| shell("echo oops >&2; exit 3")).collect(),
+    )
+    .await;
+    let timeouts = submit(
+        &client,
+        (0..20)
+            .map(|_| api::JobSpec {
+                timeout_ms: 500,
+                ..argv(&["/bin/sleep", "301"])
+            })
+            .collect(),
+    )
+    .await;
+    let mut to_cancel = submit(
+        &client,
+        (0..30).map(|_| argv(&["/bin/sleep", "302"])).collect(),
+    )
+    .await;
+    // Tasks that start children of their own: cancel must take the whole group.
+    to_cancel.extend(
+        submit(
+            &client,
+            (0..10)
+                .map(|_| shell("sleep 303 & sleep 303; wait"))
+                .collect(),
+        )
+        .await,
+    );
+
+    for id in &to_cancel {
+        wait_state(&client, id, api::JobState::Running).await;
+        client.cancel_job(id, "test").await.unwrap();
+    }
+    for id in &ok {
+        let j = wait_state(&client, id, api::JobState::Complete).await;
+        let a = &j.tasks[0].attempts[0];
+        assert_eq!(a.exit_code, Some(0));
+        assert!(a.stdout_tail.starts_with("ok-"), "{a:?}");
+    }
+    for id in &failing {
+        let j = wait_state(&client, id, api::JobState::Failed).await;
+        let a = &j.tasks[0].attempts[0];
+        assert_eq!(
+            (a.exit_code, a.failure_class.as_str()),
+            (Some(3), "workload")
+        );
+        assert_eq!(a.stderr_tail, "oops\n");
+        assert_eq!(j.tasks[0].attempts.len(), 1);
+    }
+    for id in &timeouts {
+        let j = wait_state(&client, id, api::JobState::Failed).await;
+        assert_eq!(j.tasks[0].attempts[0].failure_class, "timeout");
+    }
+    for id in &to_cancel {
+        let j = wait_state(&client, id, api::JobState::Cancelled).await;
+        let a = j.tasks[0].attempts.last().unwrap();
+        // Cancelled tasks end with their attempt killed and reported.
+        wait_for(
+            "the cancelled attempt to be reported",
+            Duration::from_secs(30),
+            || async {
+                let j = client.get_job(id, false).await.ok()?;
+                (j.tasks[0].attempts.last()?.state == "cancelled").then_some(())
+            },
+        )
+        .await
+        .unwrap();
+        assert!(a.node_id.starts_with('a'));
+    }
+    for needle in ["sleep 301", "sleep 302", "sleep 303"] {
+        let left = processes_matching(needle);
+        assert!(left.is_empty(), "left running: {left:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t60_agent_crash_moves_the_task_and_its_stale_report_is_fenced() {
+    let mut cluster = Cluster::start(3, Timings::default()).await.unwrap();
+    cluster.start_agent("a", &[1, 2, 3]).unwrap();
+    cluster.wait_nodes_ready(&["a"]).await.unwrap();
+    let client = Client::new(&cluster.live_addrs(), ClientOptions::default()).unwrap();
+    let mut spec = shell("sleep 4; echo done");
+    spec.max_attempts = 3;
+    let id = submit(&client, vec![spec]).await.remove(0);
+    wait_state(&client, &id, api::JobState::Running).await;
+
+    cluster.start_agent("b", &[2, 3, 1]).unwrap();
+    cluster.wait_nodes_ready(&["b"]).await.unwrap();
+    cluster.kill_agent("a").await.unwrap();
+
+    // After the grace period node a is lost and the task runs again on b.
+    let job = wait_state(&client, &id, api::JobState::Complete).await;
+    let attempts = &job.tasks[0].attempts;
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(
+        (attempts[0].node_id.as_str(), attempts[0].state.as_str()),
+        ("a", "lost")
+    );
+    assert_eq!(attempts[0].failure_class, "infra");
+    assert_eq!(
+        (attempts[1].node_id.as_str(), attempts[1].state.as_str()),
+        ("b", "succeeded")
+    );
+    assert_eq!(
+        job.tasks[0].workload_failures, 0,
+        "a host failure must not consume attempts"
+    );
+
+    // The crashed agent comes back and reports its old attempt: refused.
+    let before = client.cluster_status().await.unwrap().stale_reports;
+    cluster.restart_agent("a").unwrap();
+    wait_for(
+        "the stale report to be fenced off",
+        Duration::from_secs(30),
+        || async {
+            let s = client.cluster_status().await.ok()?;
+            (s.stale_reports > before).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let after = client.get_job(&id, false).await.unwrap();
+    assert_eq!(state(&after), api::JobState::Complete);
+    assert_eq!(after.tasks[0].attempts.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t60_replica_failover_is_not_a_node_failure() {
+    let mut cluster = Cluster::start(3, Timings::default()).await.unwrap();
+    cluster.start_agent("a", &[1, 2, 3]).unwrap();
+    cluster.wait_nodes_ready(&["a"]).await.unwrap();
+    let client = Client::new(&cluster.live_addrs(), ClientOptions::default()).unwrap();
+    let id = submit(&client, vec![shell("sleep 3; echo survived")])
+        .await
+        .remove(0);
+    wait_state(&client, &id, api::JobState::Running).await;
+
+    let nodes = client.list_nodes(false).await.unwrap();
+    let holder = nodes.iter().find(|n| n.id == "a").unwrap().session_replica;
+    cluster.kill(holder).await.unwrap();
+    let client = Client::new(&cluster.live_addrs(), ClientOptions::default()).unwrap();
+
+    let job = wait_state(&client, &id, api::JobState::Complete).await;
+    let attempts = &job.tasks[0].attempts;
+    assert_eq!(attempts.len(), 1, "the task was rescheduled: {attempts:?}");
+    assert_eq!(attempts[0].stdout_tail, "survived\n");
+    let node = client
+        .list_nodes(false)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|n| n.id == "a")
+        .unwrap();
+    assert_eq!(node.status, "ready");
+    assert_ne!(
+        node.session_replica, holder,
+        "the agent moved to another replica"
+    );
+}
