@@ -58,6 +58,9 @@ pub enum Command {
         node_id: NodeId,
         eligibility: Eligibility,
     },
+    /// A draining node's deadline passed: its live attempts are stopped and
+    /// their tasks rescheduled.
+    DrainExpired { now_ms: u64, node_id: NodeId },
 }
 
 /// A task placed on a node, with the attempt number that fences it.
@@ -165,6 +168,7 @@ impl std::fmt::Display for Command {
             } => {
                 write!(f, "node {node_id} {eligibility:?}")
             }
+            Self::DrainExpired { node_id, .. } => write!(f, "drain deadline of node {node_id}"),
         }
     }
 }

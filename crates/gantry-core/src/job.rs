@@ -196,6 +196,9 @@ pub struct Attempt {
     /// Set when the job was cancelled while this attempt was live: the
     /// node is told to kill it, and it stays live until the node reports.
     pub cancel_requested: bool,
+    /// Stopped because its node's drain deadline passed: the task is
+    /// rescheduled elsewhere without counting a failure.
+    pub drained: bool,
     pub exit: Exit,
 }
 
@@ -241,6 +244,8 @@ pub struct Job {
     pub updated_at_ms: u64,
     /// The Raft log index of the entry that created this job.
     pub create_index: u64,
+    /// The Raft log index of the entry that last changed this job.
+    pub modify_index: u64,
     pub cancel_reason: String,
     pub tasks: Vec<Task>,
 }

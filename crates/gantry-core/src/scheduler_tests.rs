@@ -375,3 +375,46 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn t20_drain_deadline_stops_and_reschedules_without_counting_failures() {
+    let mut s = State::default();
+    open(&mut s, 1, node("a", 4000, 0, 0, &[]));
+    open(&mut s, 2, node("b", 4000, 0, 0, &[]));
+    submit(&mut s, 3, vec![job("j", 1000, 0)]);
+    let p = round(&mut s, 4, 0);
+    let first = p[0].node_id.clone();
+    let drain = Command::SetEligibility {
+        now_ms: 10,
+        node_id: first.clone(),
+        eligibility: crate::Eligibility::Draining { deadline_ms: 100 },
+    };
+    s.apply(5, &drain);
+    // Before the deadline nothing is stopped.
+    let early = s.apply(
+        6,
+        &Command::DrainExpired {
+            now_ms: 50,
+            node_id: first.clone(),
+        },
+    );
+    assert!(matches!(early, Outcome::Node(Err(_))));
+    s.apply(
+        7,
+        &Command::DrainExpired {
+            now_ms: 100,
+            node_id: first.clone(),
+        },
+    );
+    let a = &s.job("j").unwrap().tasks[0].attempts[0];
+    assert!(a.cancel_requested && a.drained);
+    finish(&mut s, 8, &p[0], Some(FailureClass::Cancelled));
+    let task = &s.job("j").unwrap().tasks[0];
+    assert_eq!(task.state, TaskState::Pending);
+    assert_eq!((task.workload_failures, task.infra_failures), (0, 0));
+    // The draining node gets nothing new; the other one takes the task.
+    let p2 = round(&mut s, 9, 200);
+    assert_eq!(p2.len(), 1);
+    assert_ne!(p2[0].node_id, first);
+    assert_eq!(s.job("j").unwrap().modify_index, 9);
+}

@@ -107,7 +107,10 @@ impl State {
                 now_ms,
                 job_id,
                 reason,
-            } => Outcome::Cancelled(self.apply_cancel(*now_ms, job_id, reason).map(Box::new)),
+            } => Outcome::Cancelled(
+                self.apply_cancel(index, *now_ms, job_id, reason)
+                    .map(Box::new),
+            ),
             Command::NodeSessionOpened {
                 now_ms,
                 node,
@@ -118,14 +121,21 @@ impl State {
                 node_id,
                 session_id,
             } => self.apply_session_closed(*now_ms, node_id, session_id),
-            Command::NodesLost { now_ms, node_ids } => self.apply_nodes_lost(*now_ms, node_ids),
-            Command::Assign { now_ms, placements } => self.apply_assign(*now_ms, placements),
-            Command::ReportAttempts { now_ms, reports } => self.apply_reports(*now_ms, reports),
+            Command::NodesLost { now_ms, node_ids } => {
+                self.apply_nodes_lost(index, *now_ms, node_ids)
+            }
+            Command::Assign { now_ms, placements } => self.apply_assign(index, *now_ms, placements),
+            Command::ReportAttempts { now_ms, reports } => {
+                self.apply_reports(index, *now_ms, reports)
+            }
             Command::SetEligibility {
                 now_ms,
                 node_id,
                 eligibility,
             } => self.apply_eligibility(*now_ms, node_id, *eligibility),
+            Command::DrainExpired { now_ms, node_id } => {
+                self.apply_drain_expired(index, *now_ms, node_id)
+            }
         }
     }
 
@@ -209,6 +219,7 @@ impl State {
                 submitted_at_ms: now_ms,
                 updated_at_ms: now_ms,
                 create_index: index,
+                modify_index: index,
                 cancel_reason: String::new(),
                 tasks,
             };
@@ -218,7 +229,13 @@ impl State {
         Ok(results)
     }
 
-    fn apply_cancel(&mut self, now_ms: u64, id: &str, reason: &str) -> Result<Job, CancelError> {
+    fn apply_cancel(
+        &mut self,
+        index: u64,
+        now_ms: u64,
+        id: &str,
+        reason: &str,
+    ) -> Result<Job, CancelError> {
         let job = self
             .jobs
             .get_mut(id)
@@ -227,6 +244,7 @@ impl State {
         if !job.state.is_terminal() {
             job.state = JobState::Cancelled;
             job.updated_at_ms = now_ms;
+            job.modify_index = index;
             job.cancel_reason = reason.to_owned();
             for task in job.tasks.iter_mut().filter(|t| !t.state.is_terminal()) {
                 if task.state == TaskState::Pending {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use gantry_core::{Command, NodeStatus, scheduler};
+use gantry_core::{Command, Eligibility, NodeStatus, scheduler};
 use gantry_proto::internal::v1::SessionsReport;
 use openraft::async_runtime::WatchReceiver;
 use tokio::task::JoinHandle;
@@ -105,6 +105,7 @@ async fn liveness_loop(replica: Arc<Replica>) {
     let mut tick = tokio::time::interval(SESSION_REPORT_INTERVAL / 2);
     loop {
         tick.tick().await;
+        expire_drains(&replica).await;
         let ready: Vec<String> = replica
             .state
             .read(|s, _| {
@@ -127,6 +128,39 @@ async fn liveness_loop(replica: Arc<Replica>) {
         match replica.write(cmd, deadline).await {
             Ok(_) => replica.liveness.forget(&lost).await,
             Err(e) => tracing::warn!(error = %e, "could not record lost nodes"),
+        }
+    }
+}
+
+/// Draining nodes past their deadline: stop what still runs there.
+async fn expire_drains(replica: &Replica) {
+    let now = now_ms();
+    let expired: Vec<String> = replica
+        .state
+        .read(|s, _| {
+            s.nodes()
+                .filter(|n| matches!(n.eligibility, Eligibility::Draining { deadline_ms } if deadline_ms <= now))
+                .filter(|n| {
+                    s.live_attempts(n.id()).any(|r| {
+                        s.job(&r.job_id)
+                            .and_then(|j| j.tasks.get(r.task as usize))
+                            .and_then(|t| t.attempts.last())
+                            .is_some_and(|a| !a.cancel_requested)
+                    })
+                })
+                .map(|n| n.id().to_owned())
+                .collect()
+        })
+        .await;
+    for node_id in expired {
+        tracing::info!(node = %node_id, "drain deadline passed: stopping its tasks to run them elsewhere");
+        let deadline = Instant::now() + replica.config.request_timeout();
+        let cmd = Command::DrainExpired {
+            now_ms: now,
+            node_id,
+        };
+        if let Err(e) = replica.write(cmd, deadline).await {
+            tracing::warn!(error = %e, "could not record a drain deadline");
         }
     }
 }

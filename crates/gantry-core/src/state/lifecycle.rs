@@ -44,8 +44,9 @@ impl Usage {
 }
 
 /// Job state from its tasks (a cancelled job stays cancelled).
-fn refresh_job(job: &mut Job, now_ms: u64) {
+fn refresh_job(job: &mut Job, index: u64, now_ms: u64) {
     job.updated_at_ms = now_ms;
+    job.modify_index = index;
     if job.state == JobState::Cancelled {
         return;
     }
@@ -119,7 +120,40 @@ impl State {
         Outcome::Node(Ok(()))
     }
 
-    pub(super) fn apply_nodes_lost(&mut self, now_ms: u64, node_ids: &[String]) -> Outcome {
+    pub(super) fn apply_drain_expired(
+        &mut self,
+        index: u64,
+        now_ms: u64,
+        node_id: &str,
+    ) -> Outcome {
+        let draining = self
+            .nodes
+            .get(node_id)
+            .is_some_and(|n| matches!(n.eligibility, Eligibility::Draining { deadline_ms } if deadline_ms <= now_ms));
+        if !draining {
+            return Outcome::Node(Err(NodeError::NotFound(node_id.to_owned())));
+        }
+        let live: Vec<AttemptRef> = self.live_attempts(node_id).cloned().collect();
+        for r in live {
+            if let Some(job) = self.jobs.get_mut(&r.job_id)
+                && let Some(task) = job.tasks.get_mut(r.task as usize)
+                && let Some(a) = task.attempts.last_mut().filter(|a| a.number == r.attempt)
+            {
+                a.cancel_requested = true;
+                a.drained = true;
+                job.modify_index = index;
+                job.updated_at_ms = now_ms;
+            }
+        }
+        Outcome::Node(Ok(()))
+    }
+
+    pub(super) fn apply_nodes_lost(
+        &mut self,
+        index: u64,
+        now_ms: u64,
+        node_ids: &[String],
+    ) -> Outcome {
         let mut attempts_lost = 0;
         for id in node_ids {
             let Some(node) = self.nodes.get_mut(id) else {
@@ -142,17 +176,22 @@ impl State {
                     ),
                     ..Exit::default()
                 };
-                self.finish_attempt(now_ms, &r, AttemptState::Lost, exit);
+                self.finish_attempt(index, now_ms, &r, AttemptState::Lost, exit);
                 attempts_lost += 1;
             }
         }
         Outcome::NodesLost { attempts_lost }
     }
 
-    pub(super) fn apply_assign(&mut self, now_ms: u64, placements: &[Placement]) -> Outcome {
+    pub(super) fn apply_assign(
+        &mut self,
+        index: u64,
+        now_ms: u64,
+        placements: &[Placement],
+    ) -> Outcome {
         let (mut placed, mut skipped) = (0, 0);
         for p in placements {
-            if self.place(now_ms, p) {
+            if self.place(index, now_ms, p) {
                 placed += 1;
             } else {
                 skipped += 1;
@@ -162,7 +201,7 @@ impl State {
     }
 
     /// Re-checks one placement against the current state and applies it.
-    fn place(&mut self, now_ms: u64, p: &Placement) -> bool {
+    fn place(&mut self, index: u64, now_ms: u64, p: &Placement) -> bool {
         let Some(node) = self.nodes.get(&p.node_id) else {
             return false;
         };
@@ -204,10 +243,11 @@ impl State {
             started_at_ms: 0,
             finished_at_ms: 0,
             cancel_requested: false,
+            drained: false,
             exit: Exit::default(),
         });
         task.state = TaskState::Assigned;
-        refresh_job(job, now_ms);
+        refresh_job(job, index, now_ms);
         self.pending.remove(&key);
         self.live
             .entry(p.node_id.clone())
@@ -216,10 +256,15 @@ impl State {
         true
     }
 
-    pub(super) fn apply_reports(&mut self, now_ms: u64, reports: &[AttemptReport]) -> Outcome {
+    pub(super) fn apply_reports(
+        &mut self,
+        index: u64,
+        now_ms: u64,
+        reports: &[AttemptReport],
+    ) -> Outcome {
         let (mut accepted, mut stale) = (0, 0);
         for r in reports {
-            if self.accept_report(now_ms, r) {
+            if self.accept_report(index, now_ms, r) {
                 accepted += 1;
             } else {
                 stale += 1;
@@ -230,7 +275,7 @@ impl State {
     }
 
     /// Fencing: only the current live attempt, only from its own node.
-    fn accept_report(&mut self, now_ms: u64, r: &AttemptReport) -> bool {
+    fn accept_report(&mut self, index: u64, now_ms: u64, r: &AttemptReport) -> bool {
         let current = self
             .jobs
             .get(&r.attempt.job_id)
@@ -252,7 +297,7 @@ impl State {
                     if task.state == TaskState::Assigned {
                         task.state = TaskState::Running;
                     }
-                    refresh_job(job, now_ms);
+                    refresh_job(job, index, now_ms);
                 }
             }
             AttemptEvent::Finished(exit) => {
@@ -264,14 +309,21 @@ impl State {
                 let mut exit = exit.clone();
                 limits::truncate_tail(&mut exit.stdout_tail);
                 limits::truncate_tail(&mut exit.stderr_tail);
-                self.finish_attempt(now_ms, &r.attempt, state, exit);
+                self.finish_attempt(index, now_ms, &r.attempt, state, exit);
             }
         }
         true
     }
 
     /// Ends a live attempt and moves its task on: done, retried or failed.
-    fn finish_attempt(&mut self, now_ms: u64, r: &AttemptRef, state: AttemptState, exit: Exit) {
+    fn finish_attempt(
+        &mut self,
+        index: u64,
+        now_ms: u64,
+        r: &AttemptRef,
+        state: AttemptState,
+        exit: Exit,
+    ) {
         let Some(job) = self.jobs.get_mut(&r.job_id) else {
             return;
         };
@@ -287,12 +339,16 @@ impl State {
         }
         let failure = exit.failure;
         let message = exit.message.clone();
+        let drained = attempt.drained;
         attempt.state = state;
         attempt.finished_at_ms = now_ms;
         attempt.exit = exit;
         let mut requeue = false;
         if task.state == TaskState::Cancelled {
             // The job was cancelled while this attempt ran: it stays cancelled.
+        } else if drained && failure.is_some() {
+            // Stopped by a drain: run it elsewhere, no failure counted.
+            requeue = true;
         } else {
             match failure {
                 None => task.state = TaskState::Succeeded,
@@ -329,10 +385,10 @@ impl State {
         if requeue {
             task.state = TaskState::Pending;
         }
-        let index = task.index;
-        refresh_job(job, now_ms);
+        let task_index = task.index;
+        refresh_job(job, index, now_ms);
         if requeue {
-            self.pending.insert(pending_key(job, index));
+            self.pending.insert(pending_key(job, task_index));
         }
     }
 
