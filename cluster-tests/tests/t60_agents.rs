@@ -252,3 +252,45 @@ async fn t60_replica_failover_is_not_a_node_failure() {
         "the agent moved to another replica"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t60_live_output_is_relayed_from_any_replica() {
+    let mut cluster = Cluster::start(3, Timings::default()).await.unwrap();
+    cluster.start_agent("a", &[1, 2, 3]).unwrap();
+    cluster.wait_nodes_ready(&["a"]).await.unwrap();
+    let all = Client::new(&cluster.live_addrs(), ClientOptions::default()).unwrap();
+    let holder = all.list_nodes(false).await.unwrap()[0].session_replica;
+    // Ask a replica that does not hold the agent's stream.
+    let other = cluster.others(holder)[0];
+    let client = cluster.client(&[other]).unwrap();
+    let id = submit(
+        &client,
+        vec![shell(
+            "for i in 1 2 3 4 5; do echo tick $i; sleep 0.2; done",
+        )],
+    )
+    .await
+    .remove(0);
+    wait_state(&client, &id, api::JobState::Running).await;
+    let mut logs = client.logs(&id, 0, true).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(chunk) = logs.message().await.unwrap() {
+        assert!(!chunk.tail, "expected live output, got the stored tail");
+        out.extend(chunk.data);
+    }
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "tick 1\ntick 2\ntick 3\ntick 4\ntick 5\n"
+    );
+    // After the end, the stored tail is served.
+    let job = wait_state(&client, &id, api::JobState::Complete).await;
+    let mut logs = client.logs(&id, 0, false).await.unwrap();
+    let chunk = logs.message().await.unwrap().unwrap();
+    assert!(chunk.tail);
+    assert_eq!(chunk.data, job.tasks[0].attempts[0].stdout_tail.as_bytes());
+    // Watch from index 0 replays the job's latest state, resumable by index.
+    let mut watch = client.watch(&id, 0).await.unwrap();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.job.unwrap().state, api::JobState::Complete as i32);
+    assert!(first.index > 0);
+}

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use gantry_client::api;
+use gantry_client::{ClientError, api};
 
 use crate::output::{enum_name, json, table, time_ms};
 use crate::{ClientArgs, Failure, parse};
@@ -32,6 +32,17 @@ pub enum JobCommand {
         #[arg(long)]
         stale: bool,
     },
+    /// Print a task's output: live while it runs, the stored tails after.
+    Logs {
+        id: String,
+        #[arg(long, default_value_t = 0)]
+        task: u32,
+        /// Keep printing until the attempt ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Submit a job, stream its output, and exit with its exit code (like `docker run`).
+    Run(SubmitArgs),
     /// Cancel a job.
     Cancel {
         id: String,
@@ -88,35 +99,55 @@ pub struct SubmitArgs {
     command: Vec<String>,
 }
 
+impl SubmitArgs {
+    fn spec(self) -> api::JobSpec {
+        let s = self;
+        let argv = if s.shell {
+            vec![s.command.join(" ")]
+        } else {
+            s.command
+        };
+        api::JobSpec {
+            name: s.name,
+            argv,
+            shell: s.shell,
+            spread: s.spread,
+            env: s.env.into_iter().collect::<HashMap<_, _>>(),
+            working_dir: s.workdir,
+            resources: Some(api::Resources {
+                cpu_millis: s.cpu.unwrap_or(0),
+                memory_mib: s.mem.unwrap_or(0),
+                gpus: s.gpus,
+            }),
+            constraints: s.labels.into_iter().collect(),
+            count: s.count,
+            priority: s.priority,
+            timeout_ms: s.timeout.unwrap_or(0),
+            max_attempts: s.max_attempts,
+            idempotency_key: s.idempotency_key,
+        }
+    }
+}
+
 pub async fn run(args: &ClientArgs, cmd: JobCommand) -> Result<(), Failure> {
     let client = args.client()?;
     match cmd {
+        JobCommand::Logs { id, task, follow } => {
+            let mut stream = client.logs(&id, task, follow).await?;
+            while let Some(chunk) = stream.message().await.map_err(ClientError::Status)? {
+                write_chunk(&chunk);
+            }
+        }
+        JobCommand::Run(s) => {
+            let mut spec = s.spec();
+            // Like `docker run`: one try unless asked for more.
+            if spec.max_attempts == 0 {
+                spec.max_attempts = 1;
+            }
+            return run_job(&client, spec).await;
+        }
         JobCommand::Submit(s) => {
-            let argv = if s.shell {
-                vec![s.command.join(" ")]
-            } else {
-                s.command
-            };
-            let spec = api::JobSpec {
-                name: s.name,
-                argv,
-                shell: s.shell,
-                spread: s.spread,
-                env: s.env.into_iter().collect::<HashMap<_, _>>(),
-                working_dir: s.workdir,
-                resources: Some(api::Resources {
-                    cpu_millis: s.cpu.unwrap_or(0),
-                    memory_mib: s.mem.unwrap_or(0),
-                    gpus: s.gpus,
-                }),
-                constraints: s.labels.into_iter().collect(),
-                count: s.count,
-                priority: s.priority,
-                timeout_ms: s.timeout.unwrap_or(0),
-                max_attempts: s.max_attempts,
-                idempotency_key: s.idempotency_key,
-            };
-            let resp = client.submit_jobs(vec![spec]).await?;
+            let resp = client.submit_jobs(vec![s.spec()]).await?;
             if args.json {
                 return Ok(json(&resp)?);
             }
@@ -186,6 +217,83 @@ pub async fn run(args: &ClientArgs, cmd: JobCommand) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+fn write_chunk(chunk: &api::LogChunk) {
+    use std::io::Write;
+    if chunk.stream == "stderr" {
+        let mut err = std::io::stderr().lock();
+        let _ = err.write_all(&chunk.data);
+        let _ = err.flush();
+    } else {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(&chunk.data);
+        let _ = out.flush();
+    }
+}
+
+/// `gantry job run`: submit, follow task 0's output attempt by attempt,
+/// and exit as the task did.
+async fn run_job(client: &gantry_client::Client, spec: api::JobSpec) -> Result<(), Failure> {
+    let id = client.submit_jobs(vec![spec]).await?.jobs.remove(0).job_id;
+    eprintln!("gantry: job {id} submitted");
+    let mut followed = std::collections::BTreeSet::new();
+    let mut watch = client.watch(&id, 0).await?;
+    let job = loop {
+        let Some(event) = watch.message().await.map_err(ClientError::Status)? else {
+            // The replica went away: pick up where we were from another.
+            watch = client.watch(&id, 0).await?;
+            continue;
+        };
+        let Some(job) = event.job else { continue };
+        let terminal = matches!(
+            api::JobState::try_from(job.state),
+            Ok(api::JobState::Complete | api::JobState::Failed | api::JobState::Cancelled)
+        );
+        if let Some(a) = job.tasks.first().and_then(|t| t.attempts.last())
+            && matches!(a.state.as_str(), "assigned" | "running")
+            && followed.insert(a.number)
+        {
+            let mut logs = client.logs(&id, 0, true).await?;
+            while let Ok(Some(chunk)) = logs.message().await {
+                write_chunk(&chunk);
+            }
+        }
+        if terminal {
+            break client.get_job(&id, false).await?;
+        }
+    };
+    let last = job.tasks.first().and_then(|t| t.attempts.last()).cloned();
+    if let Some(a) = &last
+        && !followed.contains(&a.number)
+    {
+        // Finished before we could follow it live: print what was kept.
+        for (stream, data) in [("stdout", &a.stdout_tail), ("stderr", &a.stderr_tail)] {
+            write_chunk(&api::LogChunk {
+                stream: stream.into(),
+                data: data.clone().into_bytes(),
+                ..Default::default()
+            });
+        }
+    }
+    let state = api::JobState::try_from(job.state).unwrap_or(api::JobState::Unspecified);
+    let code = match (state, &last) {
+        (api::JobState::Complete, _) => return Ok(()),
+        (api::JobState::Cancelled, _) => 130,
+        (_, Some(a)) if a.failure_class == "timeout" => 124,
+        (_, Some(a)) => a.exit_code.map_or(1, |c| c.clamp(1, 255) as u8),
+        (_, None) => 1,
+    };
+    let reason = job
+        .tasks
+        .first()
+        .map(|t| t.failure_reason.clone())
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| state_name(job.state));
+    Err(Failure {
+        message: format!("job {id} {}: {reason}", state_name(job.state)),
+        code,
+    })
 }
 
 fn parse_state(s: &str) -> Result<i32, Failure> {

@@ -263,10 +263,34 @@ async fn t30_dev_runs_a_cluster_and_stops_its_children() {
         .map(|m| m["pid"].as_i64().unwrap() as i32)
         .collect();
     assert_eq!(pids.len(), 3);
+    let agent_pids: Vec<i32> = members["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["pid"].as_i64().unwrap() as i32)
+        .collect();
+    assert_eq!(agent_pids.len(), 2);
     let o = gantry(&["job", "submit", "--", "echo", "hello"], &servers);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = gantry(&["cluster", "status"], &servers);
     assert_eq!(stdout(&o).matches("yes").count(), 3, "{}", stdout(&o));
+    // The dev agents run work right away: `job run` streams output and
+    // exits with the task's code.
+    let o = gantry(&["job", "run", "--", "echo", "hello"], &servers);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "hello\n");
+    let o = gantry(
+        &["job", "run", "--shell", "--", "echo oops >&2; exit 5"],
+        &servers,
+    );
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("oops"), "{}", stderr(&o));
+    let o = gantry(&["node", "list"], &servers);
+    assert!(
+        stdout(&o).contains("dev-agent-1") && stdout(&o).contains("dev-agent-2"),
+        "{}",
+        stdout(&o)
+    );
 
     kill(Pid::from_raw(dev.id().unwrap() as i32), Signal::SIGTERM).unwrap();
     let status = tokio::time::timeout(Duration::from_secs(30), dev.wait())
@@ -274,7 +298,7 @@ async fn t30_dev_runs_a_cluster_and_stops_its_children() {
         .expect("gantry dev did not stop")
         .unwrap();
     assert!(status.success());
-    for pid in pids {
+    for pid in pids.into_iter().chain(agent_pids) {
         // Signal 0 probes for existence: the children are gone (reaped by dev).
         assert!(
             kill(Pid::from_raw(pid), None).is_err(),

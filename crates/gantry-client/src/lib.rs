@@ -16,8 +16,9 @@ use gantry_proto::v1::job_service_client::JobServiceClient;
 use gantry_proto::v1::node_service_client::NodeServiceClient;
 use gantry_proto::v1::{
     AddReplicaRequest, CancelJobRequest, ClusterStatusRequest, ClusterStatusResponse, Eligibility,
-    GetJobRequest, Job, JobSpec, ListJobsRequest, ListJobsResponse, ListNodesRequest, Node,
-    RemoveReplicaRequest, SetEligibilityRequest, SubmitJobsRequest, SubmitJobsResponse,
+    GetJobRequest, Job, JobEvent, JobSpec, ListJobsRequest, ListJobsResponse, ListNodesRequest,
+    LogChunk, LogsRequest, Node, RemoveReplicaRequest, SetEligibilityRequest, SubmitJobsRequest,
+    SubmitJobsResponse, WatchRequest,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -235,6 +236,45 @@ impl Client {
                 resp.job
                     .ok_or_else(|| Status::internal("server returned no job"))
             }
+        })
+        .await
+    }
+
+    /// Job changes after `from_index` (every job when `job_id` is empty).
+    /// Opening the stream is retried on other replicas; a broken stream is
+    /// the caller's to reopen from the last event's index.
+    pub async fn watch(
+        &self,
+        job_id: &str,
+        from_index: u64,
+    ) -> Result<tonic::Streaming<JobEvent>, ClientError> {
+        let req = WatchRequest {
+            job_id: job_id.to_owned(),
+            from_index,
+        };
+        self.with_retry(|ch| {
+            let req = req.clone();
+            async move { Ok(Self::jobs(ch).watch(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// A task's output: live while it runs (to the end with `follow`), the
+    /// stored tails after.
+    pub async fn logs(
+        &self,
+        job_id: &str,
+        task: u32,
+        follow: bool,
+    ) -> Result<tonic::Streaming<LogChunk>, ClientError> {
+        let req = LogsRequest {
+            job_id: job_id.to_owned(),
+            task,
+            follow,
+        };
+        self.with_retry(|ch| {
+            let req = req.clone();
+            async move { Ok(Self::jobs(ch).logs(req).await?.into_inner()) }
         })
         .await
     }

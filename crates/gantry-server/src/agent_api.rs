@@ -16,7 +16,9 @@ use gantry_core::{AttemptEvent, AttemptRef, AttemptReport, Command, JobSpec, Ses
 use gantry_proto::v1::agent_message::Msg as AgentMsg;
 use gantry_proto::v1::agent_service_server::AgentService;
 use gantry_proto::v1::server_message::Msg as ServerMsg;
-use gantry_proto::v1::{Ack, AgentMessage, Assign, Cancel, ServerMessage, Welcome};
+use gantry_proto::v1::{
+    Ack, AgentMessage, Assign, Cancel, LogChunk, OutputStream, ServerMessage, Welcome,
+};
 use openraft::async_runtime::WatchReceiver;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -167,13 +169,33 @@ async fn run_session(
             }
             Some(AgentMsg::Finished(f)) => token_from_api(f.attempt.clone())
                 .map(|a| (a, AttemptEvent::Finished(exit_from_api(f)))),
-            Some(AgentMsg::Heartbeat(_)) | Some(AgentMsg::Output(_)) => continue,
+            Some(AgentMsg::Output(o)) => {
+                if let Ok(attempt) = token_from_api(o.attempt) {
+                    let stream = if o.stream == OutputStream::Stderr as i32 {
+                        "stderr"
+                    } else {
+                        "stdout"
+                    };
+                    let chunk = LogChunk {
+                        attempt: attempt.attempt,
+                        stream: stream.into(),
+                        data: o.data,
+                        tail: false,
+                    };
+                    replica.output.push(&node_id, attempt, chunk).await;
+                }
+                continue;
+            }
+            Some(AgentMsg::Heartbeat(_)) => continue,
             Some(AgentMsg::Hello(_)) | None => {
                 Err(Status::invalid_argument("unexpected message after hello"))
             }
         };
         match report {
             Ok(r) => {
+                if matches!(r.1, AttemptEvent::Finished(_)) {
+                    replica.output.finish(&node_id, r.0.clone()).await;
+                }
                 if reports_tx.send(r).await.is_err() {
                     break;
                 }

@@ -101,6 +101,7 @@ pub async fn start_on(
         config: Arc::new(config),
         sessions: Default::default(),
         liveness: Default::default(),
+        output: Default::default(),
     });
     let background = vec![
         tokio::spawn(crate::leader::supervise(replica.clone())),

@@ -8,7 +8,7 @@ use gantry_core::Command;
 use gantry_proto::internal::v1::raft_service_server::RaftService;
 use gantry_proto::internal::v1::{
     LocalStatusRequest, LocalStatusResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
-    SessionsReport, SessionsReportAck, SnapshotChunk,
+    SessionsReport, SessionsReportAck, SnapshotChunk, TailOutputRequest,
 };
 use gantry_store::{Snapshot, SnapshotMeta, Vote};
 use openraft::async_runtime::WatchReceiver;
@@ -128,6 +128,28 @@ impl RaftService for InternalService {
         _req: Request<LocalStatusRequest>,
     ) -> Result<Response<LocalStatusResponse>, Status> {
         Ok(Response::new(local_status(&self.replica)))
+    }
+
+    type TailOutputStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<gantry_proto::v1::LogChunk, Status>> + Send>,
+    >;
+
+    async fn tail_output(
+        &self,
+        req: Request<TailOutputRequest>,
+    ) -> Result<Response<Self::TailOutputStream>, Status> {
+        let r = req.into_inner();
+        let attempt = gantry_core::AttemptRef {
+            job_id: r.job_id,
+            task: r.task,
+            attempt: r.attempt,
+        };
+        let tail = self.replica.output.tail(&r.node_id, attempt).await;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(crate::watch::stream_tail(tail, r.follow, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn report_sessions(

@@ -8,8 +8,9 @@ use gantry_core::limits::{validate_batch, validate_reason};
 use gantry_core::{Command, JobFilter, NewJob, Outcome};
 use gantry_proto::v1::job_service_server::JobService;
 use gantry_proto::v1::{
-    CancelJobRequest, CancelJobResponse, GetJobRequest, GetJobResponse, ListJobsRequest,
-    ListJobsResponse, SubmitJobsRequest, SubmitJobsResponse, SubmittedJob,
+    CancelJobRequest, CancelJobResponse, GetJobRequest, GetJobResponse, JobEvent, ListJobsRequest,
+    ListJobsResponse, LogChunk, LogsRequest, SubmitJobsRequest, SubmitJobsResponse, SubmittedJob,
+    WatchRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -45,8 +46,52 @@ fn require_job_id(id: &str) -> Result<(), Status> {
     Ok(())
 }
 
+type Stream<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl JobService for JobApi {
+    type WatchStream = Stream<JobEvent>;
+    type LogsStream = Stream<LogChunk>;
+
+    async fn watch(
+        &self,
+        req: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = req.into_inner();
+        if !req.job_id.is_empty() {
+            require_job_id(&req.job_id)?;
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::watch::WATCH_QUEUE);
+        tokio::spawn(crate::watch::watch_jobs(
+            self.replica.clone(),
+            req.job_id,
+            req.from_index,
+            tx,
+        ));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        let deadline = deadline(&req, self.replica.config.request_timeout());
+        let req = req.into_inner();
+        require_job_id(&req.job_id)?;
+        self.replica.read_barrier(deadline).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::watch::WATCH_QUEUE);
+        let replica = self.replica.clone();
+        let err_tx = tx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::watch::logs(replica, req.job_id, req.task, req.follow, tx).await
+            {
+                let _ = err_tx.send(Err(e)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn submit_jobs(
         &self,
         req: Request<SubmitJobsRequest>,

@@ -16,9 +16,11 @@ mod jobs;
 mod leader;
 mod network;
 mod nodes_api;
+mod output;
 mod peers;
 mod replica;
 mod sessions;
+mod watch;
 
 pub use app::{ServerHandle, StartError, start, start_on};
 pub use config::{ConfigError, RaftTimings, ServerConfig, parse_peers};

@@ -50,6 +50,8 @@ pub struct Replica {
     pub sessions: Sessions,
     /// On the leader: when each node's session was last confirmed.
     pub liveness: Liveness,
+    /// Live output of attempts on nodes whose streams this replica holds.
+    pub output: crate::output::OutputHub,
 }
 
 fn unavailable_no_leader(waited: Duration) -> Status {
