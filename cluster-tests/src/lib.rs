@@ -358,6 +358,17 @@ impl Cluster {
         Ok(())
     }
 
+    /// SIGTERM an agent and wait for it to exit.
+    pub async fn stop_agent(&mut self, node_id: &str) -> anyhow::Result<std::process::ExitStatus> {
+        kill(self.agent_pid(node_id)?, Signal::SIGTERM)?;
+        let mut c = self
+            .agents
+            .get_mut(node_id)
+            .and_then(|a| a.child.take())
+            .context("agent is not running")?;
+        Ok(tokio::time::timeout(Duration::from_secs(30), c.wait()).await??)
+    }
+
     pub fn restart_agent(&mut self, node_id: &str) -> anyhow::Result<()> {
         self.spawn_agent(node_id)
     }

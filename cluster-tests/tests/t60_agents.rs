@@ -294,3 +294,29 @@ async fn t60_live_output_is_relayed_from_any_replica() {
     assert_eq!(first.job.unwrap().state, api::JobState::Complete as i32);
     assert!(first.index > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t60_agent_shutdown_kills_its_tasks_process_groups() {
+    let mut cluster = Cluster::start(3, Timings::default()).await.unwrap();
+    cluster.start_agent("a", &[1, 2, 3]).unwrap();
+    cluster.wait_nodes_ready(&["a"]).await.unwrap();
+    let client = Client::new(&cluster.live_addrs(), ClientOptions::default()).unwrap();
+    let id = submit(&client, vec![shell("sleep 304 & sleep 304; wait")])
+        .await
+        .remove(0);
+    wait_state(&client, &id, api::JobState::Running).await;
+    wait_for(
+        "the task's processes to start",
+        Duration::from_secs(30),
+        || async { (processes_matching("sleep 304").len() >= 2).then_some(()) },
+    )
+    .await
+    .unwrap();
+    let status = cluster.stop_agent("a").await.unwrap();
+    assert!(status.success(), "agent exit: {status}");
+    let left = processes_matching("sleep 304");
+    assert!(
+        left.is_empty(),
+        "left running after agent shutdown: {left:?}"
+    );
+}
