@@ -9,25 +9,22 @@
 use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::Stream;
-use gantry_core::{AttemptEvent, AttemptRef, AttemptReport, Command, JobSpec, Session};
+use gantry_core::{AttemptEvent, AttemptRef, AttemptReport, Command, Session};
 use gantry_proto::v1::agent_message::Msg as AgentMsg;
 use gantry_proto::v1::agent_service_server::AgentService;
 use gantry_proto::v1::server_message::Msg as ServerMsg;
-use gantry_proto::v1::{
-    Ack, AgentMessage, Assign, Cancel, LogChunk, OutputStream, ServerMessage, Welcome,
-};
-use openraft::async_runtime::WatchReceiver;
+use gantry_proto::v1::{Ack, AgentMessage, LogChunk, OutputStream, ServerMessage, Welcome};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::convert::{
-    exit_from_api, node_info_from_hello, spec_to_api, token_from_api, token_to_api,
-};
+use crate::clock::now_ms;
+use crate::convert::{exit_from_api, node_info_from_hello, token_from_api, token_to_api};
+use crate::dispatch::{Dispatcher, Outbound};
 use crate::replica::Replica;
 
 /// How often agents send heartbeats.
@@ -45,17 +42,9 @@ pub struct AgentApi {
     pub(crate) replica: Arc<Replica>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 fn msg(m: ServerMsg) -> Result<ServerMessage, Status> {
     Ok(ServerMessage { msg: Some(m) })
 }
-
-type Outbound = mpsc::Sender<Result<ServerMessage, Status>>;
 
 #[tonic::async_trait]
 impl AgentService for AgentApi {
@@ -91,7 +80,7 @@ impl AgentService for AgentApi {
             .write(
                 Command::NodeSessionOpened {
                     now_ms: now_ms(),
-                    node: info,
+                    node: info.clone(),
                     session: session.clone(),
                 },
                 deadline,
@@ -121,8 +110,10 @@ impl AgentService for AgentApi {
                 let _ = reports_tx.try_send((attempt, event));
             }
         }
+        let dispatcher =
+            Dispatcher::new(replica.clone(), info, session.clone(), running, tx.clone());
         tokio::spawn(run_session(
-            replica, node_id, session.id, index, running, inbound, tx, reports_tx, reports_rx,
+            replica, node_id, session.id, index, dispatcher, inbound, tx, reports_tx, reports_rx,
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -134,19 +125,13 @@ async fn run_session(
     node_id: String,
     session_id: String,
     opened_at_index: u64,
-    running: BTreeSet<AttemptRef>,
+    dispatcher: Dispatcher,
     mut inbound: Streaming<AgentMessage>,
     tx: Outbound,
     reports_tx: mpsc::Sender<(AttemptRef, AttemptEvent)>,
     reports_rx: mpsc::Receiver<(AttemptRef, AttemptEvent)>,
 ) {
-    let dispatcher = tokio::spawn(dispatch(
-        replica.clone(),
-        node_id.clone(),
-        opened_at_index,
-        running,
-        tx.clone(),
-    ));
+    let dispatcher = tokio::spawn(dispatcher.run(opened_at_index));
     let proposer = tokio::spawn(propose_reports(
         replica.clone(),
         node_id.clone(),
@@ -221,95 +206,6 @@ async fn run_session(
     match replica.write(closed, deadline).await {
         Ok(_) => tracing::info!(node = %node_id, "agent disconnected"),
         Err(e) => tracing::warn!(node = %node_id, error = %e, "could not record the session's end"),
-    }
-}
-
-/// Pushes the node's live attempts: Assign for new ones, Cancel for those
-/// whose job was cancelled, and Cancel for attempts the agent runs that the
-/// cluster no longer assigns to it.
-async fn dispatch(
-    replica: Arc<Replica>,
-    node_id: String,
-    opened_at_index: u64,
-    mut agent_running: BTreeSet<AttemptRef>,
-    tx: Outbound,
-) {
-    // Until this replica has applied the session's own entry it may not yet
-    // know assignments the agent already runs: reconcile only after it.
-    let wait = replica
-        .raft
-        .wait(None)
-        .applied_index_at_least(Some(opened_at_index), "session open applied")
-        .await;
-    if wait.is_err() {
-        return;
-    }
-    let mut sent: BTreeSet<AttemptRef> = BTreeSet::new();
-    let mut cancels_sent: BTreeSet<AttemptRef> = BTreeSet::new();
-    let mut metrics = replica.raft.metrics();
-    let mut last_applied = None;
-    loop {
-        let applied = metrics.borrow_watched().last_applied;
-        if last_applied != Some(applied) {
-            last_applied = Some(applied);
-            let live: Vec<(AttemptRef, JobSpec, bool)> = replica
-                .state
-                .read(|s, _| {
-                    s.live_attempts(&node_id)
-                        .filter_map(|r| {
-                            let job = s.job(&r.job_id)?;
-                            let a = job.tasks.get(r.task as usize)?.attempts.last()?;
-                            Some((r.clone(), job.spec.clone(), a.cancel_requested))
-                        })
-                        .collect()
-                })
-                .await;
-            let live_refs: BTreeSet<&AttemptRef> = live.iter().map(|(r, _, _)| r).collect();
-            for stale in agent_running.iter().filter(|r| !live_refs.contains(r)) {
-                tracing::info!(node = %node_id, attempt = %stale, "agent runs an attempt not assigned to it; cancelling");
-                let cancel = Cancel {
-                    attempt: Some(token_to_api(stale)),
-                    reason: "not assigned to this node".into(),
-                };
-                if tx.send(msg(ServerMsg::Cancel(cancel))).await.is_err() {
-                    return;
-                }
-            }
-            for (r, spec, cancel_requested) in &live {
-                if *cancel_requested {
-                    if cancels_sent.insert(r.clone()) {
-                        let cancel = Cancel {
-                            attempt: Some(token_to_api(r)),
-                            reason: "job cancelled".into(),
-                        };
-                        if tx.send(msg(ServerMsg::Cancel(cancel))).await.is_err() {
-                            return;
-                        }
-                    }
-                } else if !agent_running.contains(r) && sent.insert(r.clone()) {
-                    let assign = Assign {
-                        attempt: Some(token_to_api(r)),
-                        spec: Some(spec_to_api(spec)),
-                    };
-                    if tx.send(msg(ServerMsg::Assign(assign))).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            // Remember only what is still live; the agent's own list was used once.
-            sent.extend(
-                agent_running
-                    .iter()
-                    .filter(|r| live_refs.contains(r))
-                    .cloned(),
-            );
-            agent_running.clear();
-            sent.retain(|r| live_refs.contains(r));
-            cancels_sent.retain(|r| live_refs.contains(r));
-        }
-        if metrics.changed().await.is_err() {
-            return;
-        }
     }
 }
 

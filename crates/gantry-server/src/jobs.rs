@@ -2,7 +2,6 @@
 //! and ids once → commit through the leader → answer.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use gantry_core::limits::{validate_batch, validate_reason};
 use gantry_core::{Command, JobFilter, NewJob, Outcome};
@@ -14,6 +13,7 @@ use gantry_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::clock::now_ms;
 use crate::convert::{job_state_from_api, job_to_api, spec_from_api};
 use crate::deadline::deadline;
 use crate::error;
@@ -25,13 +25,6 @@ pub const MAX_PAGE_SIZE: u32 = 1_000;
 
 pub struct JobApi {
     pub(crate) replica: Arc<Replica>,
-}
-
-/// Milliseconds since the Unix epoch: read once per request, by the proposer.
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn require_job_id(id: &str) -> Result<(), Status> {

@@ -3,7 +3,7 @@
 //! loop every replica runs to tell the leader which sessions it holds.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use gantry_core::{Command, Eligibility, NodeStatus, scheduler};
 use gantry_proto::internal::v1::SessionsReport;
@@ -11,6 +11,7 @@ use openraft::async_runtime::WatchReceiver;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::clock::now_ms;
 use crate::replica::Replica;
 
 /// Most placements in one Assign entry.
@@ -19,12 +20,6 @@ const MAX_PLACEMENTS_PER_ROUND: usize = 1_000;
 const SCHEDULER_TICK: Duration = Duration::from_millis(500);
 /// How often replicas report their sessions and the leader checks liveness.
 pub const SESSION_REPORT_INTERVAL: Duration = Duration::from_secs(1);
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 /// Watches leadership and runs the leader-only loops while it lasts.
 pub async fn supervise(replica: Arc<Replica>) {

@@ -6,10 +6,12 @@
 
 mod agent_api;
 mod app;
+mod clock;
 mod cluster;
 pub mod config;
 mod convert;
 mod deadline;
+mod dispatch;
 mod error;
 mod internal;
 mod jobs;

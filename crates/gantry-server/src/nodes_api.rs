@@ -1,7 +1,6 @@
 //! `gantry.v1.NodeService`: list nodes, cordon, uncordon, drain.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use gantry_core::{Command, Outcome};
 use gantry_proto::v1::node_service_server::NodeService;
@@ -10,18 +9,13 @@ use gantry_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::clock::now_ms;
 use crate::convert::{eligibility_from_api, node_to_api};
 use crate::deadline::deadline;
 use crate::replica::Replica;
 
 pub struct NodeApi {
     pub(crate) replica: Arc<Replica>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[tonic::async_trait]

@@ -1,0 +1,197 @@
+//! The per-session dispatcher: level-triggered, it diffs what the node
+//! should run (its live attempts in the applied state) against what it has
+//! told the agent, on every applied change.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use gantry_core::{AttemptRef, Command, JobSpec, NodeInfo, NodeStatus, Session};
+use gantry_proto::v1::server_message::Msg as ServerMsg;
+use gantry_proto::v1::{Assign, Cancel, ServerMessage};
+use openraft::async_runtime::WatchReceiver;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::Status;
+
+use crate::clock::now_ms;
+use crate::convert::{spec_to_api, token_to_api};
+use crate::replica::Replica;
+
+pub type Outbound = mpsc::Sender<Result<ServerMessage, Status>>;
+
+/// Why a dispatcher stopped.
+#[derive(Debug)]
+pub enum Ended {
+    /// The agent's stream is gone.
+    StreamClosed,
+    /// A newer session for the node replaced this one (the agent reconnected elsewhere).
+    Replaced,
+    ShuttingDown,
+}
+
+pub struct Dispatcher {
+    pub replica: Arc<Replica>,
+    pub info: NodeInfo,
+    pub session: Session,
+    /// The agent's own list from its hello, used once to reconcile.
+    pub agent_running: BTreeSet<AttemptRef>,
+    pub tx: Outbound,
+    sent: BTreeSet<AttemptRef>,
+    cancels_sent: BTreeSet<AttemptRef>,
+}
+
+/// What the state says about this node, read in one go.
+struct View {
+    live: Vec<(AttemptRef, JobSpec, bool)>,
+    status: Option<NodeStatus>,
+    session_id: Option<String>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        replica: Arc<Replica>,
+        info: NodeInfo,
+        session: Session,
+        agent_running: BTreeSet<AttemptRef>,
+        tx: Outbound,
+    ) -> Self {
+        Self {
+            replica,
+            info,
+            session,
+            agent_running,
+            tx,
+            sent: BTreeSet::new(),
+            cancels_sent: BTreeSet::new(),
+        }
+    }
+
+    /// Runs until the stream closes or the session is replaced.
+    pub async fn run(mut self, opened_at_index: u64) -> Ended {
+        // Until this replica has applied the session's own entry it may not
+        // yet know assignments the agent already runs: reconcile only after.
+        let applied = self
+            .replica
+            .raft
+            .wait(None)
+            .applied_index_at_least(Some(opened_at_index), "session open applied")
+            .await;
+        if applied.is_err() {
+            return Ended::ShuttingDown;
+        }
+        let mut metrics = self.replica.raft.metrics();
+        let mut last_applied = None;
+        loop {
+            let applied = metrics.borrow_watched().last_applied;
+            if last_applied != Some(applied) {
+                last_applied = Some(applied);
+                if let Err(ended) = self.sync().await {
+                    if matches!(ended, Ended::Replaced) {
+                        // End this stream: the agent lives on another session now
+                        // (or will reconnect and register again).
+                        let _ = self
+                            .tx
+                            .send(Err(Status::aborted(
+                                "a newer session for this node replaced this one",
+                            )))
+                            .await;
+                    }
+                    return ended;
+                }
+            }
+            if metrics.changed().await.is_err() {
+                return Ended::ShuttingDown;
+            }
+        }
+    }
+
+    async fn send(&self, m: ServerMsg) -> Result<(), Ended> {
+        self.tx
+            .send(Ok(ServerMessage { msg: Some(m) }))
+            .await
+            .map_err(|_| Ended::StreamClosed)
+    }
+
+    async fn cancel(&self, r: &AttemptRef, reason: &str) -> Result<(), Ended> {
+        self.send(ServerMsg::Cancel(Cancel {
+            attempt: Some(token_to_api(r)),
+            reason: reason.to_owned(),
+        }))
+        .await
+    }
+
+    async fn view(&self) -> View {
+        let node_id = &self.info.id;
+        self.replica
+            .state
+            .read(|s, _| View {
+                live: s
+                    .live_attempts(node_id)
+                    .filter_map(|r| {
+                        let job = s.job(&r.job_id)?;
+                        let a = job.tasks.get(r.task as usize)?.attempts.last()?;
+                        Some((r.clone(), job.spec.clone(), a.cancel_requested))
+                    })
+                    .collect(),
+                status: s.node(node_id).map(|n| n.status),
+                session_id: s
+                    .node(node_id)
+                    .and_then(|n| n.session.as_ref())
+                    .map(|x| x.id.clone()),
+            })
+            .await
+    }
+
+    async fn sync(&mut self) -> Result<(), Ended> {
+        let view = self.view().await;
+        match &view.session_id {
+            Some(id) if *id != self.session.id => return Err(Ended::Replaced),
+            // Marked lost (e.g. this replica was cut off from the leader)
+            // while the agent is still here: register it again.
+            None if view.status == Some(NodeStatus::Lost) => self.reopen().await,
+            _ => {}
+        }
+        let live: BTreeSet<&AttemptRef> = view.live.iter().map(|(r, _, _)| r).collect();
+        for stale in self.agent_running.iter().filter(|r| !live.contains(r)) {
+            tracing::info!(node = %self.info.id, attempt = %stale, "agent runs an attempt not assigned to it; cancelling");
+            self.cancel(stale, "not assigned to this node").await?;
+        }
+        // Sent earlier, no longer live: finished (a no-op for the agent) or
+        // taken away (node lost, then rescheduled): make sure it stops.
+        for gone in self.sent.iter().filter(|r| !live.contains(r)) {
+            self.cancel(gone, "no longer assigned to this node").await?;
+        }
+        for (r, spec, cancel_requested) in &view.live {
+            if *cancel_requested {
+                if self.cancels_sent.insert(r.clone()) {
+                    self.cancel(r, "job cancelled or node drained").await?;
+                }
+            } else if !self.agent_running.contains(r) && self.sent.insert(r.clone()) {
+                self.send(ServerMsg::Assign(Assign {
+                    attempt: Some(token_to_api(r)),
+                    spec: Some(spec_to_api(spec)),
+                }))
+                .await?;
+            }
+        }
+        let running = std::mem::take(&mut self.agent_running);
+        self.sent
+            .extend(running.into_iter().filter(|r| live.contains(r)));
+        self.sent.retain(|r| live.contains(r));
+        self.cancels_sent.retain(|r| live.contains(r));
+        Ok(())
+    }
+
+    async fn reopen(&self) {
+        tracing::warn!(node = %self.info.id, "node was marked lost while its agent is connected here; registering it again");
+        let cmd = Command::NodeSessionOpened {
+            now_ms: now_ms(),
+            node: self.info.clone(),
+            session: self.session.clone(),
+        };
+        let deadline = Instant::now() + self.replica.config.request_timeout();
+        if let Err(e) = self.replica.write(cmd, deadline).await {
+            tracing::warn!(node = %self.info.id, error = %e, "could not register the node again");
+        }
+    }
+}
