@@ -93,6 +93,6 @@ fn row(n: &Node) -> Vec<String> {
             n.session_replica.to_string()
         },
         labels.join(","),
-        time_ms(n.updated_at_ms),
+        time_ms(n.last_seen_ms),
     ]
 }

@@ -25,7 +25,7 @@ const STATUS_PROBE_TIMEOUT: Duration = Duration::from_millis(1_000);
 /// Membership changes wait for a new replica to catch up, so they get longer.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Marks a request a replica forwarded to the leader, so it is never forwarded twice.
-const FORWARDED: &str = "x-gantry-forwarded";
+pub(crate) const FORWARDED: &str = "x-gantry-forwarded";
 
 pub struct ClusterApi {
     pub(crate) replica: Arc<Replica>,
@@ -127,7 +127,7 @@ impl ClusterApi {
     }
 }
 
-fn forwarded<T>(msg: T, deadline: Instant) -> Request<T> {
+pub(crate) fn forwarded<T>(msg: T, deadline: Instant) -> Request<T> {
     let mut req = Request::new(msg);
     req.set_timeout(deadline.saturating_duration_since(Instant::now()));
     req.metadata_mut()

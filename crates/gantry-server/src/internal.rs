@@ -163,7 +163,11 @@ impl RaftService for InternalService {
         if report.node_ids.len() > 1_000_000 {
             return Err(Status::invalid_argument("too many node ids in one report"));
         }
-        self.replica.liveness.confirm(report.node_ids).await;
+        let seen = report
+            .node_ids
+            .into_iter()
+            .zip(report.last_seen_ms.into_iter().chain(std::iter::repeat(0)));
+        self.replica.liveness.confirm(seen).await;
         Ok(Response::new(SessionsReportAck {}))
     }
 }

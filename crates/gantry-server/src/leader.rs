@@ -182,9 +182,11 @@ pub async fn report_sessions(replica: Arc<Replica>) {
         match leader {
             Some((id, _)) if id == replica.id => replica.liveness.confirm(nodes).await,
             Some((id, addr)) => {
+                let (node_ids, last_seen_ms) = nodes.into_iter().unzip();
                 let report = SessionsReport {
                     replica: replica.id,
-                    node_ids: nodes,
+                    node_ids,
+                    last_seen_ms,
                 };
                 let sent = async {
                     let mut client = replica.peers.raft_client(&addr).await?;

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use gantry_core::{Command, Outcome};
+use gantry_proto::v1::node_service_client::NodeServiceClient;
 use gantry_proto::v1::node_service_server::NodeService;
 use gantry_proto::v1::{
     ListNodesRequest, ListNodesResponse, SetEligibilityRequest, SetEligibilityResponse,
@@ -10,6 +11,7 @@ use gantry_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::clock::now_ms;
+use crate::cluster::{FORWARDED, forwarded};
 use crate::convert::{eligibility_from_api, node_to_api};
 use crate::deadline::deadline;
 use crate::replica::Replica;
@@ -25,10 +27,27 @@ impl NodeService for NodeApi {
         req: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
         let deadline = deadline(&req, self.replica.config.request_timeout());
-        if !req.into_inner().stale {
+        let was_forwarded = req.metadata().contains_key(FORWARDED);
+        let req = req.into_inner();
+        let mut on_leader = false;
+        if !req.stale {
+            // The leader knows when every agent last spoke: answer from there.
+            let (leader, addr) = self.replica.leader(deadline).await?;
+            if leader != self.replica.id {
+                if was_forwarded {
+                    return Err(Status::unavailable(
+                        "leadership moved while forwarding; retry",
+                    ));
+                }
+                let channel = self.replica.peers.channel(&addr).await?;
+                return NodeServiceClient::new(channel)
+                    .list_nodes(forwarded(req, deadline))
+                    .await;
+            }
             self.replica.read_barrier(deadline).await?;
+            on_leader = true;
         }
-        let nodes = self
+        let mut nodes: Vec<gantry_proto::v1::Node> = self
             .replica
             .state
             .read(|s, _| {
@@ -37,6 +56,12 @@ impl NodeService for NodeApi {
                     .collect()
             })
             .await;
+        if on_leader {
+            let seen = self.replica.liveness.last_seen_ms().await;
+            for n in &mut nodes {
+                n.last_seen_ms = seen.get(&n.id).copied().unwrap_or(0);
+            }
+        }
         Ok(Response::new(ListNodesResponse { nodes }))
     }
 

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use tokio::sync::RwLock;
 use tokio::time::Instant;
 
+use crate::clock::now_ms;
+
 /// A session counts as held only while its agent keeps talking: a frozen
 /// agent (or a half-open connection) stops being confirmed after this.
 pub const SESSION_SILENCE_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -14,43 +16,44 @@ pub const SESSION_SILENCE_LIMIT: std::time::Duration = std::time::Duration::from
 /// The agent streams this replica holds: node id → (session id, last message).
 #[derive(Default)]
 pub struct Sessions {
-    held: RwLock<HashMap<String, (String, Instant)>>,
+    held: RwLock<HashMap<String, (String, Instant, u64)>>,
 }
 
 impl Sessions {
     pub async fn open(&self, node_id: &str, session_id: &str) {
-        self.held
-            .write()
-            .await
-            .insert(node_id.to_owned(), (session_id.to_owned(), Instant::now()));
+        self.held.write().await.insert(
+            node_id.to_owned(),
+            (session_id.to_owned(), Instant::now(), now_ms()),
+        );
     }
 
     /// Records that the agent spoke (any message, heartbeats included).
     pub async fn touch(&self, node_id: &str, session_id: &str) {
-        if let Some((s, seen)) = self.held.write().await.get_mut(node_id)
+        if let Some((s, seen, seen_ms)) = self.held.write().await.get_mut(node_id)
             && s == session_id
         {
             *seen = Instant::now();
+            *seen_ms = now_ms();
         }
     }
 
     /// Forgets the session unless a newer one for the node replaced it.
     pub async fn close(&self, node_id: &str, session_id: &str) {
         let mut held = self.held.write().await;
-        if held.get(node_id).is_some_and(|(s, _)| s == session_id) {
+        if held.get(node_id).is_some_and(|(s, _, _)| s == session_id) {
             held.remove(node_id);
         }
     }
 
-    /// Nodes whose agents spoke recently.
-    pub async fn nodes(&self) -> Vec<String> {
+    /// Nodes whose agents spoke recently, with when they last did (ms since the epoch).
+    pub async fn nodes(&self) -> Vec<(String, u64)> {
         let now = Instant::now();
         self.held
             .read()
             .await
             .iter()
-            .filter(|(_, (_, seen))| now.duration_since(*seen) <= SESSION_SILENCE_LIMIT)
-            .map(|(node, _)| node.clone())
+            .filter(|(_, (_, seen, _))| now.duration_since(*seen) <= SESSION_SILENCE_LIMIT)
+            .map(|(node, (_, _, seen_ms))| (node.clone(), *seen_ms))
             .collect()
     }
 
@@ -59,19 +62,29 @@ impl Sessions {
     }
 }
 
-/// On the leader: when a replica last said it holds each node's session.
+/// On the leader: when a replica last said it holds each node's session,
+/// and when that node's agent last spoke.
 #[derive(Default)]
 pub struct Liveness {
     confirmed: RwLock<HashMap<String, Instant>>,
+    last_seen_ms: RwLock<HashMap<String, u64>>,
 }
 
 impl Liveness {
-    pub async fn confirm(&self, node_ids: impl IntoIterator<Item = String>) {
+    pub async fn confirm(&self, nodes: impl IntoIterator<Item = (String, u64)>) {
         let now = Instant::now();
         let mut confirmed = self.confirmed.write().await;
-        for id in node_ids {
+        let mut seen = self.last_seen_ms.write().await;
+        for (id, seen_ms) in nodes {
+            let last = seen.entry(id.clone()).or_default();
+            *last = (*last).max(seen_ms);
             confirmed.insert(id, now);
         }
+    }
+
+    /// When each node's agent last spoke, as far as this leader heard.
+    pub async fn last_seen_ms(&self) -> HashMap<String, u64> {
+        self.last_seen_ms.read().await.clone()
     }
 
     /// Nodes among `ready` not confirmed for `grace`. A node seen for the

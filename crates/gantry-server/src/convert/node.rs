@@ -36,6 +36,7 @@ pub fn node_to_api(n: &core::Node, usage: &core::Usage) -> api::Node {
         session_replica: n.session.as_ref().map_or(0, |s| s.replica),
         updated_at_ms: n.updated_at_ms,
         agent_version: n.info.agent_version.clone(),
+        last_seen_ms: 0,
     }
 }
 
