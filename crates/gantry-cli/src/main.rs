@@ -3,6 +3,7 @@
 //! gantry-client.
 
 mod agent_cmd;
+mod certs_cmd;
 mod cluster_cmd;
 mod dev;
 mod job_cmd;
@@ -61,6 +62,11 @@ enum Command {
     Server(Box<server_cmd::ServerArgs>),
     /// Run an agent: connect to the cluster and run the tasks it assigns.
     Agent(Box<agent_cmd::AgentArgs>),
+    /// Make the cluster CA and role certificates.
+    Certs {
+        #[command(subcommand)]
+        command: certs_cmd::CertsCommand,
+    },
     /// Run a local cluster of replicas as child processes (for trying Gantry out).
     Dev(dev::DevArgs),
     /// Submit, inspect, list and cancel jobs.
@@ -128,6 +134,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Server(args) => server_cmd::run(*args).await,
             Command::Agent(args) => agent_cmd::run(*args).await,
+            Command::Certs { command } => certs_cmd::run(command),
             Command::Dev(args) => dev::run(args).await,
             Command::Node { client, command } => node_cmd::run(&client, command).await,
             Command::Job { client, command } => job_cmd::run(&client, command).await,

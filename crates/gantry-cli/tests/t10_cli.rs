@@ -306,3 +306,90 @@ async fn t30_dev_runs_a_cluster_and_stops_its_children() {
         );
     }
 }
+
+#[test]
+fn t40_certs_init_and_issue_write_private_keys_and_never_overwrite() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let pki_s = pki.to_str().unwrap();
+    let o = gantry(
+        &[
+            "certs",
+            "init",
+            "--dir",
+            pki_s,
+            "--server",
+            "replica-1=127.0.0.1",
+            "--agent",
+            "gpu-01",
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in [
+        "ca.pem",
+        "ca-key.pem",
+        "server-replica-1.pem",
+        "agent-gpu-01.pem",
+        "client-admin.pem",
+    ] {
+        assert!(pki.join(f).is_file(), "{f} missing");
+    }
+    for key in [
+        "ca-key.pem",
+        "server-replica-1-key.pem",
+        "agent-gpu-01-key.pem",
+        "client-admin-key.pem",
+    ] {
+        let mode = std::fs::metadata(pki.join(key))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{key}");
+    }
+    let o = gantry(&["certs", "init", "--dir", pki_s], "");
+    assert_eq!(o.status.code(), Some(64));
+    assert!(
+        stderr(&o).contains("refusing to overwrite"),
+        "{}",
+        stderr(&o)
+    );
+
+    let out = dir.path().join("issued");
+    let out_s = out.to_str().unwrap();
+    let issue = [
+        "certs", "issue", "--ca-dir", pki_s, "--role", "agent", "--name", "gpu-02", "--out", out_s,
+    ];
+    let o = gantry(&issue, "");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("spiffe://gantry/agent/gpu-02"),
+        "{}",
+        stdout(&o)
+    );
+    let pem = std::fs::read(out.join("agent-gpu-02.pem")).unwrap();
+    let (_, parsed) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+    let id = gantry_pki::identity_from_der(&parsed.contents).unwrap();
+    assert_eq!(
+        (id.role, id.name.as_str()),
+        (gantry_pki::Role::Agent, "gpu-02")
+    );
+    // Again into the same place: refused, the first files untouched.
+    let o = gantry(&issue, "");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("refusing to overwrite"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read(out.join("agent-gpu-02.pem")).unwrap(), pem);
+    let o = gantry(
+        &[
+            "certs", "issue", "--ca-dir", pki_s, "--role", "root", "--name", "x", "--out", out_s,
+        ],
+        "",
+    );
+    assert_eq!(o.status.code(), Some(2), "clap refuses an unknown role");
+}
