@@ -46,7 +46,7 @@ async fn simulated_agent(
     node_id: String,
     counters: Arc<Counters>,
 ) -> anyhow::Result<()> {
-    let channel = Transport { insecure: true }.channel(&addr)?;
+    let channel = Transport::insecure().channel(&addr)?;
     let mut client = AgentServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(1024);
     tx.send(AgentMessage {

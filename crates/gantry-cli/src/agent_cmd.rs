@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use gantry_agent::AgentConfig;
-use gantry_proto::transport::Transport;
 
 use crate::server_cmd::shutdown_signal;
 use crate::{EXIT_USAGE, Failure, parse};
@@ -41,6 +40,8 @@ pub struct AgentArgs {
     kill_grace: u64,
     #[arg(long, env = "GANTRY_LOG_FORMAT", default_value = "human")]
     log_format: gantry_telemetry::LogFormat,
+    #[command(flatten)]
+    security: crate::security::SecurityArgs,
 }
 
 fn hostname() -> Option<String> {
@@ -51,6 +52,11 @@ fn hostname() -> Option<String> {
 
 pub async fn run(args: AgentArgs) -> Result<(), Failure> {
     gantry_telemetry::init(args.log_format);
+    if args.security.insecure {
+        tracing::warn!(
+            "--insecure: the agent talks plaintext gRPC and proves nothing about itself"
+        );
+    }
     let node_id = args.node_id.or_else(hostname).ok_or_else(|| Failure {
         message: "invalid configuration: node_id: pass --node-id (the host name is unknown)".into(),
         code: EXIT_USAGE,
@@ -64,7 +70,7 @@ pub async fn run(args: AgentArgs) -> Result<(), Failure> {
         cpu_millis: args.cpu,
         memory_mib: args.mem,
         kill_grace: Duration::from_millis(args.kill_grace),
-        transport: Transport { insecure: true },
+        transport: args.security.transport()?,
     };
     gantry_agent::run(cfg, shutdown_signal())
         .await

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use gantry_client::{Client, ClientOptions};
+use gantry_proto::transport::{TlsPaths, Transport};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,58 @@ pub struct DevArgs {
     /// Delete any previous dev cluster in --data-dir first.
     #[arg(long)]
     fresh: bool,
+    /// Plaintext without authentication instead of mTLS with generated certificates.
+    #[arg(long)]
+    insecure: bool,
+}
+
+/// TLS flags for a child, or `--insecure`.
+fn security_args(pki: Option<&Path>, role: &str, name: &str) -> Vec<String> {
+    match pki {
+        None => vec!["--insecure".into()],
+        Some(dir) => vec![
+            "--ca".into(),
+            dir.join("ca.pem").display().to_string(),
+            "--cert".into(),
+            dir.join(format!("{role}-{name}.pem")).display().to_string(),
+            "--key".into(),
+            dir.join(format!("{role}-{name}-key.pem"))
+                .display()
+                .to_string(),
+        ],
+    }
+}
+
+/// The dev cluster's CA and certificates, made once in DIR/pki.
+fn ensure_certs(dir: &Path, replicas: u64, agents: u64) -> anyhow::Result<PathBuf> {
+    use gantry_pki::{Identity, LeafSpec, Role};
+    let pki = dir.join("pki");
+    let ca = if pki.join(gantry_pki::CA_CERT).exists() {
+        gantry_pki::load_ca(&pki)?
+    } else {
+        let ca = gantry_pki::new_ca(3650)?;
+        gantry_pki::write_pair(&pki, "ca", &ca)?;
+        ca
+    };
+    let mut leaves: Vec<(Role, String)> = (1..=replicas)
+        .map(|i| (Role::Server, format!("replica-{i}")))
+        .collect();
+    leaves.extend((1..=agents).map(|i| (Role::Agent, format!("dev-agent-{i}"))));
+    leaves.push((Role::Client, "admin".into()));
+    for (role, name) in leaves {
+        let stem = format!("{}-{name}", role.as_str());
+        if pki.join(format!("{stem}.pem")).exists() {
+            continue;
+        }
+        let spec = LeafSpec {
+            identity: Identity { role, name },
+            dns: vec!["localhost".into()],
+            ips: vec!["127.0.0.1".parse()?],
+            days: 365,
+        };
+        gantry_pki::write_pair(&pki, &stem, &gantry_pki::issue(&ca, &spec)?)?;
+    }
+    Ok(pki)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -88,7 +141,12 @@ fn log_file(path: &Path) -> anyhow::Result<std::fs::File> {
         .with_context(|| format!("opening {}", path.display()))
 }
 
-fn spawn_agent(dir: &Path, i: u64, servers: &str) -> anyhow::Result<(Child, AgentMember)> {
+fn spawn_agent(
+    dir: &Path,
+    i: u64,
+    servers: &str,
+    pki: Option<&Path>,
+) -> anyhow::Result<(Child, AgentMember)> {
     let node_id = format!("dev-agent-{i}");
     let data_dir = dir.join(&node_id);
     let log = dir.join(format!("{node_id}.log"));
@@ -104,6 +162,7 @@ fn spawn_agent(dir: &Path, i: u64, servers: &str) -> anyhow::Result<(Child, Agen
             "--label",
             "dev=true",
         ])
+        .args(security_args(pki, "agent", &node_id))
         .arg("--data-dir")
         .arg(&data_dir)
         .stdin(Stdio::null())
@@ -121,7 +180,13 @@ fn spawn_agent(dir: &Path, i: u64, servers: &str) -> anyhow::Result<(Child, Agen
     Ok((child, member))
 }
 
-fn spawn_replica(dir: &Path, id: u64, addr: &str, peers: &str) -> anyhow::Result<(Child, Member)> {
+fn spawn_replica(
+    dir: &Path,
+    id: u64,
+    addr: &str,
+    peers: &str,
+    pki: Option<&Path>,
+) -> anyhow::Result<(Child, Member)> {
     let data_dir = dir.join(format!("replica-{id}"));
     let log = dir.join(format!("replica-{id}.log"));
     let log_file = log_file(&log)?;
@@ -136,6 +201,7 @@ fn spawn_replica(dir: &Path, id: u64, addr: &str, peers: &str) -> anyhow::Result
             "--peers",
             peers,
         ])
+        .args(security_args(pki, "server", &format!("replica-{id}")))
         .arg("--data-dir")
         .arg(&data_dir)
         .stdin(Stdio::null())
@@ -188,22 +254,52 @@ async fn run_inner(args: DevArgs) -> anyhow::Result<()> {
         .map(|(i, a)| format!("{}={a}", i + 1))
         .collect::<Vec<_>>()
         .join(",");
+    let pki = if args.insecure {
+        None
+    } else {
+        Some(ensure_certs(&dir, args.replicas, args.agents)?)
+    };
     let mut children = Vec::new();
     let mut members = Vec::new();
     for (i, addr) in addresses.iter().enumerate() {
-        let (child, member) = spawn_replica(&dir, i as u64 + 1, addr, &peers)?;
+        let (child, member) = spawn_replica(&dir, i as u64 + 1, addr, &peers, pki.as_deref())?;
         children.push(child);
         members.push(member);
     }
     let servers = addresses.join(",");
     let env_file = dir.join("env");
-    std::fs::write(&env_file, format!("export GANTRY_SERVERS={servers}\n"))?;
+    let mut env = format!("export GANTRY_SERVERS={servers}\n");
+    let transport = match &pki {
+        Some(p) => {
+            for (var, file) in [
+                ("GANTRY_CA", "ca.pem"),
+                ("GANTRY_CERT", "client-admin.pem"),
+                ("GANTRY_KEY", "client-admin-key.pem"),
+            ] {
+                env.push_str(&format!("export {var}={}\n", p.join(file).display()));
+            }
+            Transport::mtls(&TlsPaths {
+                ca: p.join("ca.pem"),
+                cert: p.join("client-admin.pem"),
+                key: p.join("client-admin-key.pem"),
+            })?
+        }
+        None => {
+            env.push_str("export GANTRY_INSECURE=true\n");
+            Transport::insecure()
+        }
+    };
+    std::fs::write(&env_file, env)?;
 
-    let client = Client::new(std::slice::from_ref(&servers), ClientOptions::default())?;
+    let opts = ClientOptions {
+        transport,
+        ..ClientOptions::default()
+    };
+    let client = Client::new(std::slice::from_ref(&servers), opts)?;
     let leader = wait_for_leader(&client, &mut children).await?;
     let mut agents = Vec::new();
     for i in 1..=args.agents {
-        let (child, member) = spawn_agent(&dir, i, &servers)?;
+        let (child, member) = spawn_agent(&dir, i, &servers, pki.as_deref())?;
         children.push(child);
         agents.push(member);
     }

@@ -10,6 +10,7 @@ mod job_cmd;
 mod node_cmd;
 mod output;
 mod parse;
+mod security;
 mod server_cmd;
 
 use std::process::ExitCode;
@@ -44,15 +45,18 @@ pub struct ClientArgs {
     /// How long to keep trying replicas before giving up, in seconds.
     #[arg(long, default_value_t = 15, global = true)]
     pub retry_seconds: u64,
+    #[command(flatten)]
+    pub security: security::SecurityArgs,
 }
 
 impl ClientArgs {
-    pub fn client(&self) -> Result<Client, ClientError> {
+    pub fn client(&self) -> Result<Client, Failure> {
         let opts = ClientOptions {
             retry_deadline: std::time::Duration::from_secs(self.retry_seconds),
+            transport: self.security.transport()?,
             ..ClientOptions::default()
         };
-        Client::new(&self.servers, opts)
+        Ok(Client::new(&self.servers, opts)?)
     }
 }
 

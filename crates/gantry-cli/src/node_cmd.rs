@@ -63,7 +63,7 @@ pub async fn run(args: &ClientArgs, cmd: NodeCommand) -> Result<(), Failure> {
             "GPUS",
             "REPLICA",
             "LABELS",
-            "UPDATED",
+            "LAST SEEN",
         ],
         &rows,
     );

@@ -51,6 +51,8 @@ pub struct ServerArgs {
     /// Log format: human or json.
     #[arg(long, env = "GANTRY_LOG_FORMAT", default_value = "human")]
     log_format: LogFormat,
+    #[command(flatten)]
+    security: crate::security::SecurityArgs,
 }
 
 /// The TOML file: every field optional, names as in `ServerConfig`.
@@ -64,7 +66,17 @@ struct FileConfig {
     join: Option<bool>,
     request_timeout_ms: Option<u64>,
     node_grace_ms: Option<u64>,
+    insecure: Option<bool>,
+    tls: Option<FileTls>,
     raft: Option<FileRaft>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 /// `peers = "1=a:1,2=b:2"` or a `[peers]` table of `"1" = "a:1"`.
@@ -145,6 +157,21 @@ fn resolve(args: &ServerArgs) -> Result<ServerConfig, Failure> {
         .clone()
         .or(file.data_dir)
         .ok_or_else(|| missing("data_dir", "--data-dir", "GANTRY_DATA_DIR"))?;
+    // TLS: flags and GANTRY_* variables, else the file's [tls] or insecure.
+    let mut security = args.security.clone();
+    if security.ca.is_none()
+        && security.cert.is_none()
+        && security.key.is_none()
+        && !security.insecure
+    {
+        if let Some(t) = file.tls {
+            security.ca = Some(t.ca);
+            security.cert = Some(t.cert);
+            security.key = Some(t.key);
+        }
+        security.insecure = file.insecure.unwrap_or(false);
+    }
+    let tls = security.tls_paths()?;
     let fr = file.raft.unwrap_or_default();
     let d = RaftTimings::default();
     let config = ServerConfig {
@@ -158,6 +185,8 @@ fn resolve(args: &ServerArgs) -> Result<ServerConfig, Failure> {
             .or(file.request_timeout_ms)
             .unwrap_or(10_000),
         node_grace_ms: args.node_grace_ms.or(file.node_grace_ms).unwrap_or(10_000),
+        insecure: tls.is_none(),
+        tls,
         raft: RaftTimings {
             heartbeat_ms: args
                 .heartbeat_ms

@@ -19,6 +19,7 @@ fn gantry(args: &[&str], servers: &str) -> Output {
     Command::new(GANTRY)
         .args(args)
         .env("GANTRY_SERVERS", servers)
+        .env("GANTRY_INSECURE", "true")
         .output()
         .expect("running gantry")
 }
@@ -135,9 +136,32 @@ fn t10_shipped_example_config_is_valid() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../deploy/systemd/server.toml.example"
     );
-    let o = gantry(&["server", "--config", example, "--check"], "");
+    let o = Command::new(GANTRY)
+        .args(["server", "--config", example, "--check"])
+        .env_remove("GANTRY_INSECURE")
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("heartbeat_ms: 100"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("server-replica-1.pem"),
+        "{}",
+        stdout(&o)
+    );
+    // Without TLS files and without --insecure a replica refuses to start.
+    let bare = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-tls.toml");
+    std::fs::write(
+        &bare,
+        "id = 1\nlisten = \"127.0.0.1:0\"\npeers = \"1=127.0.0.1:1\"\ndata_dir = \"/tmp/x\"\n",
+    )
+    .unwrap();
+    let o = Command::new(GANTRY)
+        .args(["server", "--config", bare.to_str().unwrap(), "--check"])
+        .env_remove("GANTRY_INSECURE")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(64));
+    assert!(stderr(&o).contains("tls"), "{}", stderr(&o));
 }
 
 #[test]
@@ -158,6 +182,7 @@ fn t20_replica_from_toml_and_env_serves_the_cli() {
     let mut server = Command::new(GANTRY)
         .args(["server", "--config", config.to_str().unwrap()])
         .env("GANTRY_REQUEST_TIMEOUT_MS", "5000")
+        .env("GANTRY_INSECURE", "true")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -212,17 +237,31 @@ fn t20_replica_from_toml_and_env_serves_the_cli() {
     let o = Command::new(GANTRY)
         .args(["job", "list", "--retry-seconds", "1"])
         .env("GANTRY_SERVERS", &addr)
+        .env("GANTRY_INSECURE", "true")
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(69), "{}", stderr(&o));
 }
 
-fn env_servers(dir: &Path) -> String {
-    let env = std::fs::read_to_string(dir.join("env")).unwrap();
-    env.trim()
-        .strip_prefix("export GANTRY_SERVERS=")
+/// The variables `. DIR/env` would set.
+fn dev_env(dir: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(dir.join("env"))
         .unwrap()
-        .to_owned()
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// Runs `gantry` as a user who sourced the dev cluster's env file.
+fn gantry_dev(args: &[&str], env: &[(String, String)]) -> Output {
+    Command::new(GANTRY)
+        .args(args)
+        .env_remove("GANTRY_INSECURE")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("running gantry")
 }
 
 #[tokio::test]
@@ -253,7 +292,10 @@ async fn t30_dev_runs_a_cluster_and_stops_its_children() {
     });
     ready.await.expect("gantry dev did not become ready");
 
-    let servers = env_servers(&data);
+    let env = dev_env(&data);
+    // The dev cluster runs mTLS with certificates it made for itself.
+    assert!(env.iter().any(|(k, _)| k == "GANTRY_CERT"), "{env:?}");
+    assert!(!env.iter().any(|(k, _)| k == "GANTRY_INSECURE"), "{env:?}");
     let members: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(data.join("cluster.json")).unwrap()).unwrap();
     let pids: Vec<i32> = members["replicas"]
@@ -270,22 +312,22 @@ async fn t30_dev_runs_a_cluster_and_stops_its_children() {
         .map(|m| m["pid"].as_i64().unwrap() as i32)
         .collect();
     assert_eq!(agent_pids.len(), 2);
-    let o = gantry(&["job", "submit", "--", "echo", "hello"], &servers);
+    let o = gantry_dev(&["job", "submit", "--", "echo", "hello"], &env);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = gantry(&["cluster", "status"], &servers);
+    let o = gantry_dev(&["cluster", "status"], &env);
     assert_eq!(stdout(&o).matches("yes").count(), 3, "{}", stdout(&o));
     // The dev agents run work right away: `job run` streams output and
     // exits with the task's code.
-    let o = gantry(&["job", "run", "--", "echo", "hello"], &servers);
+    let o = gantry_dev(&["job", "run", "--", "echo", "hello"], &env);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o), "hello\n");
-    let o = gantry(
+    let o = gantry_dev(
         &["job", "run", "--shell", "--", "echo oops >&2; exit 5"],
-        &servers,
+        &env,
     );
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
     assert!(stderr(&o).contains("oops"), "{}", stderr(&o));
-    let o = gantry(&["node", "list"], &servers);
+    let o = gantry_dev(&["node", "list"], &env);
     assert!(
         stdout(&o).contains("dev-agent-1") && stdout(&o).contains("dev-agent-2"),
         "{}",

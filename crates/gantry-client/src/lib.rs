@@ -68,7 +68,9 @@ impl Default for ClientOptions {
         Self {
             request_timeout: Duration::from_secs(5),
             retry_deadline: Duration::from_secs(15),
-            transport: Transport { insecure: true },
+            // Tests and tools set their own; the CLI refuses to run without
+            // TLS files or an explicit --insecure.
+            transport: Transport::insecure(),
         }
     }
 }

@@ -1,10 +1,17 @@
 //! The one place where Gantry builds gRPC servers and channels, so that
 //! transport security and limits are decided once for every listener and
 //! every outbound connection (replica to replica, CLI and agents to replicas).
+//!
+//! Security is mutual TLS under the cluster CA: every listener requires a
+//! client certificate, every channel presents one and verifies the server
+//! against the CA. Plaintext exists only as the explicit [`Transport::insecure`].
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
+};
 
 /// The largest gRPC message any Gantry service accepts or sends (documented
 /// in docs/api.md). Larger requests fail with `OUT_OF_RANGE`/`RESOURCE_EXHAUSTED`
@@ -14,35 +21,94 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// How long establishing a connection may take before it counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Transport settings shared by servers and channels.
-#[derive(Clone, Debug, Default)]
-pub struct Transport {
-    /// Plaintext HTTP/2. Until the PKI lands (issue 4) this is the only mode.
-    pub insecure: bool,
+/// Where a process's TLS material lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsPaths {
+    /// The cluster CA certificate (PEM): peers must chain to it.
+    pub ca: PathBuf,
+    /// This process's certificate (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
 }
 
-/// Why an address could not be turned into a channel.
+#[derive(Clone, Debug)]
+struct Tls {
+    ca: Certificate,
+    identity: Identity,
+}
+
+/// Transport settings shared by servers and channels.
+#[derive(Clone, Debug)]
+pub struct Transport {
+    tls: Option<Tls>,
+}
+
+/// Why an address or the TLS material could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid address {addr:?}: {reason}")]
-pub struct AddressError {
-    pub addr: String,
-    pub reason: String,
+pub enum TransportError {
+    #[error("invalid address {addr:?}: {reason}")]
+    Address { addr: String, reason: String },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("TLS set-up failed: {0}")]
+    Tls(String),
+}
+
+/// Kept for callers that name the address error.
+pub type AddressError = TransportError;
+
+fn read(path: &Path) -> Result<Vec<u8>, TransportError> {
+    std::fs::read(path).map_err(|source| TransportError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 impl Transport {
+    /// Plaintext HTTP/2: only behind an explicit `--insecure`.
+    pub fn insecure() -> Self {
+        Self { tls: None }
+    }
+
+    /// Mutual TLS with the given files (read now; errors name the file).
+    pub fn mtls(paths: &TlsPaths) -> Result<Self, TransportError> {
+        let ca = Certificate::from_pem(read(&paths.ca)?);
+        let identity = Identity::from_pem(read(&paths.cert)?, read(&paths.key)?);
+        Ok(Self {
+            tls: Some(Tls { ca, identity }),
+        })
+    }
+
+    pub fn is_secure(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// A lazily connecting channel to `addr` (`host:port` or a URL). Nothing
     /// is dialled until the first call, and a broken connection is redialled
     /// by the channel itself, so callers keep one channel per peer.
-    pub fn channel(&self, addr: &str) -> Result<Channel, AddressError> {
+    pub fn channel(&self, addr: &str) -> Result<Channel, TransportError> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         let url = if addr.contains("://") {
             addr.to_owned()
         } else {
-            format!("http://{addr}")
+            format!("{scheme}://{addr}")
         };
-        let endpoint = Endpoint::from_shared(url).map_err(|e| AddressError {
+        let mut endpoint = Endpoint::from_shared(url).map_err(|e| TransportError::Address {
             addr: addr.to_owned(),
             reason: e.to_string(),
         })?;
+        if let Some(tls) = &self.tls {
+            let cfg = ClientTlsConfig::new()
+                .ca_certificate(tls.ca.clone())
+                .identity(tls.identity.clone());
+            endpoint = endpoint
+                .tls_config(cfg)
+                .map_err(|e| TransportError::Tls(e.to_string()))?;
+        }
         Ok(endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
@@ -52,11 +118,22 @@ impl Transport {
             .connect_lazy())
     }
 
-    /// A server builder with Gantry's transport settings.
-    pub fn server(&self) -> Server {
-        Server::builder()
+    /// A server builder with Gantry's transport settings; with TLS, every
+    /// client must present a certificate from the cluster CA.
+    pub fn server(&self) -> Result<Server, TransportError> {
+        let mut builder = Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)));
+        if let Some(tls) = &self.tls {
+            let cfg = ServerTlsConfig::new()
+                .identity(tls.identity.clone())
+                .client_ca_root(tls.ca.clone())
+                .client_auth_optional(false);
+            builder = builder
+                .tls_config(cfg)
+                .map_err(|e| TransportError::Tls(e.to_string()))?;
+        }
+        Ok(builder)
     }
 }

@@ -43,6 +43,8 @@ pub enum StartError {
     Raft(String),
     #[error("reflection service: {0}")]
     Reflection(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// A running replica.
@@ -83,7 +85,15 @@ pub async fn start_on(
         source,
     })?;
     let state = sm.reader();
-    let transport = Transport { insecure: true };
+    let transport = match &config.tls {
+        Some(paths) => Transport::mtls(paths).map_err(|e| StartError::Tls(e.to_string()))?,
+        None => {
+            tracing::warn!(
+                "--insecure: plaintext gRPC, no authentication; anyone who can reach {addr} can do anything"
+            );
+            Transport::insecure()
+        }
+    };
     let peers = Peers::new(transport.clone());
     let network = NetworkFactory {
         peers: peers.clone(),
@@ -117,6 +127,7 @@ pub async fn start_on(
         .map_err(|e| StartError::Reflection(e.to_string()))?;
     let router = transport
         .server()
+        .map_err(|e| StartError::Tls(e.to_string()))?
         .add_service(
             RaftServiceServer::new(InternalService {
                 replica: replica.clone(),

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use gantry_proto::transport::TlsPaths;
 use serde::Deserialize;
 
 /// Everything `gantry server` needs. Built by the CLI from flags, `GANTRY_*`
@@ -33,6 +34,12 @@ pub struct ServerConfig {
     /// A node is lost when no replica has held its session for this long.
     #[serde(default = "default_node_grace_ms")]
     pub node_grace_ms: u64,
+    /// mTLS material: required unless `insecure`.
+    #[serde(skip)]
+    pub tls: Option<TlsPaths>,
+    /// Plaintext, no authentication: only when asked for explicitly.
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 fn default_node_grace_ms() -> u64 {
@@ -145,6 +152,19 @@ impl ServerConfig {
         if self.request_timeout_ms == 0 {
             return Err(bad("request_timeout_ms", "must be at least 1"));
         }
+        match (&self.tls, self.insecure) {
+            (None, false) => {
+                return Err(bad(
+                    "tls",
+                    "no TLS files: give --tls-ca, --tls-cert and --tls-key (see `gantry certs init`), \
+                     or --insecure for plaintext without authentication",
+                ));
+            }
+            (Some(_), true) => {
+                return Err(bad("insecure", "given together with TLS files: choose one"));
+            }
+            _ => {}
+        }
         if self.node_grace_ms < 1_000 {
             return Err(bad(
                 "node_grace_ms",
@@ -218,6 +238,8 @@ mod tests {
             join: false,
             request_timeout_ms: 1000,
             node_grace_ms: 10_000,
+            tls: None,
+            insecure: true,
         }
     }
 
@@ -240,6 +262,9 @@ mod tests {
         );
         assert_eq!(parse_peers("1=a:1,1=b:2").unwrap_err().field, "peers");
         assert!(parse_peers("x=a:1").is_err());
+        let mut c = cfg();
+        c.insecure = false;
+        assert_eq!(c.validate().unwrap_err().field, "tls");
         let mut c = cfg();
         c.peers.insert(2, "nope".into());
         assert!(c.validate().unwrap_err().problem.contains("HOST:PORT"));

@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 /// request (`MAX_MESSAGE_BYTES`), so replica-to-replica messages get more room.
 pub const MAX_INTERNAL_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Peers {
     transport: Transport,
     channels: Arc<RwLock<HashMap<String, Channel>>>,

@@ -47,6 +47,8 @@ impl TestCluster {
                 join: false,
                 request_timeout_ms: 3_000,
                 node_grace_ms: 10_000,
+                tls: None,
+                insecure: true,
             };
             handles.insert(id, start_on(config, listener).await.unwrap());
             dirs.push(dir);
@@ -255,6 +257,8 @@ async fn t40_add_and_remove_a_replica() {
         join: true,
         request_timeout_ms: 3_000,
         node_grace_ms: 10_000,
+        tls: None,
+        insecure: true,
     };
     cluster
         .handles
