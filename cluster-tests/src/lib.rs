@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use gantry_client::{Client, ClientOptions};
+pub use gantry_proto::transport::{TlsPaths, Transport};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
@@ -60,6 +61,8 @@ pub struct Agent {
 pub struct Cluster {
     pub replicas: BTreeMap<u64, Replica>,
     pub agents: BTreeMap<String, Agent>,
+    /// With mTLS: the CA and where certificates are written.
+    pki: Option<(PathBuf, gantry_pki::Pair)>,
     peers: String,
     timings: Timings,
     bin: PathBuf,
@@ -118,8 +121,17 @@ where
 // === impl Cluster ===
 
 impl Cluster {
-    /// Starts `n` replicas and waits for a leader.
+    /// Starts `n` replicas (plaintext, `--insecure`) and waits for a leader.
     pub async fn start(n: usize, timings: Timings) -> anyhow::Result<Self> {
+        Self::start_with(n, timings, false).await
+    }
+
+    /// Starts `n` replicas with mTLS under a CA made for this cluster.
+    pub async fn start_secure(n: usize, timings: Timings) -> anyhow::Result<Self> {
+        Self::start_with(n, timings, true).await
+    }
+
+    async fn start_with(n: usize, timings: Timings, secure: bool) -> anyhow::Result<Self> {
         let bin = gantry_bin()?;
         let mut dir = tempfile::Builder::new()
             .prefix("gantry-cluster-")
@@ -147,8 +159,17 @@ impl Cluster {
                 },
             );
         }
+        let pki = if secure {
+            let ca = gantry_pki::new_ca(30)?;
+            let pki_dir = dir.path().join("pki");
+            gantry_pki::write_pair(&pki_dir, "ca", &ca)?;
+            Some((pki_dir, ca))
+        } else {
+            None
+        };
         let mut cluster = Self {
             replicas,
+            pki,
             agents: BTreeMap::new(),
             peers,
             timings,
@@ -156,6 +177,12 @@ impl Cluster {
             dir,
         };
         let ids: Vec<u64> = cluster.replicas.keys().copied().collect();
+        if cluster.pki.is_some() {
+            for id in &ids {
+                cluster.issue(gantry_pki::Role::Server, &format!("replica-{id}"))?;
+            }
+            cluster.issue(gantry_pki::Role::Client, "admin")?;
+        }
         for id in ids {
             cluster.spawn(id)?;
         }
@@ -167,8 +194,67 @@ impl Cluster {
         self.dir.path()
     }
 
+    /// Issues a certificate from this cluster's CA (once per role and name).
+    pub fn issue(&self, role: gantry_pki::Role, name: &str) -> anyhow::Result<TlsPaths> {
+        let (dir, ca) = self.pki.as_ref().context("this cluster runs without TLS")?;
+        let stem = format!("{}-{name}", role.as_str());
+        let paths = TlsPaths {
+            ca: dir.join("ca.pem"),
+            cert: dir.join(format!("{stem}.pem")),
+            key: dir.join(format!("{stem}-key.pem")),
+        };
+        if !paths.cert.exists() {
+            let spec = gantry_pki::LeafSpec {
+                identity: gantry_pki::Identity {
+                    role,
+                    name: name.to_owned(),
+                },
+                dns: vec!["localhost".into()],
+                ips: vec!["127.0.0.1".parse()?],
+                days: 30,
+                backdate_days: 0,
+            };
+            gantry_pki::write_pair(dir, &stem, &gantry_pki::issue(ca, &spec)?)?;
+        }
+        Ok(paths)
+    }
+
+    /// The CA itself, to mint unusual certificates in tests.
+    pub fn ca(&self) -> Option<&gantry_pki::Pair> {
+        self.pki.as_ref().map(|(_, ca)| ca)
+    }
+
+    /// `--ca/--cert/--key` for a child process, or `--insecure`.
+    fn security_args(&self, role: gantry_pki::Role, name: &str) -> anyhow::Result<Vec<String>> {
+        if self.pki.is_none() {
+            return Ok(vec!["--insecure".into()]);
+        }
+        let p = self.issue(role, name)?;
+        Ok(vec![
+            "--ca".into(),
+            p.ca.display().to_string(),
+            "--cert".into(),
+            p.cert.display().to_string(),
+            "--key".into(),
+            p.key.display().to_string(),
+        ])
+    }
+
+    /// Client options: the admin client certificate, or plaintext.
+    pub fn client_options(&self) -> anyhow::Result<ClientOptions> {
+        let transport = match &self.pki {
+            Some(_) => Transport::mtls(&self.issue(gantry_pki::Role::Client, "admin")?)?,
+            None => Transport::insecure(),
+        };
+        Ok(ClientOptions {
+            transport,
+            ..ClientOptions::default()
+        })
+    }
+
     fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let t = self.timings.clone();
+        let security = self.security_args(gantry_pki::Role::Server, &format!("replica-{id}"))?;
         let r = self.replicas.get_mut(&id).context("no such replica")?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -191,7 +277,7 @@ impl Cluster {
             .args(["--election-timeout-max-ms", &t.election_max_ms.to_string()])
             .args(["--snapshot-every", &t.snapshot_every.to_string()])
             .args(["--node-grace-ms", &t.node_grace_ms.to_string()])
-            .arg("--insecure")
+            .args(&security)
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -218,7 +304,7 @@ impl Cluster {
             .iter()
             .map(|id| self.replicas[id].addr.clone())
             .collect();
-        Ok(Client::new(&addrs, ClientOptions::default())?)
+        Ok(Client::new(&addrs, self.client_options()?)?)
     }
 
     /// The leader every running replica agrees on.
@@ -315,6 +401,7 @@ impl Cluster {
     }
 
     fn spawn_agent(&mut self, node_id: &str) -> anyhow::Result<()> {
+        let security = self.security_args(gantry_pki::Role::Agent, node_id)?;
         let a = self.agents.get_mut(node_id).context("no such agent")?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -331,7 +418,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&a.data_dir)
             .args(["--kill-grace", "1s"])
-            .arg("--insecure")
+            .args(&security)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -392,7 +479,7 @@ impl Cluster {
 
     /// Waits until these nodes are ready and connected.
     pub async fn wait_nodes_ready(&self, node_ids: &[&str]) -> anyhow::Result<()> {
-        let client = Client::new(&self.live_addrs(), ClientOptions::default())?;
+        let client = Client::new(&self.live_addrs(), self.client_options()?)?;
         wait_for("nodes to be ready", Duration::from_secs(30), || async {
             let nodes = client.list_nodes(false).await.ok()?;
             node_ids

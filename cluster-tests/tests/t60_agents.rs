@@ -221,10 +221,11 @@ async fn t60_agent_crash_moves_the_task_and_its_stale_report_is_fenced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t60_replica_failover_is_not_a_node_failure() {
-    let mut cluster = Cluster::start(3, Timings::default()).await.unwrap();
+    // Under mTLS: agents prove their node id with their certificate.
+    let mut cluster = Cluster::start_secure(3, Timings::default()).await.unwrap();
     cluster.start_agent("a", &[1, 2, 3]).unwrap();
     cluster.wait_nodes_ready(&["a"]).await.unwrap();
-    let client = Client::new(&cluster.live_addrs(), ClientOptions::default()).unwrap();
+    let client = Client::new(&cluster.live_addrs(), cluster.client_options().unwrap()).unwrap();
     let id = submit(&client, vec![shell("sleep 3; echo survived")])
         .await
         .remove(0);
@@ -233,7 +234,7 @@ async fn t60_replica_failover_is_not_a_node_failure() {
     let nodes = client.list_nodes(false).await.unwrap();
     let holder = nodes.iter().find(|n| n.id == "a").unwrap().session_replica;
     cluster.kill(holder).await.unwrap();
-    let client = Client::new(&cluster.live_addrs(), ClientOptions::default()).unwrap();
+    let client = Client::new(&cluster.live_addrs(), cluster.client_options().unwrap()).unwrap();
 
     let job = wait_state(&client, &id, api::JobState::Complete).await;
     let attempts = &job.tasks[0].attempts;

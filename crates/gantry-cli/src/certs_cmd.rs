@@ -71,6 +71,7 @@ fn leaf(role: Role, name: &str, hosts: &[String], days: u32) -> LeafSpec {
         dns: dns.into_iter().cloned().collect(),
         ips: ips.into_iter().filter_map(|h| h.parse().ok()).collect(),
         days,
+        backdate_days: 0,
     }
 }
 
@@ -140,6 +141,7 @@ pub fn run(cmd: CertsCommand) -> Result<(), Failure> {
                 dns,
                 ips: ip,
                 days,
+                backdate_days: 0,
             };
             issue_into(&ca, &spec, &out)
         }

@@ -83,6 +83,7 @@ fn ensure_certs(dir: &Path, replicas: u64, agents: u64) -> anyhow::Result<PathBu
             dns: vec!["localhost".into()],
             ips: vec!["127.0.0.1".parse()?],
             days: 365,
+            backdate_days: 0,
         };
         gantry_pki::write_pair(&pki, &stem, &gantry_pki::issue(&ca, &spec)?)?;
     }

@@ -158,6 +158,9 @@ pub struct LeafSpec {
     pub dns: Vec<String>,
     pub ips: Vec<IpAddr>,
     pub days: u32,
+    /// Moves the validity window this many days into the past (0 normally;
+    /// more than `days` makes an already expired certificate, for tests of refusal).
+    pub backdate_days: u32,
 }
 
 /// A leaf certificate for `spec`, signed by `ca`. Servers get server and
@@ -193,6 +196,9 @@ pub fn issue(ca: &Pair, spec: &LeafSpec) -> Result<Pair, PkiError> {
         Role::Agent | Role::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
     };
     validity(&mut params, spec.days);
+    let back = Duration::days(i64::from(spec.backdate_days));
+    params.not_before -= back;
+    params.not_after -= back;
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
     Ok(Pair {
@@ -307,6 +313,7 @@ mod tests {
             dns: vec!["gpu-01.example".into()],
             ips: vec!["10.0.0.7".parse().unwrap()],
             days: 30,
+            backdate_days: 0,
         };
         let leaf = issue(&ca, &spec).unwrap();
         let id = identity_from_der(&der(&leaf.cert_pem)).unwrap();

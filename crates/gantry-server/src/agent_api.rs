@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth;
 use crate::clock::now_ms;
 use crate::convert::{exit_from_api, node_info_from_hello, token_from_api, token_to_api};
 use crate::dispatch::{Dispatcher, Outbound};
@@ -55,6 +56,7 @@ impl AgentService for AgentApi {
         req: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let replica = self.replica.clone();
+        let identity = auth::require(&replica, &req, auth::AGENT, "AgentService.Connect")?;
         let mut inbound = req.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(AgentMessage {
@@ -69,6 +71,15 @@ impl AgentService for AgentApi {
             }
         };
         let info = node_info_from_hello(&hello)?;
+        if let Some(id) = &identity
+            && id.name != info.id
+        {
+            tracing::warn!(caller = %id, claimed = %info.id, "agent registering as another node: refused");
+            return Err(Status::permission_denied(format!(
+                "the certificate names node {:?}, the hello says {:?}: an agent registers only as itself",
+                id.name, info.id
+            )));
+        }
         let node_id = info.id.clone();
         let session = Session {
             id: uuid::Uuid::new_v4().to_string(),

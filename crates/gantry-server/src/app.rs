@@ -112,6 +112,7 @@ pub async fn start_on(
         sessions: Default::default(),
         liveness: Default::default(),
         output: Default::default(),
+        secure: transport.is_secure(),
     });
     let background = vec![
         tokio::spawn(crate::leader::supervise(replica.clone())),

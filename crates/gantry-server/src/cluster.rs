@@ -16,6 +16,7 @@ use openraft::{BasicNode, ChangeMembers};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
+use crate::auth;
 use crate::deadline::deadline;
 use crate::internal::local_status;
 use crate::replica::Replica;
@@ -135,6 +136,15 @@ pub(crate) fn forwarded<T>(msg: T, deadline: Instant) -> Request<T> {
     req
 }
 
+/// Cluster changes come from clients, or from a replica forwarding one.
+fn write_roles<T>(req: &Request<T>) -> &'static [gantry_pki::Role] {
+    if req.metadata().contains_key(FORWARDED) {
+        auth::FORWARDED_WRITE
+    } else {
+        auth::WRITE
+    }
+}
+
 fn membership_error(e: impl std::fmt::Display) -> Status {
     Status::failed_precondition(format!("membership change refused: {e}"))
 }
@@ -143,8 +153,9 @@ fn membership_error(e: impl std::fmt::Display) -> Status {
 impl ClusterService for ClusterApi {
     async fn status(
         &self,
-        _req: Request<ClusterStatusRequest>,
+        req: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
+        auth::require(&self.replica, &req, auth::READ, "ClusterService.Status")?;
         Ok(Response::new(ClusterApi::status(self).await))
     }
 
@@ -152,6 +163,12 @@ impl ClusterService for ClusterApi {
         &self,
         req: Request<AddReplicaRequest>,
     ) -> Result<Response<AddReplicaResponse>, Status> {
+        auth::require(
+            &self.replica,
+            &req,
+            write_roles(&req),
+            "ClusterService.AddReplica",
+        )?;
         let deadline = deadline(&req, MEMBERSHIP_TIMEOUT);
         if let Some(mut leader) = self.leader_client(&req, deadline).await? {
             return leader
@@ -212,6 +229,12 @@ impl ClusterService for ClusterApi {
         &self,
         req: Request<RemoveReplicaRequest>,
     ) -> Result<Response<RemoveReplicaResponse>, Status> {
+        auth::require(
+            &self.replica,
+            &req,
+            write_roles(&req),
+            "ClusterService.RemoveReplica",
+        )?;
         let deadline = deadline(&req, MEMBERSHIP_TIMEOUT);
         if let Some(mut leader) = self.leader_client(&req, deadline).await? {
             return leader

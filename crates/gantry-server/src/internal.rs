@@ -15,6 +15,7 @@ use openraft::async_runtime::WatchReceiver;
 use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth;
 use crate::deadline::deadline;
 use crate::network::{decode, encode};
 use crate::replica::Replica;
@@ -66,11 +67,13 @@ impl RaftService for InternalService {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        auth::require(&self.replica, &req, auth::SERVER, "append_entries")?;
         let rpc = decode(&req.into_inner().data).map_err(bad_payload)?;
         payload(&self.replica.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        auth::require(&self.replica, &req, auth::SERVER, "vote")?;
         let rpc = decode(&req.into_inner().data).map_err(bad_payload)?;
         payload(&self.replica.raft.vote(rpc).await)
     }
@@ -79,6 +82,7 @@ impl RaftService for InternalService {
         &self,
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftPayload>, Status> {
+        auth::require(&self.replica, &req, auth::SERVER, "install_snapshot")?;
         let mut stream = req.into_inner();
         let first = stream
             .next()
@@ -109,6 +113,7 @@ impl RaftService for InternalService {
     }
 
     async fn propose(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        auth::require(&self.replica, &req, auth::SERVER, "propose")?;
         let deadline = deadline(&req, self.replica.config.request_timeout());
         let cmd: Command = decode(&req.into_inner().data).map_err(bad_payload)?;
         payload(&self.replica.propose_forwarded(cmd, deadline).await)
@@ -118,6 +123,7 @@ impl RaftService for InternalService {
         &self,
         req: Request<ReadIndexRequest>,
     ) -> Result<Response<ReadIndexResponse>, Status> {
+        auth::require(&self.replica, &req, auth::SERVER, "read_index")?;
         let deadline = deadline(&req, self.replica.config.request_timeout());
         let read_index = self.replica.serve_read_index(deadline).await?;
         Ok(Response::new(ReadIndexResponse { read_index }))
@@ -125,8 +131,9 @@ impl RaftService for InternalService {
 
     async fn local_status(
         &self,
-        _req: Request<LocalStatusRequest>,
+        req: Request<LocalStatusRequest>,
     ) -> Result<Response<LocalStatusResponse>, Status> {
+        auth::require(&self.replica, &req, auth::SERVER, "local_status")?;
         Ok(Response::new(local_status(&self.replica)))
     }
 
@@ -138,6 +145,7 @@ impl RaftService for InternalService {
         &self,
         req: Request<TailOutputRequest>,
     ) -> Result<Response<Self::TailOutputStream>, Status> {
+        auth::require(&self.replica, &req, auth::SERVER, "tail_output")?;
         let r = req.into_inner();
         let attempt = gantry_core::AttemptRef {
             job_id: r.job_id,
@@ -156,6 +164,7 @@ impl RaftService for InternalService {
         &self,
         req: Request<SessionsReport>,
     ) -> Result<Response<SessionsReportAck>, Status> {
+        auth::require(&self.replica, &req, auth::SERVER, "report_sessions")?;
         if !self.replica.raft.is_leader() {
             return Err(Status::failed_precondition("not the leader"));
         }

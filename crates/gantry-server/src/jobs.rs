@@ -13,6 +13,7 @@ use gantry_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::auth;
 use crate::clock::now_ms;
 use crate::convert::{job_state_from_api, job_to_api, spec_from_api};
 use crate::deadline::deadline;
@@ -50,6 +51,7 @@ impl JobService for JobApi {
         &self,
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        auth::require(&self.replica, &req, auth::READ, "watch")?;
         let req = req.into_inner();
         if !req.job_id.is_empty() {
             require_job_id(&req.job_id)?;
@@ -67,6 +69,7 @@ impl JobService for JobApi {
     }
 
     async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        auth::require(&self.replica, &req, auth::READ, "logs")?;
         let deadline = deadline(&req, self.replica.config.request_timeout());
         let req = req.into_inner();
         require_job_id(&req.job_id)?;
@@ -89,6 +92,7 @@ impl JobService for JobApi {
         &self,
         req: Request<SubmitJobsRequest>,
     ) -> Result<Response<SubmitJobsResponse>, Status> {
+        auth::require(&self.replica, &req, auth::WRITE, "submit_jobs")?;
         let deadline = deadline(&req, self.replica.config.request_timeout());
         let specs: Vec<_> = req
             .into_inner()
@@ -129,6 +133,7 @@ impl JobService for JobApi {
         &self,
         req: Request<GetJobRequest>,
     ) -> Result<Response<GetJobResponse>, Status> {
+        auth::require(&self.replica, &req, auth::READ, "get_job")?;
         let deadline = deadline(&req, self.replica.config.request_timeout());
         let req = req.into_inner();
         require_job_id(&req.job_id)?;
@@ -148,6 +153,7 @@ impl JobService for JobApi {
         &self,
         req: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsResponse>, Status> {
+        auth::require(&self.replica, &req, auth::READ, "list_jobs")?;
         let deadline = deadline(&req, self.replica.config.request_timeout());
         let req = req.into_inner();
         let filter = JobFilter {
@@ -189,6 +195,7 @@ impl JobService for JobApi {
         &self,
         req: Request<CancelJobRequest>,
     ) -> Result<Response<CancelJobResponse>, Status> {
+        auth::require(&self.replica, &req, auth::WRITE, "cancel_job")?;
         let deadline = deadline(&req, self.replica.config.request_timeout());
         let req = req.into_inner();
         require_job_id(&req.job_id)?;

@@ -6,6 +6,7 @@
 
 mod agent_api;
 mod app;
+mod auth;
 mod clock;
 mod cluster;
 pub mod config;

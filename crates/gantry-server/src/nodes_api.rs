@@ -10,6 +10,7 @@ use gantry_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::auth;
 use crate::clock::now_ms;
 use crate::cluster::{FORWARDED, forwarded};
 use crate::convert::{eligibility_from_api, node_to_api};
@@ -26,6 +27,7 @@ impl NodeService for NodeApi {
         &self,
         req: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
+        auth::require(&self.replica, &req, auth::READ, "list_nodes")?;
         let deadline = deadline(&req, self.replica.config.request_timeout());
         let was_forwarded = req.metadata().contains_key(FORWARDED);
         let req = req.into_inner();
@@ -69,6 +71,7 @@ impl NodeService for NodeApi {
         &self,
         req: Request<SetEligibilityRequest>,
     ) -> Result<Response<SetEligibilityResponse>, Status> {
+        auth::require(&self.replica, &req, auth::WRITE, "set_eligibility")?;
         let deadline = deadline(&req, self.replica.config.request_timeout());
         let req = req.into_inner();
         let now = now_ms();

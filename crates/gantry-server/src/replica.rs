@@ -52,6 +52,8 @@ pub struct Replica {
     pub liveness: Liveness,
     /// Live output of attempts on nodes whose streams this replica holds.
     pub output: crate::output::OutputHub,
+    /// mTLS: callers are identified and authorized by certificate.
+    pub secure: bool,
 }
 
 fn unavailable_no_leader(waited: Duration) -> Status {
