@@ -45,6 +45,12 @@ pub struct ServerArgs {
     /// A node is lost when no replica has held its agent's stream this long.
     #[arg(long, env = "GANTRY_NODE_GRACE_MS")]
     node_grace_ms: Option<u64>,
+    /// Submit requests per second per client identity (token bucket).
+    #[arg(long, env = "GANTRY_SUBMIT_RATE")]
+    submit_rate: Option<u32>,
+    /// Submit requests a client may burst before the rate applies.
+    #[arg(long, env = "GANTRY_SUBMIT_BURST")]
+    submit_burst: Option<u32>,
     /// Validate the configuration, print it, and exit (0 when valid, 64 when not).
     #[arg(long)]
     check: bool,
@@ -66,6 +72,8 @@ struct FileConfig {
     join: Option<bool>,
     request_timeout_ms: Option<u64>,
     node_grace_ms: Option<u64>,
+    submit_rate: Option<u32>,
+    submit_burst: Option<u32>,
     insecure: Option<bool>,
     tls: Option<FileTls>,
     raft: Option<FileRaft>,
@@ -187,6 +195,8 @@ fn resolve(args: &ServerArgs) -> Result<ServerConfig, Failure> {
         node_grace_ms: args.node_grace_ms.or(file.node_grace_ms).unwrap_or(10_000),
         insecure: tls.is_none(),
         tls,
+        submit_rate: args.submit_rate.or(file.submit_rate).unwrap_or(2_000),
+        submit_burst: args.submit_burst.or(file.submit_burst).unwrap_or(4_000),
         raft: RaftTimings {
             heartbeat_ms: args
                 .heartbeat_ms

@@ -435,3 +435,45 @@ fn t40_certs_init_and_issue_write_private_keys_and_never_overwrite() {
     );
     assert_eq!(o.status.code(), Some(2), "clap refuses an unknown role");
 }
+
+#[test]
+fn t50_submit_rate_is_limited_per_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let mut server = Command::new(GANTRY)
+        .args([
+            "server",
+            "--id",
+            "1",
+            "--listen",
+            &addr,
+            "--peers",
+            &format!("1={addr}"),
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--submit-rate", "1", "--submit-burst", "2", "--insecure"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    until(&["cluster", "status", "--json"], &addr, |o| {
+        o.status.success() && stdout(o).contains("\"leaderId\": \"1\"")
+    });
+    // `cluster status` is no submit: the bucket is still full.
+    let submit = ["job", "submit", "--", "/bin/true"];
+    assert!(gantry(&submit, &addr).status.success());
+    assert!(gantry(&submit, &addr).status.success());
+    let o = gantry(&submit, &addr);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("rate limit"), "{}", stderr(&o));
+    let o = gantry(&["job", "list", "--json"], &addr);
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        2,
+        "the refused submit changed nothing"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

@@ -36,8 +36,24 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const OUTBOUND_QUEUE: usize = 256;
 /// Reports queued from one agent before its stream reads are paused.
 const REPORT_QUEUE: usize = 1024;
+/// Live output chunks longer than this are cut (agents send at most this much).
+pub const MAX_OUTPUT_CHUNK_BYTES: usize = 64 * 1024;
 /// The most reports proposed in one log entry.
 const MAX_REPORT_BATCH: usize = 512;
+
+/// Un-counts a stream when its session ends, however it ends.
+struct StreamGuard {
+    replica: Arc<Replica>,
+    node: String,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let replica = self.replica.clone();
+        let node = std::mem::take(&mut self.node);
+        tokio::spawn(async move { replica.streams.close(&node).await });
+    }
+}
 
 pub struct AgentApi {
     pub(crate) replica: Arc<Replica>,
@@ -71,6 +87,17 @@ impl AgentService for AgentApi {
             }
         };
         let info = node_info_from_hello(&hello)?;
+        if !replica.streams.open(&info.id).await {
+            return Err(Status::resource_exhausted(format!(
+                "node {} already has {} streams open on this replica",
+                info.id,
+                crate::ratelimit::MAX_STREAMS_PER_NODE
+            )));
+        }
+        let counted = StreamGuard {
+            replica: replica.clone(),
+            node: info.id.clone(),
+        };
         if let Some(id) = &identity
             && id.name != info.id
         {
@@ -123,9 +150,15 @@ impl AgentService for AgentApi {
         }
         let dispatcher =
             Dispatcher::new(replica.clone(), info, session.clone(), running, tx.clone());
-        tokio::spawn(run_session(
-            replica, node_id, session.id, index, dispatcher, inbound, tx, reports_tx, reports_rx,
-        ));
+        tokio::spawn(async move {
+            // Counted for as long as the session runs.
+            let _counted = counted;
+            run_session(
+                replica, node_id, session.id, index, dispatcher, inbound, tx, reports_tx,
+                reports_rx,
+            )
+            .await;
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -165,7 +198,9 @@ async fn run_session(
             }
             Some(AgentMsg::Finished(f)) => token_from_api(f.attempt.clone())
                 .map(|a| (a, AttemptEvent::Finished(exit_from_api(f)))),
-            Some(AgentMsg::Output(o)) => {
+            Some(AgentMsg::Output(mut o)) => {
+                // The documented chunk size is enforced here, not trusted.
+                o.data.truncate(MAX_OUTPUT_CHUNK_BYTES);
                 if let Ok(attempt) = token_from_api(o.attempt) {
                     let stream = if o.stream == OutputStream::Stderr as i32 {
                         "stderr"

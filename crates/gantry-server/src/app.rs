@@ -108,11 +108,13 @@ pub async fn start_on(
         raft,
         state,
         peers,
-        config: Arc::new(config),
         sessions: Default::default(),
         liveness: Default::default(),
         output: Default::default(),
         secure: transport.is_secure(),
+        submit_limit: crate::ratelimit::RateLimiter::new(config.submit_rate, config.submit_burst),
+        streams: Default::default(),
+        config: Arc::new(config),
     });
     let background = vec![
         tokio::spawn(crate::leader::supervise(replica.clone())),

@@ -40,6 +40,20 @@ pub struct ServerConfig {
     /// Plaintext, no authentication: only when asked for explicitly.
     #[serde(default)]
     pub insecure: bool,
+    /// Submit requests per second each client identity may make (a token bucket).
+    #[serde(default = "default_submit_rate")]
+    pub submit_rate: u32,
+    /// How many submit requests a client may make at once before the rate applies.
+    #[serde(default = "default_submit_burst")]
+    pub submit_burst: u32,
+}
+
+fn default_submit_rate() -> u32 {
+    2_000
+}
+
+fn default_submit_burst() -> u32 {
+    4_000
 }
 
 fn default_node_grace_ms() -> u64 {
@@ -165,6 +179,12 @@ impl ServerConfig {
             }
             _ => {}
         }
+        if self.submit_rate == 0 || self.submit_burst == 0 {
+            return Err(bad(
+                "submit_rate",
+                "submit_rate and submit_burst must be at least 1",
+            ));
+        }
         if self.node_grace_ms < 1_000 {
             return Err(bad(
                 "node_grace_ms",
@@ -240,6 +260,8 @@ mod tests {
             node_grace_ms: 10_000,
             tls: None,
             insecure: true,
+            submit_rate: 2_000,
+            submit_burst: 4_000,
         }
     }
 

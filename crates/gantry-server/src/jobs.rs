@@ -92,7 +92,15 @@ impl JobService for JobApi {
         &self,
         req: Request<SubmitJobsRequest>,
     ) -> Result<Response<SubmitJobsResponse>, Status> {
-        auth::require(&self.replica, &req, auth::WRITE, "submit_jobs")?;
+        let caller = auth::require(&self.replica, &req, auth::WRITE, "submit_jobs")?;
+        let key = caller.map_or_else(|| "anonymous".to_owned(), |c| c.to_string());
+        if let Err(wait) = self.replica.submit_limit.take(&key).await {
+            return Err(Status::resource_exhausted(format!(
+                "submit rate limit for {key} reached ({} requests/s); retry in {} ms",
+                self.replica.config.submit_rate,
+                wait.as_millis().max(1)
+            )));
+        }
         let deadline = deadline(&req, self.replica.config.request_timeout());
         let specs: Vec<_> = req
             .into_inner()

@@ -21,6 +21,7 @@ mod network;
 mod nodes_api;
 mod output;
 mod peers;
+mod ratelimit;
 mod replica;
 mod sessions;
 mod watch;

@@ -54,6 +54,10 @@ pub struct Replica {
     pub output: crate::output::OutputHub,
     /// mTLS: callers are identified and authorized by certificate.
     pub secure: bool,
+    /// Submit requests per client identity.
+    pub submit_limit: crate::ratelimit::RateLimiter,
+    /// Agent streams per node.
+    pub streams: crate::ratelimit::StreamCounter,
 }
 
 fn unavailable_no_leader(waited: Duration) -> Status {

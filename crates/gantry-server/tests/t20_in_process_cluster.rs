@@ -49,6 +49,8 @@ impl TestCluster {
                 node_grace_ms: 10_000,
                 tls: None,
                 insecure: true,
+                submit_rate: 2_000,
+                submit_burst: 4_000,
             };
             handles.insert(id, start_on(config, listener).await.unwrap());
             dirs.push(dir);
@@ -259,6 +261,8 @@ async fn t40_add_and_remove_a_replica() {
         node_grace_ms: 10_000,
         tls: None,
         insecure: true,
+        submit_rate: 2_000,
+        submit_burst: 4_000,
     };
     cluster
         .handles
