@@ -321,3 +321,44 @@ async fn t60_agent_shutdown_kills_its_tasks_process_groups() {
         "left running after agent shutdown: {left:?}"
     );
 }
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t60_an_output_flood_is_truncated_and_memory_stays_bounded() {
+    let mut cluster = Cluster::start(3, Timings::default()).await.unwrap();
+    cluster.start_agent("a", &[1, 2, 3]).unwrap();
+    cluster.wait_nodes_ready(&["a"]).await.unwrap();
+    let client = Client::new(&cluster.live_addrs(), ClientOptions::default()).unwrap();
+    let pids: Vec<u32> = [1, 2, 3].iter().filter_map(|id| cluster.pid(*id)).collect();
+    let before: u64 = pids.iter().map(|p| rss_kib(*p)).sum();
+    // 200 MB of output as fast as the task can write it.
+    let id = submit(&client, vec![shell("yes | head -c 200000000")])
+        .await
+        .remove(0);
+    let job = wait_state(&client, &id, api::JobState::Complete).await;
+    let a = &job.tasks[0].attempts[0];
+    assert_eq!(
+        a.stdout_tail.len(),
+        16 * 1024,
+        "the log keeps only the documented tail"
+    );
+    assert!(a.stdout_tail.starts_with("y\n") || a.stdout_tail.starts_with("\ny"));
+    let after: u64 = pids.iter().map(|p| rss_kib(*p)).sum();
+    eprintln!("replicas' RSS: {before} KiB before, {after} KiB after 200 MB of task output");
+    // Bounded buffers: 1 MiB per attempt on the relaying replica, 16 KiB in
+    // the log. 64 MiB of headroom covers allocator noise, not 200 MB.
+    assert!(
+        after < before + 64 * 1024,
+        "replica memory grew from {before} KiB to {after} KiB"
+    );
+}

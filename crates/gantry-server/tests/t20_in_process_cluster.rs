@@ -295,3 +295,51 @@ async fn t40_add_and_remove_a_replica() {
         h.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t20_oversized_and_overfull_requests_get_the_documented_errors() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.leader().await;
+    let client = cluster.client(leader, ClientOptions::default());
+    // Too many jobs in one call.
+    let err = client
+        .submit_jobs(vec![
+            spec(&["/bin/true"]);
+            gantry_core::limits::MAX_JOBS_PER_SUBMIT + 1
+        ])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::InvalidArgument));
+    assert!(
+        err.to_string().contains("limit per request is 1000"),
+        "{err}"
+    );
+    // A message over the 16 MiB limit, sent by a client that allows more.
+    let channel = gantry_proto::transport::Transport::insecure()
+        .channel(&cluster.handles[&leader].addr.to_string())
+        .unwrap();
+    let big = api::JobSpec {
+        argv: vec!["x".repeat(17 * 1024 * 1024)],
+        ..Default::default()
+    };
+    let err = api::job_service_client::JobServiceClient::new(channel)
+        .max_encoding_message_size(64 * 1024 * 1024)
+        .submit_jobs(api::SubmitJobsRequest { jobs: vec![big] })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "{err}"
+    );
+    let list = client
+        .list_jobs(api::ListJobsRequest::default())
+        .await
+        .unwrap();
+    assert!(list.jobs.is_empty(), "nothing was accepted");
+    for h in cluster.handles.into_values() {
+        h.shutdown().await;
+    }
+}
