@@ -89,15 +89,29 @@ pub fn gantry_bin() -> anyhow::Result<PathBuf> {
     )
 }
 
+/// Ports this process handed out already: tests in one binary run in
+/// parallel, and a port released by one cluster must not go to another.
+static HANDED_OUT: std::sync::LazyLock<std::sync::RwLock<std::collections::HashSet<u16>>> =
+    std::sync::LazyLock::new(Default::default);
+
 /// Loopback addresses on free ports (bound on port 0, then released for the child).
 pub fn free_addrs(n: usize) -> anyhow::Result<Vec<String>> {
-    let listeners = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.to_string()))
-        .collect()
+    let mut held = Vec::new();
+    let mut addrs = Vec::new();
+    let mut handed = HANDED_OUT
+        .write()
+        .map_err(|_| anyhow::anyhow!("port registry poisoned"))?;
+    while addrs.len() < n {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = l.local_addr()?;
+        if handed.insert(addr.port()) {
+            addrs.push(addr.to_string());
+        }
+        // Keep every listener open until all are chosen, so the OS cannot
+        // return one of them twice.
+        held.push(l);
+    }
+    Ok(addrs)
 }
 
 /// Polls `check` until it returns `Some`, or fails after `timeout`.

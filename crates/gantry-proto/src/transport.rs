@@ -9,9 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tonic::transport::{
-    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
-};
+pub mod reload;
+
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server};
 
 /// The largest gRPC message any Gantry service accepts or sends (documented
 /// in docs/api.md). Larger requests fail with `OUT_OF_RANGE`/`RESOURCE_EXHAUSTED`
@@ -32,16 +32,10 @@ pub struct TlsPaths {
     pub key: PathBuf,
 }
 
-#[derive(Clone, Debug)]
-struct Tls {
-    ca: Certificate,
-    identity: Identity,
-}
-
 /// Transport settings shared by servers and channels.
 #[derive(Clone, Debug)]
 pub struct Transport {
-    tls: Option<Tls>,
+    tls: Option<TlsPaths>,
 }
 
 /// Why an address or the TLS material could not be used.
@@ -74,17 +68,22 @@ impl Transport {
         Self { tls: None }
     }
 
-    /// Mutual TLS with the given files (read now; errors name the file).
+    /// Mutual TLS with the given files. They are checked now (errors name
+    /// the file) and read again for every new channel, so renewed files are
+    /// used by the next connection without a restart.
     pub fn mtls(paths: &TlsPaths) -> Result<Self, TransportError> {
-        let ca = Certificate::from_pem(read(&paths.ca)?);
-        let identity = Identity::from_pem(read(&paths.cert)?, read(&paths.key)?);
+        client_tls(paths)?;
         Ok(Self {
-            tls: Some(Tls { ca, identity }),
+            tls: Some(paths.clone()),
         })
     }
 
     pub fn is_secure(&self) -> bool {
         self.tls.is_some()
+    }
+
+    pub fn tls_paths(&self) -> Option<&TlsPaths> {
+        self.tls.as_ref()
     }
 
     /// A lazily connecting channel to `addr` (`host:port` or a URL). Nothing
@@ -101,12 +100,9 @@ impl Transport {
             addr: addr.to_owned(),
             reason: e.to_string(),
         })?;
-        if let Some(tls) = &self.tls {
-            let cfg = ClientTlsConfig::new()
-                .ca_certificate(tls.ca.clone())
-                .identity(tls.identity.clone());
+        if let Some(paths) = &self.tls {
             endpoint = endpoint
-                .tls_config(cfg)
+                .tls_config(client_tls(paths)?)
                 .map_err(|e| TransportError::Tls(e.to_string()))?;
         }
         Ok(endpoint
@@ -118,22 +114,19 @@ impl Transport {
             .connect_lazy())
     }
 
-    /// A server builder with Gantry's transport settings; with TLS, every
-    /// client must present a certificate from the cluster CA.
-    pub fn server(&self) -> Result<Server, TransportError> {
-        let mut builder = Server::builder()
+    /// A server builder with Gantry's transport settings. TLS on the
+    /// server side is done by [`reload::incoming`], so certificates can be
+    /// renewed without a restart.
+    pub fn server(&self) -> Server {
+        Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(5)));
-        if let Some(tls) = &self.tls {
-            let cfg = ServerTlsConfig::new()
-                .identity(tls.identity.clone())
-                .client_ca_root(tls.ca.clone())
-                .client_auth_optional(false);
-            builder = builder
-                .tls_config(cfg)
-                .map_err(|e| TransportError::Tls(e.to_string()))?;
-        }
-        Ok(builder)
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
     }
+}
+
+fn client_tls(paths: &TlsPaths) -> Result<ClientTlsConfig, TransportError> {
+    let ca = Certificate::from_pem(read(&paths.ca)?);
+    let identity = Identity::from_pem(read(&paths.cert)?, read(&paths.key)?);
+    Ok(ClientTlsConfig::new().ca_certificate(ca).identity(identity))
 }

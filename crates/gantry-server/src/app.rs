@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use gantry_proto::internal::v1::raft_service_server::RaftServiceServer;
-use gantry_proto::transport::{MAX_MESSAGE_BYTES, Transport};
+use gantry_proto::transport::{MAX_MESSAGE_BYTES, Transport, reload};
 use gantry_proto::v1::agent_service_server::AgentServiceServer;
 use gantry_proto::v1::cluster_service_server::ClusterServiceServer;
 use gantry_proto::v1::job_service_server::JobServiceServer;
@@ -46,6 +46,9 @@ pub enum StartError {
     #[error("TLS: {0}")]
     Tls(String),
 }
+
+/// How often TLS files are checked for renewal.
+const TLS_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A running replica.
 pub struct ServerHandle {
@@ -94,7 +97,15 @@ pub async fn start_on(
             Transport::insecure()
         }
     };
-    let peers = Peers::new(transport.clone());
+    // With TLS, certificates are watched and new connections use the newest.
+    let tls_watch = match transport.tls_paths() {
+        Some(paths) => Some(
+            reload::watch_files(paths.clone(), TLS_RELOAD_INTERVAL)
+                .map_err(|e| StartError::Tls(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let peers = Peers::new(transport.clone(), tls_watch.clone());
     let network = NetworkFactory {
         peers: peers.clone(),
     };
@@ -130,7 +141,6 @@ pub async fn start_on(
         .map_err(|e| StartError::Reflection(e.to_string()))?;
     let router = transport
         .server()
-        .map_err(|e| StartError::Tls(e.to_string()))?
         .add_service(
             RaftServiceServer::new(InternalService {
                 replica: replica.clone(),
@@ -161,14 +171,20 @@ pub async fn start_on(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let serve = tokio::spawn(router.serve_with_incoming_shutdown(
+    let stopped = async {
+        let _ = stop_rx.await;
+    };
+    let serve = match tls_watch {
+        Some(tls) => tokio::spawn(
+            router.serve_with_incoming_shutdown(reload::incoming(listener, tls), stopped),
+        ),
         // Our own listener (so port 0 works) bypasses the builder's socket
         // options: set TCP_NODELAY here or small replies wait on delayed ACKs.
-        TcpIncoming::from(listener).with_nodelay(Some(true)),
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stopped,
+        )),
+    };
     tracing::info!(id = replica.id, %addr, "replica serving");
     Ok(ServerHandle {
         addr,
