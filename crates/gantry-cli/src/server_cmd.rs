@@ -267,3 +267,29 @@ pub async fn shutdown_signal() {
         () = term => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        // Whatever is in a config file, reading it is an error or a config, never a panic.
+        #[test]
+        fn t30_config_text_never_panics(text in "\\PC{0,300}") {
+            let _ = toml::from_str::<FileConfig>(&text);
+            let _ = parse_peers(&text);
+        }
+
+        #[test]
+        fn t30_config_shaped_text_never_panics(
+            id in "[0-9a-z]{0,4}",
+            peers in "[0-9=:.,a-z]{0,40}",
+            rate in any::<i64>(),
+        ) {
+            let text = format!("id = {id}\nlisten = \"127.0.0.1:0\"\npeers = \"{peers}\"\nsubmit_rate = {rate}\n");
+            let _ = toml::from_str::<FileConfig>(&text);
+        }
+    }
+}

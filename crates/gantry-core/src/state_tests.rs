@@ -315,3 +315,32 @@ proptest! {
         prop_assert_eq!(keys.len(), n);
     }
 }
+
+proptest! {
+    // Bytes from the network or a damaged log never panic the decoder or apply.
+    #[test]
+    fn t30_decoding_garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        if let Ok(cmd) = serde_json::from_slice::<Command>(&bytes) {
+            let mut s = State::default();
+            s.apply(1, &cmd);
+        }
+        let _ = State::from_snapshot(&bytes);
+    }
+
+    // Well-formed commands with hostile field values apply without panicking.
+    #[test]
+    fn t30_mutated_commands_apply_cleanly(
+        cmds in prop::collection::vec(arb_command(), 1..20),
+        cut in 0usize..64,
+    ) {
+        let mut s = State::default();
+        for (i, c) in cmds.iter().enumerate() {
+            let text = serde_json::to_string(c).unwrap();
+            // Truncated encodings are refused, never half-applied.
+            let truncated = &text[..text.len().saturating_sub(cut).max(1).min(text.len())];
+            if let Ok(decoded) = serde_json::from_str::<Command>(truncated) {
+                s.apply(i as u64 + 1, &decoded);
+            }
+        }
+    }
+}

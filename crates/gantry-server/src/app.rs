@@ -125,6 +125,7 @@ pub async fn start_on(
         secure: transport.is_secure(),
         submit_limit: crate::ratelimit::RateLimiter::new(config.submit_rate, config.submit_burst),
         streams: Default::default(),
+        identities: Default::default(),
         config: Arc::new(config),
     });
     let background = vec![

@@ -8,10 +8,42 @@
 //! | JobService, NodeService, ClusterService writes | client (cluster changes also server, when a replica forwards them) |
 //! | their reads | client or server |
 
+use std::collections::HashMap;
+use std::sync::RwLock;
+
 use gantry_pki::{Identity, Role};
 use tonic::{Request, Status};
 
 use crate::replica::Replica;
+
+/// Identities already read from certificates: a certificate is parsed once,
+/// not on every call of every connection that presents it.
+#[derive(Default)]
+pub struct IdentityCache {
+    known: RwLock<HashMap<Vec<u8>, Identity>>,
+}
+
+/// Certificates remembered at most; past it the cache starts over.
+const MAX_CACHED_IDENTITIES: usize = 10_000;
+
+impl IdentityCache {
+    fn get(&self, der: &[u8]) -> Result<Identity, Status> {
+        if let Ok(known) = self.known.read()
+            && let Some(id) = known.get(der)
+        {
+            return Ok(id.clone());
+        }
+        let id = gantry_pki::identity_from_der(der)
+            .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
+        if let Ok(mut known) = self.known.write() {
+            if known.len() >= MAX_CACHED_IDENTITIES {
+                known.clear();
+            }
+            known.insert(der.to_vec(), id.clone());
+        }
+        Ok(id)
+    }
+}
 
 /// The caller's identity; `None` when the replica runs `--insecure`.
 pub fn caller<T>(replica: &Replica, req: &Request<T>) -> Result<Option<Identity>, Status> {
@@ -24,9 +56,7 @@ pub fn caller<T>(replica: &Replica, req: &Request<T>) -> Result<Option<Identity>
     let leaf = certs
         .first()
         .ok_or_else(|| Status::unauthenticated("no client certificate was presented"))?;
-    gantry_pki::identity_from_der(leaf)
-        .map(Some)
-        .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))
+    replica.identities.get(leaf).map(Some)
 }
 
 fn names(roles: &[Role]) -> String {

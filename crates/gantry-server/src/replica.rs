@@ -58,6 +58,8 @@ pub struct Replica {
     pub submit_limit: crate::ratelimit::RateLimiter,
     /// Agent streams per node.
     pub streams: crate::ratelimit::StreamCounter,
+    /// Identities read from peer certificates.
+    pub identities: crate::auth::IdentityCache,
 }
 
 fn unavailable_no_leader(waited: Duration) -> Status {
