@@ -6,6 +6,8 @@
 //! executable (`target/<profile>/gantry`): build it first with
 //! `cargo build -p gantry-cli` (the README's test command does).
 
+pub mod checkers;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -319,9 +319,17 @@ impl Client {
     }
 
     pub async fn cluster_status(&self) -> Result<ClusterStatusResponse, ClientError> {
+        self.cluster_status_with(false).await
+    }
+
+    /// Status with each replica's state digest (costly on a large state).
+    pub async fn cluster_status_with(
+        &self,
+        with_digest: bool,
+    ) -> Result<ClusterStatusResponse, ClientError> {
         self.with_retry(|ch| async move {
             Ok(Self::cluster(ch)
-                .status(ClusterStatusRequest {})
+                .status(ClusterStatusRequest { with_digest })
                 .await?
                 .into_inner())
         })

@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth;
 use crate::deadline::deadline;
-use crate::internal::local_status;
+use crate::internal::{local_status, state_digest};
 use crate::replica::Replica;
 
 /// How long Status waits for each replica's own answer.
@@ -35,7 +35,7 @@ pub struct ClusterApi {
 // === impl ClusterApi ===
 
 impl ClusterApi {
-    async fn status(&self) -> ClusterStatusResponse {
+    async fn status(&self, with_digest: bool) -> ClusterStatusResponse {
         let (members, voters) = {
             let rx = self.replica.raft.metrics();
             let m = rx.borrow_watched();
@@ -58,9 +58,13 @@ impl ClusterApi {
                     ..ReplicaStatus::default()
                 };
                 let local = if id == self.replica.id {
-                    Ok(local_status(&self.replica))
+                    let mut l = local_status(&self.replica);
+                    if with_digest {
+                        (l.applied_index, l.state_digest) = state_digest(&self.replica).await;
+                    }
+                    Ok(l)
                 } else {
-                    self.probe(&addr).await
+                    self.probe(&addr, with_digest).await
                 };
                 match local {
                     Ok(l) => {
@@ -68,6 +72,7 @@ impl ClusterApi {
                         status.term = l.term;
                         status.last_log_index = l.last_log_index;
                         status.applied_index = l.applied_index;
+                        status.state_digest = l.state_digest;
                     }
                     Err(e) => {
                         status.role = "unreachable".into();
@@ -97,9 +102,10 @@ impl ClusterApi {
     async fn probe(
         &self,
         addr: &str,
+        with_digest: bool,
     ) -> Result<gantry_proto::internal::v1::LocalStatusResponse, Status> {
         let mut client = self.replica.peers.raft_client(addr).await?;
-        let mut req = Request::new(LocalStatusRequest {});
+        let mut req = Request::new(LocalStatusRequest { with_digest });
         req.set_timeout(STATUS_PROBE_TIMEOUT);
         match tokio::time::timeout(STATUS_PROBE_TIMEOUT, client.local_status(req)).await {
             Ok(r) => Ok(r?.into_inner()),
@@ -156,7 +162,8 @@ impl ClusterService for ClusterApi {
         req: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
         auth::require(&self.replica, &req, auth::READ, "ClusterService.Status")?;
-        Ok(Response::new(ClusterApi::status(self).await))
+        let with_digest = req.into_inner().with_digest;
+        Ok(Response::new(ClusterApi::status(self, with_digest).await))
     }
 
     async fn add_replica(
@@ -221,7 +228,7 @@ impl ClusterService for ClusterApi {
             .map_err(membership_error)?;
         tracing::info!(id, "replica added as a voter");
         Ok(Response::new(AddReplicaResponse {
-            status: Some(ClusterApi::status(self).await),
+            status: Some(ClusterApi::status(self, false).await),
         }))
     }
 
@@ -271,7 +278,7 @@ impl ClusterService for ClusterApi {
             .map_err(membership_error)?;
         tracing::info!(id, "replica removed");
         Ok(Response::new(RemoveReplicaResponse {
-            status: Some(ClusterApi::status(self).await),
+            status: Some(ClusterApi::status(self, false).await),
         }))
     }
 }

@@ -48,7 +48,22 @@ pub(crate) fn local_status(replica: &Replica) -> LocalStatusResponse {
         applied_index: m.last_applied.map_or(0, |l| l.index),
         leader_id: m.current_leader.unwrap_or(0),
         has_leader: m.current_leader.is_some(),
+        state_digest: 0,
     }
+}
+
+/// A hash of the applied state and the index it is at. Replicas that
+/// applied the same log prefix must agree (invariant 5).
+pub(crate) async fn state_digest(replica: &Replica) -> (u64, u64) {
+    use std::hash::{Hash, Hasher};
+    replica
+        .state
+        .read(|s, index| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            s.to_snapshot().unwrap_or_default().hash(&mut h);
+            (index, h.finish())
+        })
+        .await
 }
 
 pub(crate) fn role_name(s: openraft::ServerState) -> &'static str {
@@ -134,7 +149,13 @@ impl RaftService for InternalService {
         req: Request<LocalStatusRequest>,
     ) -> Result<Response<LocalStatusResponse>, Status> {
         auth::require(&self.replica, &req, auth::SERVER, "local_status")?;
-        Ok(Response::new(local_status(&self.replica)))
+        let mut status = local_status(&self.replica);
+        if req.into_inner().with_digest {
+            let (index, digest) = state_digest(&self.replica).await;
+            status.applied_index = index;
+            status.state_digest = digest;
+        }
+        Ok(Response::new(status))
     }
 
     type TailOutputStream = std::pin::Pin<

@@ -1,0 +1,330 @@
+//! Checkers over what clients saw (a history) and the final state. Each is a
+//! pure function returning the violations it found; each has a test with a
+//! planted violation it must catch.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use gantry_client::api;
+
+/// How an operation ended, as its client saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome<T> {
+    Ok(T),
+    /// Refused: the operation certainly did not take effect.
+    Fail(String),
+    /// Timed out or broke: it may or may not have taken effect.
+    Unknown(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct SubmitOp {
+    pub client: usize,
+    pub invoke: Duration,
+    pub complete: Duration,
+    /// The job id on success.
+    pub outcome: Outcome<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ReadOp {
+    pub job_id: String,
+    pub invoke: Duration,
+    pub complete: Duration,
+    /// The job's modify index as read.
+    pub outcome: Outcome<u64>,
+}
+
+/// Everything recorded during a run.
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    pub submits: Vec<SubmitOp>,
+    pub reads: Vec<ReadOp>,
+    /// Every job state a watcher saw, in the order it saw them.
+    pub observed: Vec<api::JobEvent>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub invariant: &'static str,
+    pub detail: String,
+}
+
+fn v(invariant: &'static str, detail: String) -> Violation {
+    Violation { invariant, detail }
+}
+
+/// Invariant 1: every acknowledged submit is in the final state.
+pub fn lost_submits(h: &History, final_ids: &BTreeSet<String>) -> Vec<Violation> {
+    h.submits
+        .iter()
+        .filter_map(|s| match &s.outcome {
+            Outcome::Ok(id) if !final_ids.contains(id) => Some(v(
+                "acknowledged submit lost",
+                format!(
+                    "job {id} (acknowledged to client {} at {:?}) is not in the final state",
+                    s.client, s.complete
+                ),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Invariant 2: an attempt, once seen finished, is never seen finished differently.
+pub fn double_results(observed: &[api::JobEvent]) -> Vec<Violation> {
+    let mut finished: BTreeMap<(String, u32, u32), (String, Option<i32>, u64)> = BTreeMap::new();
+    let mut out = Vec::new();
+    for e in observed {
+        let Some(job) = &e.job else { continue };
+        for t in &job.tasks {
+            for a in &t.attempts {
+                if matches!(a.state.as_str(), "assigned" | "running") {
+                    continue;
+                }
+                let key = (job.id.clone(), t.index, a.number);
+                let result = (a.state.clone(), a.exit_code, a.finished_at_ms);
+                match finished.get(&key) {
+                    Some(first) if *first != result => out.push(v(
+                        "two results for one attempt",
+                        format!(
+                            "{}/{}#{}: first {first:?}, later {result:?}",
+                            key.0, key.1, key.2
+                        ),
+                    )),
+                    Some(_) => {}
+                    None => {
+                        finished.insert(key, result);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Invariant 3: never two live attempts of one task.
+pub fn two_live_attempts(observed: &[api::JobEvent]) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for e in observed {
+        let Some(job) = &e.job else { continue };
+        for t in &job.tasks {
+            let live = t
+                .attempts
+                .iter()
+                .filter(|a| matches!(a.state.as_str(), "assigned" | "running"))
+                .count();
+            if live > 1 {
+                out.push(v(
+                    "two live attempts",
+                    format!(
+                        "job {} task {} had {live} live attempts at index {}",
+                        job.id, t.index, e.index
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Reads never go back in time: a read that began after another read of the
+/// same job completed must not see an older version of it.
+pub fn stale_reads(h: &History) -> Vec<Violation> {
+    let mut by_job: BTreeMap<&str, Vec<&ReadOp>> = BTreeMap::new();
+    for r in &h.reads {
+        if matches!(r.outcome, Outcome::Ok(_)) {
+            by_job.entry(&r.job_id).or_default().push(r);
+        }
+    }
+    let mut out = Vec::new();
+    for (job, mut reads) in by_job {
+        reads.sort_by_key(|r| r.invoke);
+        // The newest version any read that completed before `r` began saw.
+        let mut done: Vec<(Duration, u64)> = reads
+            .iter()
+            .filter_map(|r| match r.outcome {
+                Outcome::Ok(i) => Some((r.complete, i)),
+                _ => None,
+            })
+            .collect();
+        done.sort();
+        for r in &reads {
+            let Outcome::Ok(seen) = r.outcome else {
+                continue;
+            };
+            let newest_before = done
+                .iter()
+                .take_while(|(c, _)| *c < r.invoke)
+                .map(|(_, i)| *i)
+                .max();
+            if let Some(before) = newest_before
+                && seen < before
+            {
+                out.push(v(
+                    "read went back in time",
+                    format!("job {job}: a read at {:?} saw index {seen}, an earlier completed read saw {before}", r.invoke),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Invariant 4: after faults heal, every job is terminal.
+pub fn not_terminal(jobs: &[api::Job]) -> Vec<Violation> {
+    jobs.iter()
+        .filter(|j| {
+            !matches!(
+                api::JobState::try_from(j.state),
+                Ok(api::JobState::Complete | api::JobState::Failed | api::JobState::Cancelled)
+            )
+        })
+        .map(|j| {
+            v(
+                "job not terminal after healing",
+                format!("job {} is {:?}", j.id, api::JobState::try_from(j.state)),
+            )
+        })
+        .collect()
+}
+
+/// Invariant 5: replicas at the same applied index hold the same state.
+pub fn diverged(replicas: &[api::ReplicaStatus]) -> Vec<Violation> {
+    let mut by_index: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+    for r in replicas.iter().filter(|r| r.error.is_empty()) {
+        by_index
+            .entry(r.applied_index)
+            .or_default()
+            .insert(r.state_digest);
+    }
+    by_index
+        .into_iter()
+        .filter(|(_, digests)| digests.len() > 1)
+        .map(|(index, digests)| {
+            v(
+                "replicas diverged",
+                format!("at applied index {index}: digests {digests:?}"),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str, attempts: Vec<(&str, Option<i32>, u64)>) -> api::JobEvent {
+        api::JobEvent {
+            index: 1,
+            job: Some(api::Job {
+                id: id.into(),
+                state: api::JobState::Running as i32,
+                tasks: vec![api::Task {
+                    index: 0,
+                    attempts: attempts
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, (state, code, fin))| api::Attempt {
+                            number: i as u32 + 1,
+                            state: state.into(),
+                            exit_code: code,
+                            finished_at_ms: fin,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn t10_catches_a_lost_job() {
+        let h = History {
+            submits: vec![SubmitOp {
+                client: 0,
+                invoke: ms(1),
+                complete: ms(2),
+                outcome: Outcome::Ok("j1".into()),
+            }],
+            ..History::default()
+        };
+        assert_eq!(lost_submits(&h, &BTreeSet::new()).len(), 1);
+        assert!(lost_submits(&h, &BTreeSet::from(["j1".to_string()])).is_empty());
+        // An unknown outcome may be lost legitimately.
+        let h = History {
+            submits: vec![SubmitOp {
+                client: 0,
+                invoke: ms(1),
+                complete: ms(2),
+                outcome: Outcome::Unknown("timeout".into()),
+            }],
+            ..History::default()
+        };
+        assert!(lost_submits(&h, &BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn t10_catches_a_double_result_and_two_live_attempts() {
+        let seen = vec![
+            job("j", vec![("succeeded", Some(0), 5)]),
+            job("j", vec![("failed", Some(1), 6)]),
+        ];
+        assert_eq!(double_results(&seen).len(), 1);
+        let same = vec![
+            job("j", vec![("succeeded", Some(0), 5)]),
+            job("j", vec![("succeeded", Some(0), 5)]),
+        ];
+        assert!(double_results(&same).is_empty());
+        let two = vec![job("j", vec![("running", None, 0), ("assigned", None, 0)])];
+        assert_eq!(two_live_attempts(&two).len(), 1);
+        assert!(
+            two_live_attempts(&[job("j", vec![("lost", None, 3), ("running", None, 0)])])
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn t10_catches_a_stale_read() {
+        let read = |inv, comp, idx| ReadOp {
+            job_id: "j".into(),
+            invoke: ms(inv),
+            complete: ms(comp),
+            outcome: Outcome::Ok(idx),
+        };
+        let h = History {
+            reads: vec![read(1, 2, 10), read(3, 4, 7)],
+            ..History::default()
+        };
+        assert_eq!(stale_reads(&h).len(), 1);
+        // Overlapping reads may see either order.
+        let h = History {
+            reads: vec![read(1, 5, 10), read(3, 4, 7)],
+            ..History::default()
+        };
+        assert!(stale_reads(&h).is_empty());
+    }
+
+    #[test]
+    fn t10_catches_divergence_and_unfinished_jobs() {
+        let r = |i, d| api::ReplicaStatus {
+            applied_index: i,
+            state_digest: d,
+            ..Default::default()
+        };
+        assert_eq!(diverged(&[r(5, 1), r(5, 2), r(6, 3)]).len(), 1);
+        assert!(diverged(&[r(5, 1), r(5, 1), r(6, 3)]).is_empty());
+        let pending = api::Job {
+            id: "j".into(),
+            state: api::JobState::Pending as i32,
+            ..Default::default()
+        };
+        assert_eq!(not_terminal(&[pending]).len(), 1);
+    }
+}
