@@ -71,9 +71,12 @@ pub fn lost_submits(h: &History, final_ids: &BTreeSet<String>) -> Vec<Violation>
         .collect()
 }
 
+/// (job, task, attempt) → (state, exit code, finished at).
+type Results = BTreeMap<(String, u32, u32), (String, Option<i32>, u64)>;
+
 /// Invariant 2: an attempt, once seen finished, is never seen finished differently.
 pub fn double_results(observed: &[api::JobEvent]) -> Vec<Violation> {
-    let mut finished: BTreeMap<(String, u32, u32), (String, Option<i32>, u64)> = BTreeMap::new();
+    let mut finished = Results::new();
     let mut out = Vec::new();
     for e in observed {
         let Some(job) = &e.job else { continue };
