@@ -128,7 +128,7 @@ async fn t70_the_refusal_matrix() {
     // 4. A client certificate on the internal Raft service.
     let client_tls = Transport::mtls(&cluster.issue(Role::Client, "admin").unwrap()).unwrap();
     let err = RaftServiceClient::new(client_tls.channel(&addr).unwrap())
-        .local_status(LocalStatusRequest {})
+        .local_status(LocalStatusRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err}");
