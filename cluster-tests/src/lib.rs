@@ -7,6 +7,7 @@
 //! `cargo build -p gantry-cli` (the README's test command does).
 
 pub mod checkers;
+pub mod faults;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -366,6 +367,18 @@ impl Cluster {
             .context("replica is not running")?;
         kill(Pid::from_raw(i32::try_from(pid)?), sig)?;
         Ok(())
+    }
+
+    /// SIGSTOP (true) or SIGCONT (false) a replica.
+    pub fn pause(&self, id: u64, paused: bool) -> anyhow::Result<()> {
+        self.signal(
+            id,
+            if paused {
+                Signal::SIGSTOP
+            } else {
+                Signal::SIGCONT
+            },
+        )
     }
 
     /// SIGKILL, and wait for the process to be gone.

@@ -98,6 +98,7 @@ pub fn job_to_api(j: &core::Job, with_tasks: bool) -> api::Job {
         submitted_at_ms: j.submitted_at_ms,
         updated_at_ms: j.updated_at_ms,
         create_index: j.create_index,
+        modify_index: j.modify_index,
         seq: j.seq,
         cancel_reason: j.cancel_reason.clone(),
         task_counts: Some(api::TaskCounts {

@@ -1,0 +1,91 @@
+//! Seeded fault schedules: the same seed always gives the same schedule, so
+//! a failing run is replayed with `GANTRY_SEED=<seed>`.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    KillReplica(u64),
+    RestartReplica(u64),
+    PauseReplica(u64),
+    ResumeReplica(u64),
+    KillAgent(String),
+    RestartAgent(String),
+    /// Let the workload run.
+    Wait(u64),
+}
+
+/// A schedule for `replicas` replicas and `agents` agents, `steps` long. At
+/// most a minority of replicas is down or paused at any time (one of three),
+/// and one agent at a time is down.
+pub fn schedule(seed: u64, replicas: u64, agents: &[&str], steps: usize) -> Vec<Fault> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let minority = (replicas - 1) / 2;
+    let mut down: Vec<u64> = Vec::new();
+    let mut paused: Vec<u64> = Vec::new();
+    let mut agent_down: Option<String> = None;
+    let mut out = Vec::new();
+    for _ in 0..steps {
+        out.push(Fault::Wait(rng.random_range(200..700)));
+        let faulty = (down.len() + paused.len()) as u64;
+        match rng.random_range(0..6) {
+            0 | 1 if faulty < minority => {
+                let id = loop {
+                    let id = rng.random_range(1..=replicas);
+                    if !down.contains(&id) && !paused.contains(&id) {
+                        break id;
+                    }
+                };
+                if rng.random_bool(0.6) {
+                    down.push(id);
+                    out.push(Fault::KillReplica(id));
+                } else {
+                    paused.push(id);
+                    out.push(Fault::PauseReplica(id));
+                }
+            }
+            2 | 3 if !down.is_empty() => out.push(Fault::RestartReplica(down.remove(0))),
+            2 | 3 if !paused.is_empty() => out.push(Fault::ResumeReplica(paused.remove(0))),
+            4 if agent_down.is_none() && !agents.is_empty() => {
+                let a = agents[rng.random_range(0..agents.len())].to_owned();
+                agent_down = Some(a.clone());
+                out.push(Fault::KillAgent(a));
+            }
+            5 => {
+                if let Some(a) = agent_down.take() {
+                    out.push(Fault::RestartAgent(a));
+                }
+            }
+            _ => {}
+        }
+    }
+    // Heal everything at the end.
+    out.extend(down.into_iter().map(Fault::RestartReplica));
+    out.extend(paused.into_iter().map(Fault::ResumeReplica));
+    out.extend(agent_down.map(Fault::RestartAgent));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn t10_same_seed_same_schedule_and_never_a_majority_down() {
+        for seed in 0..200 {
+            let s = schedule(seed, 3, &["a", "b"], 30);
+            assert_eq!(s, schedule(seed, 3, &["a", "b"], 30));
+            let mut faulty = 0i32;
+            for f in &s {
+                match f {
+                    Fault::KillReplica(_) | Fault::PauseReplica(_) => faulty += 1,
+                    Fault::RestartReplica(_) | Fault::ResumeReplica(_) => faulty -= 1,
+                    _ => {}
+                }
+                assert!((0..=1).contains(&faulty), "seed {seed}: {s:?}");
+            }
+            assert_eq!(faulty, 0, "seed {seed} does not heal: {s:?}");
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! Seeded fault schedules against real processes (3 replicas, 2 agents):
+//! a workload submits and reads through random replicas while replicas are
+//! killed, paused and restarted and agents crash; then everything heals and
+//! the checkers run over the history and the final state.
+//!
+//! `GANTRY_SEED=N` replays one schedule; `GANTRY_SCHEDULES=N` runs N (CI: 20).
+
+// Tests may unwrap; synchronous helpers poll with std's clock.
+#![allow(clippy::unwrap_used, clippy::disallowed_types)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use cluster_tests::checkers::{self, History, Outcome, ReadOp, SubmitOp, Violation};
+use cluster_tests::faults::{self, Fault};
+use cluster_tests::{Cluster, Timings, wait_for};
+use gantry_client::{Client, ClientError, ClientOptions, api};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+fn outcome<T>(r: Result<T, ClientError>) -> Outcome<T> {
+    match r {
+        Ok(v) => Outcome::Ok(v),
+        Err(e) => match e.code() {
+            Some(tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) | None => {
+                Outcome::Unknown(e.to_string())
+            }
+            Some(_) => Outcome::Fail(e.to_string()),
+        },
+    }
+}
+
+fn quick_client(cluster: &Cluster, rotate: usize) -> Client {
+    let mut addrs: Vec<String> = cluster.replicas.values().map(|r| r.addr.clone()).collect();
+    let n = addrs.len();
+    addrs.rotate_left(rotate % n);
+    let opts = ClientOptions {
+        request_timeout: Duration::from_secs(3),
+        retry_deadline: Duration::from_secs(5),
+        ..ClientOptions::default()
+    };
+    Client::new(&addrs, opts).unwrap()
+}
+
+async fn apply(cluster: &mut Cluster, f: &Fault) -> anyhow::Result<()> {
+    match f {
+        Fault::KillReplica(id) => cluster.kill(*id).await,
+        Fault::RestartReplica(id) => cluster.restart(*id),
+        Fault::PauseReplica(id) => cluster.pause(*id, true),
+        Fault::ResumeReplica(id) => cluster.pause(*id, false),
+        Fault::KillAgent(a) => cluster.kill_agent(a).await,
+        Fault::RestartAgent(a) => cluster.restart_agent(a),
+        Fault::Wait(ms) => {
+            tokio::time::sleep(Duration::from_millis(*ms)).await;
+            Ok(())
+        }
+    }
+}
+
+struct Summary {
+    seed: u64,
+    faults: usize,
+    submits: usize,
+    acknowledged: usize,
+    reads: usize,
+    events: usize,
+    violations: Vec<Violation>,
+}
+
+async fn run(seed: u64) -> Summary {
+    let schedule = faults::schedule(seed, 3, &["a1", "a2"], 10);
+    let mut cluster = Cluster::start(3, Timings::default()).await.unwrap();
+    cluster.start_agent("a1", &[1, 2, 3]).unwrap();
+    cluster.start_agent("a2", &[3, 2, 1]).unwrap();
+    cluster.wait_nodes_ready(&["a1", "a2"]).await.unwrap();
+
+    let start = Instant::now();
+    let history = Arc::new(Mutex::new(History::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for c in 0..3 {
+        let (client, history, stop) = (quick_client(&cluster, c), history.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let invoke = start.elapsed();
+                let spec = api::JobSpec {
+                    argv: vec!["/bin/sleep".into(), "0.1".into()],
+                    ..Default::default()
+                };
+                let r = client
+                    .submit_jobs(vec![spec])
+                    .await
+                    .map(|r| r.jobs[0].job_id.clone());
+                let op = SubmitOp {
+                    client: c,
+                    invoke,
+                    complete: start.elapsed(),
+                    outcome: outcome(r),
+                };
+                history.lock().await.submits.push(op);
+            }
+        }));
+    }
+    {
+        let (client, history, stop) = (quick_client(&cluster, 1), history.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let target = {
+                    let h = history.lock().await;
+                    let acked: Vec<&String> = h
+                        .submits
+                        .iter()
+                        .filter_map(|s| match &s.outcome {
+                            Outcome::Ok(id) => Some(id),
+                            _ => None,
+                        })
+                        .collect();
+                    (!acked.is_empty()).then(|| acked[n % acked.len()].clone())
+                };
+                let Some(job_id) = target else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let invoke = start.elapsed();
+                let r = client.get_job(&job_id, false).await.map(|j| j.modify_index);
+                let op = ReadOp {
+                    job_id,
+                    invoke,
+                    complete: start.elapsed(),
+                    outcome: outcome(r),
+                };
+                history.lock().await.reads.push(op);
+            }
+        }));
+    }
+    let watcher = {
+        let (client, history) = (quick_client(&cluster, 2), history.clone());
+        tokio::spawn(async move {
+            let mut from = 0;
+            loop {
+                let Ok(mut stream) = client.watch("", from).await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                while let Ok(Some(e)) = stream.message().await {
+                    from = from.max(e.index);
+                    history.lock().await.observed.push(e);
+                }
+            }
+        })
+    };
+
+    for f in &schedule {
+        apply(&mut cluster, f).await.unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+
+    // Healed: every job must end, and the replicas must agree.
+    let admin = quick_client(&cluster, 0);
+    let jobs = wait_for("every job to end", Duration::from_secs(90), || async {
+        let jobs = admin
+            .list_jobs(api::ListJobsRequest {
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await
+            .ok()?
+            .jobs;
+        checkers::not_terminal(&jobs).is_empty().then_some(jobs)
+    })
+    .await;
+    let final_jobs = match jobs {
+        Ok(j) => j,
+        Err(_) => {
+            admin
+                .list_jobs(api::ListJobsRequest {
+                    page_size: 1000,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .jobs
+        }
+    };
+    let replicas = wait_for(
+        "the replicas to converge",
+        Duration::from_secs(30),
+        || async {
+            let s = admin.cluster_status_with(true).await.ok()?;
+            let indexes: BTreeSet<u64> = s.replicas.iter().map(|r| r.applied_index).collect();
+            (indexes.len() == 1 && s.replicas.iter().all(|r| r.error.is_empty()))
+                .then_some(s.replicas)
+        },
+    )
+    .await
+    .unwrap();
+    watcher.abort();
+
+    let h = history.lock().await.clone();
+    let ids: BTreeSet<String> = final_jobs.iter().map(|j| j.id.clone()).collect();
+    let mut violations = Vec::new();
+    violations.extend(checkers::lost_submits(&h, &ids));
+    violations.extend(checkers::double_results(&h.observed));
+    violations.extend(checkers::two_live_attempts(&h.observed));
+    violations.extend(checkers::stale_reads(&h));
+    violations.extend(checkers::not_terminal(&final_jobs));
+    violations.extend(checkers::diverged(&replicas));
+    if !violations.is_empty() {
+        eprintln!(
+            "seed {seed} FAILED; schedule: {schedule:?}; cluster in {}",
+            cluster.dir().display()
+        );
+    }
+    Summary {
+        seed,
+        faults: schedule
+            .iter()
+            .filter(|f| !matches!(f, Fault::Wait(_)))
+            .count(),
+        submits: h.submits.len(),
+        acknowledged: h
+            .submits
+            .iter()
+            .filter(|s| matches!(s.outcome, Outcome::Ok(_)))
+            .count(),
+        reads: h.reads.len(),
+        events: h.observed.len(),
+        violations,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t80_seeded_fault_schedules_keep_every_invariant() {
+    let seeds: Vec<u64> = match std::env::var("GANTRY_SEED") {
+        Ok(s) => vec![s.parse().expect("GANTRY_SEED must be a number")],
+        Err(_) => {
+            let n: u64 = std::env::var("GANTRY_SCHEDULES")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(3);
+            let base: u64 = rand::random::<u32>().into();
+            (base..base + n).collect()
+        }
+    };
+    let mut all = Vec::new();
+    for seed in seeds {
+        let s = run(seed).await;
+        eprintln!(
+            "schedule seed {}: {} faults, {} submits ({} acknowledged), {} reads, {} job events, {} violations",
+            s.seed,
+            s.faults,
+            s.submits,
+            s.acknowledged,
+            s.reads,
+            s.events,
+            s.violations.len()
+        );
+        all.push(s);
+    }
+    let violations: Vec<(u64, &Violation)> = all
+        .iter()
+        .flat_map(|s| s.violations.iter().map(move |v| (s.seed, v)))
+        .collect();
+    eprintln!(
+        "summary: {} schedules, {} faults, {} operations, {} violations",
+        all.len(),
+        all.iter().map(|s| s.faults).sum::<usize>(),
+        all.iter().map(|s| s.submits + s.reads).sum::<usize>(),
+        violations.len()
+    );
+    assert!(
+        violations.is_empty(),
+        "violations (replay with GANTRY_SEED=<seed>): {violations:#?}"
+    );
+}
