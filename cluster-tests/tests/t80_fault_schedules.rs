@@ -241,10 +241,16 @@ async fn t80_seeded_fault_schedules_keep_every_invariant() {
     let seeds: Vec<u64> = match std::env::var("GANTRY_SEED") {
         Ok(s) => vec![s.parse().expect("GANTRY_SEED must be a number")],
         Err(_) => {
+            // CI runs 20 schedules; a developer's `cargo test` runs 3.
+            let default = if std::env::var_os("CI").is_some() {
+                20
+            } else {
+                3
+            };
             let n: u64 = std::env::var("GANTRY_SCHEDULES")
                 .ok()
                 .and_then(|n| n.parse().ok())
-                .unwrap_or(3);
+                .unwrap_or(default);
             let base: u64 = rand::random::<u32>().into();
             (base..base + n).collect()
         }
