@@ -14,7 +14,38 @@ pub enum Fault {
     RestartAgent(String),
     /// Let the workload run.
     Wait(u64),
+    /// SIGKILL whichever replica leads at that moment.
+    KillLeader,
+    /// Restart every replica that is down.
+    RestartDown,
 }
+
+/// The named scenarios, each a fixed schedule.
+pub fn named(name: &str) -> Option<Vec<Fault>> {
+    use Fault::*;
+    let s = match name {
+        "leader-kill-loop" => (0..3)
+            .flat_map(|_| [KillLeader, Wait(1_500), RestartDown, Wait(1_500)])
+            .collect(),
+        "rolling-restart" => (1..=3)
+            .flat_map(|id| [KillReplica(id), Wait(500), RestartReplica(id), Wait(1_500)])
+            .collect(),
+        "agent-flapping" => (0..5)
+            .flat_map(|_| {
+                [
+                    KillAgent("a1".into()),
+                    Wait(300),
+                    RestartAgent("a1".into()),
+                    Wait(500),
+                ]
+            })
+            .collect(),
+        _ => return None,
+    };
+    Some(s)
+}
+
+pub const SCENARIOS: &[&str] = &["leader-kill-loop", "rolling-restart", "agent-flapping"];
 
 /// A schedule for `replicas` replicas and `agents` agents, `steps` long. At
 /// most a minority of replicas is down or paused at any time (one of three),

@@ -56,6 +56,22 @@ async fn apply(cluster: &mut Cluster, f: &Fault) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(*ms)).await;
             Ok(())
         }
+        Fault::KillLeader => {
+            let leader = cluster.leader().await?;
+            cluster.kill(leader).await
+        }
+        Fault::RestartDown => {
+            let down: Vec<u64> = cluster
+                .replicas
+                .keys()
+                .copied()
+                .filter(|id| cluster.pid(*id).is_none())
+                .collect();
+            for id in down {
+                cluster.restart(id)?;
+            }
+            Ok(())
+        }
     }
 }
 
@@ -69,8 +85,7 @@ struct Summary {
     violations: Vec<Violation>,
 }
 
-async fn run(seed: u64) -> Summary {
-    let schedule = faults::schedule(seed, 3, &["a1", "a2"], 10);
+async fn run(seed: u64, schedule: Vec<Fault>) -> Summary {
     let mut cluster = Cluster::start(3, Timings::default()).await.unwrap();
     cluster.start_agent("a1", &[1, 2, 3]).unwrap();
     cluster.start_agent("a2", &[3, 2, 1]).unwrap();
@@ -257,7 +272,7 @@ async fn t80_seeded_fault_schedules_keep_every_invariant() {
     };
     let mut all = Vec::new();
     for seed in seeds {
-        let s = run(seed).await;
+        let s = run(seed, faults::schedule(seed, 3, &["a1", "a2"], 10)).await;
         eprintln!(
             "schedule seed {}: {} faults, {} submits ({} acknowledged), {} reads, {} job events, {} violations",
             s.seed,
@@ -285,4 +300,26 @@ async fn t80_seeded_fault_schedules_keep_every_invariant() {
         violations.is_empty(),
         "violations (replay with GANTRY_SEED=<seed>): {violations:#?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t80_named_scenarios_keep_every_invariant() {
+    for (i, name) in faults::SCENARIOS.iter().enumerate() {
+        let schedule = faults::named(name).unwrap();
+        let s = run(i as u64, schedule).await;
+        eprintln!(
+            "scenario {name}: {} faults, {} submits ({} acknowledged), {} reads, {} job events, {} violations",
+            s.faults,
+            s.submits,
+            s.acknowledged,
+            s.reads,
+            s.events,
+            s.violations.len()
+        );
+        assert!(
+            s.violations.is_empty(),
+            "scenario {name}: {:#?}",
+            s.violations
+        );
+    }
 }
