@@ -6,6 +6,7 @@
 //! executable (`target/<profile>/gantry`): build it first with
 //! `cargo build -p gantry-cli` (the README's test command does).
 
+pub mod bench;
 pub mod checkers;
 pub mod faults;
 

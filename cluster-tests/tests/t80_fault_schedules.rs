@@ -85,6 +85,29 @@ struct Summary {
     violations: Vec<Violation>,
 }
 
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} faults, {} submits ({} acknowledged), {} reads, {} job events, {} violations",
+            self.faults,
+            self.submits,
+            self.acknowledged,
+            self.reads,
+            self.events,
+            self.violations.len()
+        )
+    }
+}
+
+async fn all_jobs(client: &Client) -> Result<Vec<api::Job>, ClientError> {
+    let req = api::ListJobsRequest {
+        page_size: 1000,
+        ..Default::default()
+    };
+    Ok(client.list_jobs(req).await?.jobs)
+}
+
 async fn run(seed: u64, schedule: Vec<Fault>) -> Summary {
     let mut cluster = Cluster::start(3, Timings::default()).await.unwrap();
     cluster.start_agent("a1", &[1, 2, 3]).unwrap();
@@ -180,29 +203,13 @@ async fn run(seed: u64, schedule: Vec<Fault>) -> Summary {
     // Healed: every job must end, and the replicas must agree.
     let admin = quick_client(&cluster, 0);
     let jobs = wait_for("every job to end", Duration::from_secs(90), || async {
-        let jobs = admin
-            .list_jobs(api::ListJobsRequest {
-                page_size: 1000,
-                ..Default::default()
-            })
-            .await
-            .ok()?
-            .jobs;
+        let jobs = all_jobs(&admin).await.ok()?;
         checkers::not_terminal(&jobs).is_empty().then_some(jobs)
     })
     .await;
     let final_jobs = match jobs {
         Ok(j) => j,
-        Err(_) => {
-            admin
-                .list_jobs(api::ListJobsRequest {
-                    page_size: 1000,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .jobs
-        }
+        Err(_) => all_jobs(&admin).await.unwrap(),
     };
     let replicas = wait_for(
         "the replicas to converge",
@@ -273,16 +280,7 @@ async fn t80_seeded_fault_schedules_keep_every_invariant() {
     let mut all = Vec::new();
     for seed in seeds {
         let s = run(seed, faults::schedule(seed, 3, &["a1", "a2"], 10)).await;
-        eprintln!(
-            "schedule seed {}: {} faults, {} submits ({} acknowledged), {} reads, {} job events, {} violations",
-            s.seed,
-            s.faults,
-            s.submits,
-            s.acknowledged,
-            s.reads,
-            s.events,
-            s.violations.len()
-        );
+        eprintln!("schedule seed {}: {s}", s.seed);
         all.push(s);
     }
     let violations: Vec<(u64, &Violation)> = all
@@ -307,15 +305,7 @@ async fn t80_named_scenarios_keep_every_invariant() {
     for (i, name) in faults::SCENARIOS.iter().enumerate() {
         let schedule = faults::named(name).unwrap();
         let s = run(i as u64, schedule).await;
-        eprintln!(
-            "scenario {name}: {} faults, {} submits ({} acknowledged), {} reads, {} job events, {} violations",
-            s.faults,
-            s.submits,
-            s.acknowledged,
-            s.reads,
-            s.events,
-            s.violations.len()
-        );
+        eprintln!("scenario {name}: {s}");
         assert!(
             s.violations.is_empty(),
             "scenario {name}: {:#?}",

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use cluster_tests::bench::{machine, percentile_ms};
 use cluster_tests::{Cluster, Timings, wait_for};
 use gantry_client::{Client, ClientOptions, api};
 use tokio::sync::Barrier;
@@ -27,14 +28,6 @@ fn spec() -> api::JobSpec {
         argv: vec!["/bin/true".into()],
         ..Default::default()
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1e3
 }
 
 /// `clients` concurrent clients, each sending `requests` submits of `batch` jobs.
@@ -73,8 +66,8 @@ async fn submit_load(
     lat.sort();
     Ok(Figures {
         jobs_per_s: (clients * requests * batch) as f64 / elapsed.as_secs_f64(),
-        p50_ms: percentile(&lat, 0.5),
-        p99_ms: percentile(&lat, 0.99),
+        p50_ms: percentile_ms(&lat, 0.5),
+        p99_ms: percentile_ms(&lat, 0.99),
     })
 }
 
@@ -113,20 +106,6 @@ async fn failover_once(cluster: &mut Cluster) -> anyhow::Result<Duration> {
     )
     .await?;
     Ok(took)
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cores} cores, {cpu}")
 }
 
 #[tokio::main]

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cluster_tests::bench::{machine, percentile_ms};
 use cluster_tests::{Cluster, Timings};
 use gantry_client::{Client, ClientOptions, api};
 use gantry_proto::transport::Transport;
@@ -102,13 +103,6 @@ fn spec() -> api::JobSpec {
     }
 }
 
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e3
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let agents = arg("--agents", 100);
@@ -186,8 +180,9 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = start.elapsed();
+    println!("machine: {}", machine());
     println!(
-        "3 replicas + {agents} simulated agents (real streams) + load generator, one 2-core machine, plaintext"
+        "3 replicas + {agents} simulated agents (real streams) + load generator on this machine, plaintext"
     );
     println!(
         "end-to-end (submit -> assigned -> agent no-op -> result committed): {submitted} tasks in {:.2} s = {:.0} tasks/s",
@@ -197,9 +192,9 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "dispatch latency (submit acknowledged -> agent has the Assign), {} single submits: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         latency.len(),
-        pct(&latency, 0.5),
-        pct(&latency, 0.99),
-        pct(&latency, 1.0)
+        percentile_ms(&latency, 0.5),
+        percentile_ms(&latency, 0.99),
+        percentile_ms(&latency, 1.0)
     );
     println!(
         "baseline on this kind of machine: Slurm about 60 trivial jobs/s (79/s at best), 565 ms submit->start median"

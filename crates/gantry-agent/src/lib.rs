@@ -338,8 +338,11 @@ async fn handle(shared: &Arc<Shared>, msg: Option<ServerMsg>) {
 async fn start(shared: &Arc<Shared>, token: AttemptToken, spec: JobSpec) {
     let k = key(&token);
     let mut running = shared.running.lock().await;
+    // Assignments are level-triggered: one running or finished is not started
+    // again. `unacked` is checked while `running` is held because a finishing
+    // attempt enters `unacked` before it leaves `running`.
     if running.contains_key(&k) || shared.unacked.lock().await.contains_key(&k) {
-        return; // already running or already finished: assignments are level-triggered
+        return;
     }
     let (cancel_tx, cancel) = oneshot::channel();
     let exec = executor::Execution {

@@ -148,7 +148,7 @@ impl State {
         // Decide everything first so that a rejected batch changes nothing.
         let mut results = Vec::with_capacity(jobs.len());
         let mut batch_keys: BTreeMap<&str, (&JobId, JobSpec)> = BTreeMap::new();
-        let mut batch_ids: BTreeMap<&str, ()> = BTreeMap::new();
+        let mut batch_ids: BTreeSet<&str> = BTreeSet::new();
         let mut to_insert = Vec::with_capacity(jobs.len());
         for (position, new) in jobs.iter().enumerate() {
             let spec = new.spec.clone().normalized();
@@ -185,7 +185,7 @@ impl State {
                 });
                 continue;
             }
-            if self.jobs.contains_key(&new.id) || batch_ids.insert(&new.id, ()).is_some() {
+            if self.jobs.contains_key(&new.id) || !batch_ids.insert(&new.id) {
                 return Err(SubmitError::DuplicateId {
                     position,
                     id: new.id.clone(),
@@ -288,6 +288,11 @@ impl State {
 
     pub fn job(&self, id: &str) -> Option<&Job> {
         self.jobs.get(id)
+    }
+
+    /// Jobs changed by entries after `index` (in id order).
+    pub fn jobs_changed_after(&self, index: u64) -> impl Iterator<Item = &Job> {
+        self.jobs.values().filter(move |j| j.modify_index > index)
     }
 
     pub fn job_count(&self) -> usize {

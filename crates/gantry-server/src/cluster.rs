@@ -13,11 +13,11 @@ use gantry_proto::v1::{
 };
 use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers};
-use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::auth;
 use crate::deadline::deadline;
+use crate::forward::{FORWARDED, forwarded, leader_channel};
 use crate::internal::{local_status, state_digest};
 use crate::replica::Replica;
 
@@ -25,8 +25,6 @@ use crate::replica::Replica;
 const STATUS_PROBE_TIMEOUT: Duration = Duration::from_millis(1_000);
 /// Membership changes wait for a new replica to catch up, so they get longer.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
-/// Marks a request a replica forwarded to the leader, so it is never forwarded twice.
-pub(crate) const FORWARDED: &str = "x-gantry-forwarded";
 
 pub struct ClusterApi {
     pub(crate) replica: Arc<Replica>,
@@ -112,34 +110,6 @@ impl ClusterApi {
             Err(_) => Err(Status::deadline_exceeded("no answer within 1s")),
         }
     }
-
-    /// The leader's public client if this replica is not the leader; `None` on the leader.
-    async fn leader_client<T>(
-        &self,
-        req: &Request<T>,
-        deadline: Instant,
-    ) -> Result<Option<ClusterServiceClient<tonic::transport::Channel>>, Status> {
-        let (leader, addr) = self.replica.leader(deadline).await?;
-        if leader == self.replica.id {
-            return Ok(None);
-        }
-        if req.metadata().contains_key(FORWARDED) {
-            return Err(Status::unavailable(
-                "leadership moved while the request was forwarded; retry",
-            ));
-        }
-        Ok(Some(ClusterServiceClient::new(
-            self.replica.peers.channel(&addr).await?,
-        )))
-    }
-}
-
-pub(crate) fn forwarded<T>(msg: T, deadline: Instant) -> Request<T> {
-    let mut req = Request::new(msg);
-    req.set_timeout(deadline.saturating_duration_since(Instant::now()));
-    req.metadata_mut()
-        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-    req
 }
 
 /// Cluster changes come from clients, or from a replica forwarding one.
@@ -177,8 +147,8 @@ impl ClusterService for ClusterApi {
             "ClusterService.AddReplica",
         )?;
         let deadline = deadline(&req, MEMBERSHIP_TIMEOUT);
-        if let Some(mut leader) = self.leader_client(&req, deadline).await? {
-            return leader
+        if let Some(ch) = leader_channel(&self.replica, &req, deadline).await? {
+            return ClusterServiceClient::new(ch)
                 .add_replica(forwarded(req.into_inner(), deadline))
                 .await;
         }
@@ -243,8 +213,8 @@ impl ClusterService for ClusterApi {
             "ClusterService.RemoveReplica",
         )?;
         let deadline = deadline(&req, MEMBERSHIP_TIMEOUT);
-        if let Some(mut leader) = self.leader_client(&req, deadline).await? {
-            return leader
+        if let Some(ch) = leader_channel(&self.replica, &req, deadline).await? {
+            return ClusterServiceClient::new(ch)
                 .remove_replica(forwarded(req.into_inner(), deadline))
                 .await;
         }

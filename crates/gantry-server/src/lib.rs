@@ -14,6 +14,7 @@ mod convert;
 mod deadline;
 mod dispatch;
 mod error;
+mod forward;
 mod internal;
 mod jobs;
 mod leader;

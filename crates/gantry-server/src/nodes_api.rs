@@ -12,9 +12,9 @@ use tonic::{Request, Response, Status};
 
 use crate::auth;
 use crate::clock::now_ms;
-use crate::cluster::{FORWARDED, forwarded};
 use crate::convert::{eligibility_from_api, node_to_api};
 use crate::deadline::deadline;
+use crate::forward::{forwarded, leader_channel};
 use crate::replica::Replica;
 
 pub struct NodeApi {
@@ -29,25 +29,15 @@ impl NodeService for NodeApi {
     ) -> Result<Response<ListNodesResponse>, Status> {
         auth::require(&self.replica, &req, auth::READ, "list_nodes")?;
         let deadline = deadline(&req, self.replica.config.request_timeout());
-        let was_forwarded = req.metadata().contains_key(FORWARDED);
-        let req = req.into_inner();
-        let mut on_leader = false;
-        if !req.stale {
+        let on_leader = !req.get_ref().stale;
+        if on_leader {
             // The leader knows when every agent last spoke: answer from there.
-            let (leader, addr) = self.replica.leader(deadline).await?;
-            if leader != self.replica.id {
-                if was_forwarded {
-                    return Err(Status::unavailable(
-                        "leadership moved while forwarding; retry",
-                    ));
-                }
-                let channel = self.replica.peers.channel(&addr).await?;
-                return NodeServiceClient::new(channel)
-                    .list_nodes(forwarded(req, deadline))
+            if let Some(ch) = leader_channel(&self.replica, &req, deadline).await? {
+                return NodeServiceClient::new(ch)
+                    .list_nodes(forwarded(req.into_inner(), deadline))
                     .await;
             }
             self.replica.read_barrier(deadline).await?;
-            on_leader = true;
         }
         let mut nodes: Vec<gantry_proto::v1::Node> = self
             .replica

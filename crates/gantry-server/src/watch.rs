@@ -35,24 +35,16 @@ pub async fn watch_jobs(
         let events: Vec<JobEvent> = replica
             .state
             .read(|s, _| {
+                let event = |j: &gantry_core::Job| JobEvent {
+                    index: j.modify_index,
+                    job: Some(job_to_api(j, true)),
+                };
                 let mut changed: Vec<JobEvent> = if job_id.is_empty() {
-                    s.list_jobs(&Default::default(), None, usize::MAX)
-                        .jobs
-                        .iter()
-                        .filter(|j| j.modify_index > cursor)
-                        .filter_map(|j| s.job(&j.id))
-                        .map(|j| JobEvent {
-                            index: j.modify_index,
-                            job: Some(job_to_api(j, true)),
-                        })
-                        .collect()
+                    s.jobs_changed_after(cursor).map(event).collect()
                 } else {
                     s.job(&job_id)
                         .filter(|j| j.modify_index > cursor)
-                        .map(|j| JobEvent {
-                            index: j.modify_index,
-                            job: Some(job_to_api(j, true)),
-                        })
+                        .map(event)
                         .into_iter()
                         .collect()
                 };

@@ -13,6 +13,40 @@ use openraft::async_runtime::WatchReceiver;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
+fn fast_timings() -> RaftTimings {
+    RaftTimings {
+        heartbeat_ms: 50,
+        election_timeout_min_ms: 300,
+        election_timeout_max_ms: 600,
+        snapshot_every: 50,
+    }
+}
+
+/// A plaintext replica configuration for an in-process test.
+fn test_config(
+    id: u64,
+    listener: &TcpListener,
+    peers: BTreeMap<u64, String>,
+    dir: &std::path::Path,
+    join: bool,
+    raft: RaftTimings,
+) -> ServerConfig {
+    ServerConfig {
+        id,
+        listen: listener.local_addr().unwrap(),
+        peers,
+        data_dir: dir.to_owned(),
+        raft,
+        join,
+        request_timeout_ms: 3_000,
+        node_grace_ms: 10_000,
+        tls: None,
+        insecure: true,
+        submit_rate: 2_000,
+        submit_burst: 4_000,
+    }
+}
+
 struct TestCluster {
     handles: BTreeMap<u64, ServerHandle>,
     _dirs: Vec<tempfile::TempDir>,
@@ -33,25 +67,14 @@ impl TestCluster {
         let mut dirs = Vec::new();
         for (id, listener) in listeners {
             let dir = tempfile::tempdir().unwrap();
-            let config = ServerConfig {
+            let config = test_config(
                 id,
-                listen: listener.local_addr().unwrap(),
-                peers: peers.clone(),
-                data_dir: dir.path().to_owned(),
-                raft: RaftTimings {
-                    heartbeat_ms: 50,
-                    election_timeout_min_ms: 300,
-                    election_timeout_max_ms: 600,
-                    snapshot_every: 50,
-                },
-                join: false,
-                request_timeout_ms: 3_000,
-                node_grace_ms: 10_000,
-                tls: None,
-                insecure: true,
-                submit_rate: 2_000,
-                submit_burst: 4_000,
-            };
+                &listener,
+                peers.clone(),
+                dir.path(),
+                false,
+                fast_timings(),
+            );
             handles.insert(id, start_on(config, listener).await.unwrap());
             dirs.push(dir);
         }
@@ -250,20 +273,14 @@ async fn t40_add_and_remove_a_replica() {
         .map(|(id, h)| (*id, h.addr.to_string()))
         .collect();
     peers.insert(4, addr.clone());
-    let config = ServerConfig {
-        id: 4,
-        listen: listener.local_addr().unwrap(),
+    let config = test_config(
+        4,
+        &listener,
         peers,
-        data_dir: dir.path().to_owned(),
-        raft: RaftTimings::default(),
-        join: true,
-        request_timeout_ms: 3_000,
-        node_grace_ms: 10_000,
-        tls: None,
-        insecure: true,
-        submit_rate: 2_000,
-        submit_burst: 4_000,
-    };
+        dir.path(),
+        true,
+        RaftTimings::default(),
+    );
     cluster
         .handles
         .insert(4, start_on(config, listener).await.unwrap());

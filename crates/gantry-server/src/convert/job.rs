@@ -4,6 +4,8 @@ use gantry_core as core;
 use gantry_proto::v1 as api;
 use tonic::Status;
 
+use super::node::resources_to_api;
+
 pub fn spec_from_api(s: api::JobSpec) -> core::JobSpec {
     let r = s.resources.unwrap_or_default();
     core::JobSpec {
@@ -33,11 +35,7 @@ pub fn spec_to_api(s: &core::JobSpec) -> api::JobSpec {
         argv: s.argv.clone(),
         env: s.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         working_dir: s.working_dir.clone(),
-        resources: Some(api::Resources {
-            cpu_millis: s.resources.cpu_millis,
-            memory_mib: s.resources.memory_mib,
-            gpus: s.resources.gpus,
-        }),
+        resources: Some(resources_to_api(&s.resources)),
         constraints: s
             .constraints
             .iter()

@@ -4,7 +4,7 @@ use gantry_core as core;
 use gantry_proto::v1 as api;
 use tonic::Status;
 
-fn resources_to_api(r: &core::Resources) -> api::Resources {
+pub(super) fn resources_to_api(r: &core::Resources) -> api::Resources {
     api::Resources {
         cpu_millis: r.cpu_millis,
         memory_mib: r.memory_mib,
