@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use gantry_client::api;
 
+pub use crate::linearizable::JobVersion;
+use crate::linearizable::{self, JobModel, JobOp, Timed, Verdict};
+
 /// How an operation ended, as its client saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome<T> {
@@ -24,6 +27,8 @@ pub struct SubmitOp {
     pub complete: Duration,
     /// The job id on success.
     pub outcome: Outcome<String>,
+    /// The log index the submit was committed at (0 unless acknowledged).
+    pub index: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -31,8 +36,17 @@ pub struct ReadOp {
     pub job_id: String,
     pub invoke: Duration,
     pub complete: Duration,
-    /// The job's modify index as read.
-    pub outcome: Outcome<u64>,
+    /// The job's version as read ([`JobVersion::ABSENT`] for NotFound).
+    pub outcome: Outcome<JobVersion>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CancelOp {
+    pub job_id: String,
+    pub invoke: Duration,
+    pub complete: Duration,
+    /// The job as the cancel left it.
+    pub outcome: Outcome<JobVersion>,
 }
 
 /// Everything recorded during a run.
@@ -40,6 +54,7 @@ pub struct ReadOp {
 pub struct History {
     pub submits: Vec<SubmitOp>,
     pub reads: Vec<ReadOp>,
+    pub cancels: Vec<CancelOp>,
     /// Every job state a watcher saw, in the order it saw them.
     pub observed: Vec<api::JobEvent>,
 }
@@ -131,47 +146,66 @@ pub fn two_live_attempts(observed: &[api::JobEvent]) -> Vec<Violation> {
     out
 }
 
-/// Reads never go back in time: a read that began after another read of the
-/// same job completed must not see an older version of it.
-pub fn stale_reads(h: &History) -> Vec<Violation> {
-    let mut by_job: BTreeMap<&str, Vec<&ReadOp>> = BTreeMap::new();
+/// The model of a job in the API's terms.
+pub fn job_model() -> JobModel {
+    JobModel {
+        terminal: |s| {
+            matches!(
+                api::JobState::try_from(s),
+                Ok(api::JobState::Complete | api::JobState::Failed | api::JobState::Cancelled)
+            )
+        },
+        cancelled: api::JobState::Cancelled as i32,
+    }
+}
+
+/// Reads, submits and cancels of each job are linearizable (a Wing–Gong
+/// search per job, see [`linearizable`]): reads never go back in time, never
+/// miss an acknowledged submit, and agree with what acknowledged cancels
+/// returned. Operations with unknown outcomes are left out (they may or may
+/// not have happened; the model already allows unseen writers).
+pub fn linearizable(h: &History) -> Vec<Violation> {
+    let mut by_job: BTreeMap<String, Vec<Timed<JobOp>>> = BTreeMap::new();
+    for s in &h.submits {
+        if let Outcome::Ok(id) = &s.outcome {
+            by_job.entry(id.clone()).or_default().push(Timed {
+                invoke: s.invoke,
+                complete: s.complete,
+                op: JobOp::Create { index: s.index },
+            });
+        }
+    }
     for r in &h.reads {
-        if matches!(r.outcome, Outcome::Ok(_)) {
-            by_job.entry(&r.job_id).or_default().push(r);
+        if let Outcome::Ok(version) = r.outcome {
+            by_job.entry(r.job_id.clone()).or_default().push(Timed {
+                invoke: r.invoke,
+                complete: r.complete,
+                op: JobOp::Read(version),
+            });
         }
     }
-    let mut out = Vec::new();
-    for (job, mut reads) in by_job {
-        reads.sort_by_key(|r| r.invoke);
-        // The newest version any read that completed before `r` began saw.
-        let mut done: Vec<(Duration, u64)> = reads
-            .iter()
-            .filter_map(|r| match r.outcome {
-                Outcome::Ok(i) => Some((r.complete, i)),
-                _ => None,
-            })
-            .collect();
-        done.sort();
-        for r in &reads {
-            let Outcome::Ok(seen) = r.outcome else {
-                continue;
+    for c in &h.cancels {
+        if let Outcome::Ok(version) = c.outcome {
+            by_job.entry(c.job_id.clone()).or_default().push(Timed {
+                invoke: c.invoke,
+                complete: c.complete,
+                op: JobOp::Cancel(version),
+            });
+        }
+    }
+    linearizable::check_jobs(&job_model(), by_job)
+        .into_iter()
+        .map(|(job, verdict, ops)| {
+            let what = match verdict {
+                Verdict::GaveUp { steps } => format!("undecided after {steps} steps"),
+                _ => "no order explains it".to_string(),
             };
-            let newest_before = done
-                .iter()
-                .take_while(|(c, _)| *c < r.invoke)
-                .map(|(_, i)| *i)
-                .max();
-            if let Some(before) = newest_before
-                && seen < before
-            {
-                out.push(v(
-                    "read went back in time",
-                    format!("job {job}: a read at {:?} saw index {seen}, an earlier completed read saw {before}", r.invoke),
-                ));
-            }
-        }
-    }
-    out
+            v(
+                "not linearizable",
+                format!("job {job}: {what}; operations: {ops:?}"),
+            )
+        })
+        .collect()
 }
 
 /// Invariant 4: after faults heal, every job is terminal.
@@ -255,6 +289,7 @@ mod tests {
                 invoke: ms(1),
                 complete: ms(2),
                 outcome: Outcome::Ok("j1".into()),
+                index: 3,
             }],
             ..History::default()
         };
@@ -267,6 +302,7 @@ mod tests {
                 invoke: ms(1),
                 complete: ms(2),
                 outcome: Outcome::Unknown("timeout".into()),
+                index: 0,
             }],
             ..History::default()
         };
@@ -295,23 +331,60 @@ mod tests {
 
     #[test]
     fn t10_catches_a_stale_read() {
-        let read = |inv, comp, idx| ReadOp {
+        let running = api::JobState::Running as i32;
+        let read = |inv, comp, index| ReadOp {
             job_id: "j".into(),
             invoke: ms(inv),
             complete: ms(comp),
-            outcome: Outcome::Ok(idx),
+            outcome: Outcome::Ok(JobVersion {
+                index,
+                state: running,
+            }),
+        };
+        let submit = SubmitOp {
+            client: 0,
+            invoke: ms(0),
+            complete: ms(1),
+            outcome: Outcome::Ok("j".into()),
+            index: 5,
         };
         let h = History {
+            submits: vec![submit.clone()],
             reads: vec![read(1, 2, 10), read(3, 4, 7)],
             ..History::default()
         };
-        assert_eq!(stale_reads(&h).len(), 1);
+        assert_eq!(linearizable(&h).len(), 1);
         // Overlapping reads may see either order.
         let h = History {
+            submits: vec![submit.clone()],
             reads: vec![read(1, 5, 10), read(3, 4, 7)],
             ..History::default()
         };
-        assert!(stale_reads(&h).is_empty());
+        assert!(linearizable(&h).is_empty());
+        // A read older than the acknowledged submit itself.
+        let h = History {
+            submits: vec![submit.clone()],
+            reads: vec![read(2, 3, 4)],
+            ..History::default()
+        };
+        assert_eq!(linearizable(&h).len(), 1);
+        // An acknowledged cancel, then a read that still sees it running.
+        let cancelled = api::JobState::Cancelled as i32;
+        let h = History {
+            submits: vec![submit],
+            cancels: vec![CancelOp {
+                job_id: "j".into(),
+                invoke: ms(2),
+                complete: ms(3),
+                outcome: Outcome::Ok(JobVersion {
+                    index: 9,
+                    state: cancelled,
+                }),
+            }],
+            reads: vec![read(4, 5, 12)],
+            ..History::default()
+        };
+        assert_eq!(linearizable(&h).len(), 1);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod checkers;
 pub mod faults;
+pub mod linearizable;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use cluster_tests::checkers::{self, History, Outcome, ReadOp, SubmitOp, Violation};
+use cluster_tests::checkers::{
+    self, CancelOp, History, JobVersion, Outcome, ReadOp, SubmitOp, Violation,
+};
 use cluster_tests::faults::{self, Fault};
 use cluster_tests::{Cluster, Timings, wait_for};
 use gantry_client::{Client, ClientError, ClientOptions, api};
@@ -30,6 +32,18 @@ fn outcome<T>(r: Result<T, ClientError>) -> Outcome<T> {
             Some(_) => Outcome::Fail(e.to_string()),
         },
     }
+}
+
+fn version(j: &api::Job) -> JobVersion {
+    JobVersion {
+        index: j.modify_index,
+        state: j.state,
+    }
+}
+
+/// The job the last read was about.
+async fn op_job(history: &Mutex<History>) -> Option<String> {
+    history.lock().await.reads.last().map(|r| r.job_id.clone())
 }
 
 fn quick_client(cluster: &Cluster, rotate: usize) -> Client {
@@ -81,6 +95,7 @@ struct Summary {
     submits: usize,
     acknowledged: usize,
     reads: usize,
+    cancels: usize,
     events: usize,
     violations: Vec<Violation>,
 }
@@ -89,11 +104,12 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} faults, {} submits ({} acknowledged), {} reads, {} job events, {} violations",
+            "{} faults, {} submits ({} acknowledged), {} reads, {} cancels, {} job events, {} violations",
             self.faults,
             self.submits,
             self.acknowledged,
             self.reads,
+            self.cancels,
             self.events,
             self.violations.len()
         )
@@ -130,12 +146,14 @@ async fn run(seed: u64, schedule: Vec<Fault>) -> Summary {
                 let r = client
                     .submit_jobs(vec![spec])
                     .await
-                    .map(|r| r.jobs[0].job_id.clone());
+                    .map(|r| (r.jobs[0].job_id.clone(), r.commit_index));
+                let index = r.as_ref().map(|(_, i)| *i).unwrap_or(0);
                 let op = SubmitOp {
                     client: c,
                     invoke,
                     complete: start.elapsed(),
-                    outcome: outcome(r),
+                    outcome: outcome(r.map(|(id, _)| id)),
+                    index,
                 };
                 history.lock().await.submits.push(op);
             }
@@ -164,7 +182,10 @@ async fn run(seed: u64, schedule: Vec<Fault>) -> Summary {
                     continue;
                 };
                 let invoke = start.elapsed();
-                let r = client.get_job(&job_id, false).await.map(|j| j.modify_index);
+                let r = match client.get_job(&job_id, false).await {
+                    Err(e) if e.code() == Some(tonic::Code::NotFound) => Ok(JobVersion::ABSENT),
+                    r => r.map(|j| version(&j)),
+                };
                 let op = ReadOp {
                     job_id,
                     invoke,
@@ -172,6 +193,20 @@ async fn run(seed: u64, schedule: Vec<Fault>) -> Summary {
                     outcome: outcome(r),
                 };
                 history.lock().await.reads.push(op);
+                // Now and then, cancel the job just read.
+                if n % 7 == 0 {
+                    let job_id = op_job(&history).await;
+                    let Some(job_id) = job_id else { continue };
+                    let invoke = start.elapsed();
+                    let r = client.cancel_job(&job_id, "fault test").await;
+                    let op = CancelOp {
+                        job_id,
+                        invoke,
+                        complete: start.elapsed(),
+                        outcome: outcome(r.map(|j| version(&j))),
+                    };
+                    history.lock().await.cancels.push(op);
+                }
             }
         }));
     }
@@ -231,7 +266,7 @@ async fn run(seed: u64, schedule: Vec<Fault>) -> Summary {
     violations.extend(checkers::lost_submits(&h, &ids));
     violations.extend(checkers::double_results(&h.observed));
     violations.extend(checkers::two_live_attempts(&h.observed));
-    violations.extend(checkers::stale_reads(&h));
+    violations.extend(checkers::linearizable(&h));
     violations.extend(checkers::not_terminal(&final_jobs));
     violations.extend(checkers::diverged(&replicas));
     if !violations.is_empty() {
@@ -253,6 +288,7 @@ async fn run(seed: u64, schedule: Vec<Fault>) -> Summary {
             .filter(|s| matches!(s.outcome, Outcome::Ok(_)))
             .count(),
         reads: h.reads.len(),
+        cancels: h.cancels.len(),
         events: h.observed.len(),
         violations,
     }
@@ -291,7 +327,9 @@ async fn t80_seeded_fault_schedules_keep_every_invariant() {
         "summary: {} schedules, {} faults, {} operations, {} violations",
         all.len(),
         all.iter().map(|s| s.faults).sum::<usize>(),
-        all.iter().map(|s| s.submits + s.reads).sum::<usize>(),
+        all.iter()
+            .map(|s| s.submits + s.reads + s.cancels)
+            .sum::<usize>(),
         violations.len()
     );
     assert!(
