@@ -10,6 +10,7 @@ pub mod bench;
 pub mod checkers;
 pub mod faults;
 pub mod linearizable;
+pub mod sim;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -194,7 +194,7 @@ async fn run(seed: u64, schedule: Vec<Fault>) -> Summary {
                 };
                 history.lock().await.reads.push(op);
                 // Now and then, cancel the job just read.
-                if n % 7 == 0 {
+                if n.is_multiple_of(7) {
                     let job_id = op_job(&history).await;
                     let Some(job_id) = job_id else { continue };
                     let invoke = start.elapsed();

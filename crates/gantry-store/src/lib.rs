@@ -12,6 +12,9 @@ use std::path::Path;
 pub use log_store::LogStore;
 pub use state_machine::{StateMachineStore, StateReader};
 
+use openraft::impls::leader_id_adv::LeaderId;
+use openraft::vote::RaftLeaderId;
+
 openraft::declare_raft_types!(
     /// Gantry's Raft type configuration: node ids are `u64` replica ids,
     /// nodes carry the replica's address, the payload is a core `Command`.
@@ -19,6 +22,57 @@ openraft::declare_raft_types!(
         D = gantry_core::Command,
         R = gantry_core::Outcome,
 );
+
+/// Any Raft type configuration the store can serve: Gantry's payload and
+/// openraft's default id, vote and entry types, with the runtime left open.
+/// Production uses [`TypeConfig`] (tokio); the deterministic simulation plugs
+/// in a runtime with a seeded random source, over this same storage.
+pub trait StoreConfig:
+    openraft::RaftTypeConfig<
+        D = gantry_core::Command,
+        R = gantry_core::Outcome,
+        NodeId = u64,
+        Node = openraft::impls::BasicNode,
+        Term = u64,
+        LeaderId = LeaderId<u64, u64>,
+        Vote = openraft::impls::Vote<LeaderId<u64, u64>>,
+        Entry = openraft::Entry<
+            <LeaderId<u64, u64> as RaftLeaderId>::Committed,
+            openraft::EntryPayload<gantry_core::Command, u64, openraft::impls::BasicNode>,
+        >,
+    >
+{
+}
+
+impl<C> StoreConfig for C where
+    C: openraft::RaftTypeConfig<
+            D = gantry_core::Command,
+            R = gantry_core::Outcome,
+            NodeId = u64,
+            Node = openraft::impls::BasicNode,
+            Term = u64,
+            LeaderId = LeaderId<u64, u64>,
+            Vote = openraft::impls::Vote<LeaderId<u64, u64>>,
+            Entry = openraft::Entry<
+                <LeaderId<u64, u64> as RaftLeaderId>::Committed,
+                openraft::EntryPayload<gantry_core::Command, u64, openraft::impls::BasicNode>,
+            >,
+        >
+{
+}
+
+/// When a write counts as done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Appends, votes and snapshots are flushed to disk before openraft is
+    /// told they are done (production).
+    Fsync,
+    /// Writes reach the process's sled cache only: they survive the store
+    /// being dropped and reopened in the same process, which is all a
+    /// simulated crash does. For the deterministic simulation only, where
+    /// waiting on disk threads would make time depend on the machine.
+    Process,
+}
 
 pub type ReplicaId = u64;
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
@@ -31,6 +85,14 @@ pub type Raft = openraft::Raft<TypeConfig, StateMachineStore>;
 
 /// Opens (or creates) the replica's storage in `dir`.
 pub fn open(dir: &Path) -> io::Result<(LogStore, StateMachineStore)> {
+    open_with(dir, Durability::Fsync)
+}
+
+/// [`open`] for any [`StoreConfig`], with the durability asked for.
+pub fn open_with<C: StoreConfig>(
+    dir: &Path,
+    durability: Durability,
+) -> io::Result<(LogStore<C>, StateMachineStore<C>)> {
     std::fs::create_dir_all(dir)?;
     let db = sled::Config::new()
         .path(dir.join("raft.sled"))
@@ -39,8 +101,18 @@ pub fn open(dir: &Path) -> io::Result<(LogStore, StateMachineStore)> {
         .flush_every_ms(None)
         .open()
         .map_err(to_io)?;
-    let log = LogStore::new(&db)?;
-    let sm = StateMachineStore::new(&db)?;
+    from_db(&db, durability)
+}
+
+/// The stores over an already open sled database: what a restart sees when
+/// it reopens the same data. The simulation keeps a replica's database
+/// across its simulated crashes and rebuilds the stores from it.
+pub fn from_db<C: StoreConfig>(
+    db: &sled::Db,
+    durability: Durability,
+) -> io::Result<(LogStore<C>, StateMachineStore<C>)> {
+    let log = LogStore::new(db, durability)?;
+    let sm = StateMachineStore::new(db, durability)?;
     Ok((log, sm))
 }
 

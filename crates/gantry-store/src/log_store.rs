@@ -6,7 +6,9 @@ use std::ops::{Bound, RangeBounds};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 
-use crate::{Entry, LogId, TypeConfig, Vote, to_io};
+use std::marker::PhantomData;
+
+use crate::{Durability, Entry, LogId, StoreConfig, TypeConfig, Vote, to_io};
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
@@ -14,11 +16,24 @@ const LAST_PURGED: &[u8] = b"last_purged";
 
 /// The log store. Clones share the same sled trees, so a reader handed out
 /// before an append sees the appended entries.
-#[derive(Clone)]
-pub struct LogStore {
+pub struct LogStore<C = TypeConfig> {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
+    durability: Durability,
+    config: PhantomData<fn() -> C>,
+}
+
+impl<C> Clone for LogStore<C> {
+    fn clone(&self) -> Self {
+        Self {
+            db: self.db.clone(),
+            log: self.log.clone(),
+            meta: self.meta.clone(),
+            durability: self.durability,
+            config: PhantomData,
+        }
+    }
 }
 
 fn key(index: u64) -> [u8; 8] {
@@ -35,12 +50,14 @@ fn encode<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
 
 // === impl LogStore ===
 
-impl LogStore {
-    pub(crate) fn new(db: &sled::Db) -> io::Result<Self> {
+impl<C> LogStore<C> {
+    pub(crate) fn new(db: &sled::Db, durability: Durability) -> io::Result<Self> {
         Ok(Self {
             db: db.clone(),
             log: db.open_tree("log").map_err(to_io)?,
             meta: db.open_tree("log_meta").map_err(to_io)?,
+            durability,
+            config: PhantomData,
         })
     }
 
@@ -57,12 +74,14 @@ impl LogStore {
     }
 
     async fn flush(&self) -> io::Result<()> {
-        self.db.flush_async().await.map_err(to_io)?;
+        if self.durability == Durability::Fsync {
+            self.db.flush_async().await.map_err(to_io)?;
+        }
         Ok(())
     }
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
+impl<C: StoreConfig> RaftLogReader<C> for LogStore<C> {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
@@ -88,10 +107,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
-impl RaftLogStorage<TypeConfig> for LogStore {
+impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
     type LogReader = Self;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+    async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
         let last_purged_log_id: Option<LogId> = self.get_meta(LAST_PURGED)?;
         let last = match self.log.last().map_err(to_io)? {
             Some((_, v)) => Some(decode::<Entry>(&v)?.log_id),
@@ -121,11 +140,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.get_meta::<Option<LogId>>(COMMITTED)?.flatten())
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: IOFlushed<TypeConfig>,
-    ) -> Result<(), io::Error>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,

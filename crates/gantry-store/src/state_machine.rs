@@ -10,7 +10,11 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
-use crate::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, to_io};
+use std::marker::PhantomData;
+
+use crate::{
+    Durability, LogId, Snapshot, SnapshotMeta, StoreConfig, StoredMembership, TypeConfig, to_io,
+};
 
 const SNAPSHOT_META: &[u8] = b"meta";
 const SNAPSHOT_DATA: &[u8] = b"data";
@@ -34,11 +38,24 @@ struct SnapshotFile {
 }
 
 /// The state machine store. Clones share state; the snapshot builder is a clone.
-#[derive(Clone)]
-pub struct StateMachineStore {
+pub struct StateMachineStore<C = TypeConfig> {
     applied: Arc<RwLock<Applied>>,
     snapshots: sled::Tree,
     db: sled::Db,
+    durability: Durability,
+    config: PhantomData<fn() -> C>,
+}
+
+impl<C> Clone for StateMachineStore<C> {
+    fn clone(&self) -> Self {
+        Self {
+            applied: self.applied.clone(),
+            snapshots: self.snapshots.clone(),
+            db: self.db.clone(),
+            durability: self.durability,
+            config: PhantomData,
+        }
+    }
 }
 
 /// Read access to the applied state, for serving reads.
@@ -59,13 +76,15 @@ impl StateReader {
 
 // === impl StateMachineStore ===
 
-impl StateMachineStore {
-    pub(crate) fn new(db: &sled::Db) -> io::Result<Self> {
+impl<C> StateMachineStore<C> {
+    pub(crate) fn new(db: &sled::Db, durability: Durability) -> io::Result<Self> {
         let snapshots = db.open_tree("snapshot").map_err(to_io)?;
         let store = Self {
             applied: Arc::default(),
             snapshots,
             db: db.clone(),
+            durability,
+            config: PhantomData,
         };
         // Start from the last snapshot; openraft re-applies the log after it.
         if let Some(data) = store.snapshots.get(SNAPSHOT_DATA).map_err(to_io)? {
@@ -91,7 +110,7 @@ fn decode_snapshot(data: &[u8]) -> io::Result<Applied> {
     })
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+impl<C: StoreConfig> RaftSnapshotBuilder<C> for StateMachineStore<C> {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
@@ -117,18 +136,20 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     }
 }
 
-impl StateMachineStore {
+impl<C> StateMachineStore<C> {
     async fn save(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
         let mut batch = sled::Batch::default();
         batch.insert(SNAPSHOT_META, serde_json::to_vec(meta).map_err(to_io)?);
         batch.insert(SNAPSHOT_DATA, data);
         self.snapshots.apply_batch(batch).map_err(to_io)?;
-        self.db.flush_async().await.map_err(to_io)?;
+        if self.durability == Durability::Fsync {
+            self.db.flush_async().await.map_err(to_io)?;
+        }
         Ok(())
     }
 }
 
-impl RaftStateMachine<TypeConfig> for StateMachineStore {
+impl<C: StoreConfig> RaftStateMachine<C> for StateMachineStore<C> {
     type SnapshotData = Vec<u8>;
     type SnapshotBuilder = Self;
 
@@ -139,7 +160,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
     where
-        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + Send,
+        Strm: Stream<Item = Result<EntryResponder<C>, io::Error>> + Unpin + Send,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
             let outcome = {

@@ -1,0 +1,772 @@
+//! Deterministic simulation: replicas (openraft over Gantry's sled storage
+//! and state machine, with the leader's scheduling and liveness loops),
+//! agents and clients run in one thread under tokio's paused clock, talking
+//! over a simulated network with seeded loss, delay, partitions and
+//! crashes. Every source of randomness — openraft's election timeouts
+//! (through openraft's `DeterministicRng` runtime), the network, the fault
+//! schedule, the workload, the agents — comes from the one seed, so a seed
+//! replays exactly; [`Report::fingerprint`] proves it.
+//!
+//! What is simulated rather than real: gRPC (the network is in-process
+//! calls with delays), the agent's processes (a timer), disk durability (a
+//! crash keeps what the process wrote, as SIGKILL does). The real-process
+//! tests (t80) cover those.
+
+pub mod agent;
+pub mod invariants;
+pub mod net;
+pub mod replica;
+pub mod runtime;
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use gantry_client::api;
+use gantry_core::{JobSpec, JobState, NewJob, Resources};
+use gantry_store::StateMachineStore;
+use openraft::AsyncRuntime;
+use openraft::async_runtime::WatchReceiver;
+use openraft::rt::deterministic_rng::DeterministicRng;
+use openraft_rt_tokio::TokioRuntime;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::checkers::{CancelOp, History, JobVersion, Outcome, ReadOp, SubmitOp, Violation};
+use agent::{Agent, Disk};
+use net::Net;
+use replica::Replica;
+
+openraft::declare_raft_types!(
+    /// Gantry's Raft types with a runtime whose random numbers come from the
+    /// simulation's seed.
+    pub SimConfig:
+        D = gantry_core::Command,
+        R = gantry_core::Outcome,
+        AsyncRuntime = runtime::SimRuntime,
+);
+
+pub type SimRaft = openraft::Raft<SimConfig, StateMachineStore<SimConfig>>;
+
+/// Spawns a task that inherits a seed derived from its parent's.
+pub fn spawn<F>(f: F) -> JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    <runtime::SimRuntime as AsyncRuntime>::spawn(f)
+}
+
+/// Wall-clock milliseconds as the simulation sees them: a fixed epoch plus
+/// virtual time, so commands carry the same timestamps on every replay.
+pub fn now_ms() -> u64 {
+    const EPOCH_MS: u64 = 1_800_000_000_000;
+    let start = START.with(|s| s.get()).unwrap_or_else(Instant::now);
+    EPOCH_MS + u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+thread_local! {
+    /// When the current run began (each run has its own runtime and thread).
+    static START: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// What one run does; everything but `fault_ms` is drawn from the seed.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Virtual milliseconds of faults and load before healing.
+    pub fault_ms: u64,
+    /// Virtual milliseconds allowed for every job to end after healing.
+    pub settle_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            fault_ms: 12_000,
+            settle_ms: 90_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Params {
+    pub replicas: u64,
+    pub agents: usize,
+    pub clients: usize,
+    pub loss: f64,
+    pub max_delay_ms: u64,
+}
+
+/// The result of one seed.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub seed: u64,
+    pub params: Params,
+    pub faults: Vec<String>,
+    pub submits: usize,
+    pub acknowledged: usize,
+    pub reads: usize,
+    pub cancels: usize,
+    pub messages: u64,
+    pub dropped: u64,
+    pub stale_reports: u64,
+    pub duplicates_sent: u64,
+    pub violations: Vec<Violation>,
+    /// A hash of everything observable (history, faults, final state): two
+    /// runs of one seed must give the same.
+    pub fingerprint: u64,
+    pub virtual_ms: u64,
+    /// The final state's nodes and unfinished tasks, for a failing seed.
+    pub final_state: Vec<String>,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "seed {}: {} replicas, {} agents, loss {:.3}, delay ≤{} ms; {} faults; {} submits ({} acked), {} reads, {} cancels; {} messages ({} dropped); {} stale reports fenced ({} duplicates sent); {} violations; {:.1} s simulated; fingerprint {:016x}",
+            self.seed,
+            self.params.replicas,
+            self.params.agents,
+            self.params.loss,
+            self.params.max_delay_ms,
+            self.faults.len(),
+            self.submits,
+            self.acknowledged,
+            self.reads,
+            self.cancels,
+            self.messages,
+            self.dropped,
+            self.stale_reports,
+            self.duplicates_sent,
+            self.violations.len(),
+            self.virtual_ms as f64 / 1000.0,
+            self.fingerprint,
+        )
+    }
+}
+
+/// Runs one seed to the end, on a fresh single-threaded runtime with time
+/// paused (it advances only when every task waits).
+pub fn run(seed: u64, opts: &Options) -> Report {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return failed(seed, format!("could not build a runtime: {e}")),
+    };
+    let report = rt.block_on(DeterministicRng::<TokioRuntime>::scope(
+        seed,
+        simulate(seed, opts.clone()),
+    ));
+    rt.shutdown_background();
+    report
+}
+
+fn failed(seed: u64, why: String) -> Report {
+    Report {
+        seed,
+        params: Params {
+            replicas: 0,
+            agents: 0,
+            clients: 0,
+            loss: 0.0,
+            max_delay_ms: 0,
+        },
+        faults: Vec::new(),
+        submits: 0,
+        acknowledged: 0,
+        reads: 0,
+        cancels: 0,
+        messages: 0,
+        dropped: 0,
+        stale_reports: 0,
+        duplicates_sent: 0,
+        violations: vec![Violation {
+            invariant: "simulation ran",
+            detail: why,
+        }],
+        fingerprint: 0,
+        virtual_ms: 0,
+        final_state: Vec::new(),
+    }
+}
+
+fn api_state(s: JobState) -> i32 {
+    (match s {
+        JobState::Pending => api::JobState::Pending,
+        JobState::Running => api::JobState::Running,
+        JobState::Complete => api::JobState::Complete,
+        JobState::Failed => api::JobState::Failed,
+        JobState::Cancelled => api::JobState::Cancelled,
+    }) as i32
+}
+
+/// A simulated agent: its task (when running), its disk, its incarnation.
+type AgentSlot = (Option<JoinHandle<()>>, Arc<Mutex<Disk>>, u64);
+
+struct World {
+    net: Net,
+    dbs: BTreeMap<u64, sled::Db>,
+    replicas: BTreeMap<u64, Arc<Replica>>,
+    agents: BTreeMap<usize, AgentSlot>,
+    ids: Vec<u64>,
+    rng: StdRng,
+}
+
+impl World {
+    async fn start_replica(&mut self, id: u64) -> Result<(), String> {
+        let db = self
+            .dbs
+            .get(&id)
+            .ok_or_else(|| format!("no data for replica {id}"))?;
+        let r = Replica::start(id, db, &self.net).await?;
+        self.net.set_up(id, Some(r.clone())).await;
+        self.replicas.insert(id, r);
+        Ok(())
+    }
+
+    async fn crash_replica(&mut self, id: u64) {
+        if let Some(r) = self.replicas.remove(&id) {
+            self.net.set_up(id, None).await;
+            r.crash().await;
+        }
+    }
+
+    fn start_agent(&mut self, k: usize) {
+        let Some((handle, disk, incarnation)) = self.agents.get_mut(&k) else {
+            return;
+        };
+        *incarnation += 1;
+        let agent = Agent {
+            node_id: format!("node-{k}"),
+            endpoint: 1_000 + k as u64,
+            replicas: self.ids.clone(),
+            net: self.net.clone(),
+            disk: disk.clone(),
+            rng: StdRng::seed_from_u64(self.rng.random()),
+            incarnation: *incarnation,
+        };
+        *handle = Some(spawn(agent.run()));
+    }
+
+    fn crash_agent(&mut self, k: usize) {
+        if let Some(a) = self.agents.get_mut(&k)
+            && let Some(h) = a.0.take()
+        {
+            h.abort();
+        }
+    }
+
+    async fn leader(&self) -> Option<Arc<Replica>> {
+        for r in self.replicas.values() {
+            let m = r.raft().metrics().borrow_watched().clone();
+            if m.state.is_leader() && m.current_leader == Some(r.id) {
+                return Some(r.clone());
+            }
+        }
+        None
+    }
+}
+
+async fn simulate(seed: u64, opts: Options) -> Report {
+    let start = Instant::now();
+    START.with(|s| s.set(Some(start)));
+    let mut rng = StdRng::seed_from_u64(seed);
+    let params = Params {
+        replicas: if rng.random_bool(0.25) { 5 } else { 3 },
+        agents: rng.random_range(2..=3),
+        clients: 3,
+        loss: if rng.random_bool(0.5) {
+            rng.random_range(0.0..0.03)
+        } else {
+            0.0
+        },
+        max_delay_ms: rng.random_range(2..=40),
+    };
+    let net = Net::new(rng.random(), params.loss, 1, params.max_delay_ms);
+    let ids: Vec<u64> = (1..=params.replicas).collect();
+    let mut dbs = BTreeMap::new();
+    for id in &ids {
+        match sled::Config::new().temporary(true).open() {
+            Ok(db) => {
+                dbs.insert(*id, db);
+            }
+            Err(e) => return failed(seed, format!("sled: {e}")),
+        }
+    }
+    let mut world = World {
+        net: net.clone(),
+        dbs,
+        replicas: BTreeMap::new(),
+        agents: BTreeMap::new(),
+        ids: ids.clone(),
+        rng: StdRng::seed_from_u64(rng.random()),
+    };
+    for id in &ids {
+        if let Err(e) = world.start_replica(*id).await {
+            return failed(seed, format!("replica {id} did not start: {e}"));
+        }
+    }
+    if let Err(e) = world.replicas[&1].initialize(&ids).await {
+        return failed(seed, format!("bootstrap: {e}"));
+    }
+    for k in 0..params.agents {
+        world
+            .agents
+            .insert(k, (None, Arc::new(Mutex::new(Disk::default())), 0));
+        world.start_agent(k);
+    }
+
+    // The monitor: every replica's state, sampled on a fixed virtual period.
+    let invariants = Arc::new(Mutex::new(invariants::all()));
+    let monitor = {
+        let (net, invariants) = (net.clone(), invariants.clone());
+        spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut n = 0u64;
+            loop {
+                tick.tick().await;
+                n += 1;
+                let at_ms = start.elapsed().as_millis() as u64;
+                for r in net.up_replicas().await {
+                    let applied_log_id = r
+                        .raft()
+                        .metrics()
+                        .borrow_watched()
+                        .last_applied
+                        .map(|l| (l.index, l.to_string()));
+                    let mut inv = invariants.lock().await;
+                    r.read_state(|state, applied| {
+                        let digest = n.is_multiple_of(5).then(|| digest(state));
+                        let o = invariants::Observation {
+                            replica: r.id,
+                            at_ms,
+                            applied,
+                            applied_log_id: applied_log_id.clone(),
+                            state,
+                            digest,
+                        };
+                        for i in inv.iter_mut() {
+                            i.observe(&o);
+                        }
+                    })
+                    .await;
+                }
+            }
+        })
+    };
+
+    // The workload.
+    let history = Arc::new(Mutex::new(History::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..params.clients {
+        let client = Client {
+            c,
+            net: net.clone(),
+            ids: ids.clone(),
+            rng: StdRng::seed_from_u64(rng.random()),
+            history: history.clone(),
+            start,
+        };
+        clients.push(spawn(client.run(stop.clone())));
+    }
+
+    // The faults.
+    let mut faults = Vec::new();
+    let minority = (params.replicas as usize - 1) / 2;
+    let mut down: Vec<u64> = Vec::new();
+    let mut agents_down: Vec<usize> = Vec::new();
+    while start.elapsed() < Duration::from_millis(opts.fault_ms) {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..1_500))).await;
+        let at = start.elapsed().as_millis();
+        let leader = world.leader().await.map(|l| l.id);
+        let pick = rng.random_range(0..100);
+        let what = match pick {
+            0..=19 if down.len() < minority => {
+                let up: Vec<u64> = ids.iter().copied().filter(|i| !down.contains(i)).collect();
+                let victim = if rng.random_bool(0.5) {
+                    leader.unwrap_or(up[0])
+                } else {
+                    up[rng.random_range(0..up.len())]
+                };
+                world.crash_replica(victim).await;
+                down.push(victim);
+                format!("crash replica {victim}")
+            }
+            0..=34 if !down.is_empty() => {
+                let id = down.remove(rng.random_range(0..down.len()));
+                match world.start_replica(id).await {
+                    Ok(()) => format!("restart replica {id}"),
+                    Err(e) => format!("restart replica {id} failed: {e}"),
+                }
+            }
+            35..=44 => {
+                let Some(l) = leader else { continue };
+                let others: Vec<u64> = ids.iter().copied().filter(|i| *i != l).collect();
+                net.cut(&[l], &others).await;
+                net.cut(&others, &[l]).await;
+                format!("isolate leader {l}")
+            }
+            45..=52 => {
+                let Some(l) = leader else { continue };
+                let others: Vec<u64> = ids.iter().copied().filter(|i| *i != l).collect();
+                if rng.random_bool(0.5) {
+                    net.cut(&[l], &others).await;
+                    format!("one-way: leader {l} cannot send")
+                } else {
+                    net.cut(&others, &[l]).await;
+                    format!("one-way: leader {l} cannot receive")
+                }
+            }
+            53..=62 => {
+                let mut shuffled = ids.clone();
+                for i in (1..shuffled.len()).rev() {
+                    shuffled.swap(i, rng.random_range(0..=i));
+                }
+                let (minor, major) = shuffled.split_at(minority.max(1));
+                net.cut(minor, major).await;
+                net.cut(major, minor).await;
+                format!("split {minor:?} from {major:?}")
+            }
+            63..=74 => {
+                net.heal().await;
+                "heal partitions".to_string()
+            }
+            75..=84 if agents_down.len() + 1 < params.agents => {
+                let k = rng.random_range(0..params.agents);
+                if agents_down.contains(&k) {
+                    continue;
+                }
+                world.crash_agent(k);
+                agents_down.push(k);
+                format!("crash agent node-{k}")
+            }
+            75..=89 if !agents_down.is_empty() => {
+                let k = agents_down.remove(0);
+                world.start_agent(k);
+                format!("restart agent node-{k}")
+            }
+            90..=99 => {
+                let mut s = net.state().await;
+                s.loss = if s.loss > params.loss {
+                    params.loss
+                } else {
+                    0.2
+                };
+                format!("message loss now {:.2}", s.loss)
+            }
+            _ => continue,
+        };
+        faults.push(format!("{at} ms: {what}"));
+    }
+
+    // Heal everything, stop the load, let the cluster finish its work.
+    net.heal().await;
+    net.state().await.loss = params.loss;
+    for id in std::mem::take(&mut down) {
+        if let Err(e) = world.start_replica(id).await {
+            faults.push(format!("restart replica {id} failed: {e}"));
+        }
+    }
+    for k in std::mem::take(&mut agents_down) {
+        world.start_agent(k);
+    }
+    faults.push(format!("{} ms: healed", start.elapsed().as_millis()));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.await;
+    }
+    let settle_until = Instant::now() + Duration::from_millis(opts.settle_ms);
+    let final_state = loop {
+        let settled = match world.leader().await {
+            Some(l) => {
+                let mut applied = Vec::new();
+                for r in world.replicas.values() {
+                    applied.push(r.raft().metrics().borrow_watched().last_applied);
+                }
+                let same = applied.windows(2).all(|w| w[0] == w[1]);
+                let done = l
+                    .read_state(|s, _| s.jobs_changed_after(0).all(|j| j.state.is_terminal()))
+                    .await;
+                (same && done).then_some(l)
+            }
+            None => None,
+        };
+        if let Some(l) = settled {
+            break Some(l);
+        }
+        if Instant::now() >= settle_until {
+            break world.leader().await;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // One last sample of every replica, now that they agree.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    monitor.abort();
+
+    let h = history.lock().await.clone();
+    let mut violations = Vec::new();
+    let (final_digest, stale_reports, described) = match &final_state {
+        Some(l) => {
+            l.read_state(|s, _| {
+                let end = invariants::End {
+                    history: &h,
+                    state: s,
+                };
+                let mut inv = invariants.try_lock();
+                if let Ok(inv) = inv.as_mut() {
+                    for i in inv.iter_mut() {
+                        violations.extend(i.finish(&end));
+                    }
+                }
+                (digest(s), s.stale_reports(), describe(s))
+            })
+            .await
+        }
+        None => {
+            violations.push(Violation {
+                invariant: "a leader after healing",
+                detail: format!("no leader {} ms after healing", opts.settle_ms),
+            });
+            (0, 0, Vec::new())
+        }
+    };
+    let mut duplicates_sent = 0;
+    for (_, disk, _) in world.agents.values() {
+        duplicates_sent += disk.lock().await.duplicates_sent;
+    }
+    for k in 0..params.agents {
+        world.crash_agent(k);
+    }
+    for id in ids {
+        world.crash_replica(id).await;
+    }
+    let (messages, dropped) = {
+        let s = net.state().await;
+        (s.delivered, s.dropped)
+    };
+    let violations_found = !violations.is_empty();
+    let mut fp = std::collections::hash_map::DefaultHasher::new();
+    // Error texts are left out: openraft's may carry wall-clock times.
+    for op in &h.submits {
+        (
+            op.client,
+            op.invoke,
+            op.complete,
+            key(&op.outcome),
+            op.index,
+        )
+            .hash(&mut fp);
+    }
+    for op in &h.reads {
+        (&op.job_id, op.invoke, op.complete, key(&op.outcome)).hash(&mut fp);
+    }
+    for op in &h.cancels {
+        (&op.job_id, op.invoke, op.complete, key(&op.outcome)).hash(&mut fp);
+    }
+    faults.hash(&mut fp);
+    final_digest.hash(&mut fp);
+    (messages, dropped).hash(&mut fp);
+    Report {
+        seed,
+        params,
+        faults,
+        submits: h.submits.len(),
+        acknowledged: h
+            .submits
+            .iter()
+            .filter(|s| matches!(s.outcome, Outcome::Ok(_)))
+            .count(),
+        reads: h.reads.len(),
+        cancels: h.cancels.len(),
+        messages,
+        dropped,
+        stale_reports,
+        duplicates_sent,
+        violations,
+        fingerprint: fp.finish(),
+        virtual_ms: start.elapsed().as_millis() as u64,
+        final_state: if violations_found {
+            described
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// Nodes and unfinished tasks, one line each.
+fn describe(s: &gantry_core::State) -> Vec<String> {
+    let mut out: Vec<String> = s
+        .nodes()
+        .map(|n| {
+            format!(
+                "node {}: {:?} {:?} session {:?} live {:?}",
+                n.id(),
+                n.status,
+                n.eligibility,
+                n.session.as_ref().map(|x| (&x.id, x.replica)),
+                s.live_attempts(n.id()).collect::<Vec<_>>()
+            )
+        })
+        .collect();
+    for j in s.jobs_changed_after(0).filter(|j| !j.state.is_terminal()) {
+        for t in &j.tasks {
+            out.push(format!(
+                "job {} task {}: {:?} not before {} attempts {:?}",
+                j.id,
+                t.index,
+                t.state,
+                t.not_before_ms,
+                t.attempts
+                    .iter()
+                    .map(|a| (a.number, &a.node_id, a.state, a.cancel_requested))
+                    .collect::<Vec<_>>()
+            ));
+        }
+    }
+    out
+}
+
+/// An outcome without its error text.
+fn key<T: std::fmt::Debug>(o: &Outcome<T>) -> String {
+    match o {
+        Outcome::Ok(v) => format!("ok {v:?}"),
+        Outcome::Fail(_) => "fail".into(),
+        Outcome::Unknown(_) => "unknown".into(),
+    }
+}
+
+fn digest(s: &gantry_core::State) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    s.to_snapshot().unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
+/// A client: submits, reads and cancels through random replicas.
+struct Client {
+    c: usize,
+    net: Net,
+    ids: Vec<u64>,
+    rng: StdRng,
+    history: Arc<Mutex<History>>,
+    start: Instant,
+}
+
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Client {
+    fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    async fn run(mut self, stop: Arc<AtomicBool>) {
+        let me = 2_000 + self.c as u64;
+        let mut n = 0u64;
+        let mut acked: Vec<String> = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(self.rng.random_range(10..200))).await;
+            let to = self.ids[self.rng.random_range(0..self.ids.len())];
+            let op = self.rng.random_range(0..100);
+            let invoke = self.elapsed();
+            let inner = CLIENT_TIMEOUT - Duration::from_millis(300);
+            if op < 55 || acked.is_empty() {
+                n += 1;
+                let id = format!("j{}-{n}", self.c);
+                let job = NewJob {
+                    id: id.clone(),
+                    spec: JobSpec {
+                        argv: vec!["sim".into()],
+                        resources: Resources {
+                            cpu_millis: 500,
+                            memory_mib: 64,
+                            gpus: 0,
+                        },
+                        ..JobSpec::default()
+                    }
+                    .normalized(),
+                };
+                let r = self
+                    .net
+                    .call(me, to, CLIENT_TIMEOUT, |r| async move {
+                        r.submit(job, Instant::now() + inner).await
+                    })
+                    .await;
+                let (outcome, index) = match r {
+                    Ok(Ok(index)) => {
+                        acked.push(id.clone());
+                        (Outcome::Ok(id), index)
+                    }
+                    Ok(Err(e)) => (Outcome::Unknown(e), 0),
+                    Err(e) => (Outcome::Unknown(e.to_string()), 0),
+                };
+                let op = SubmitOp {
+                    client: self.c,
+                    invoke,
+                    complete: self.elapsed(),
+                    outcome,
+                    index,
+                };
+                self.history.lock().await.submits.push(op);
+            } else if op < 90 {
+                let job_id = acked[self.rng.random_range(0..acked.len())].clone();
+                let id = job_id.clone();
+                let r = self
+                    .net
+                    .call(me, to, CLIENT_TIMEOUT, |r| async move {
+                        r.get_job(&id, Instant::now() + inner).await
+                    })
+                    .await;
+                let outcome = match r {
+                    Ok(Ok(Some((index, state)))) => Outcome::Ok(JobVersion {
+                        index,
+                        state: api_state(state),
+                    }),
+                    Ok(Ok(None)) => Outcome::Ok(JobVersion::ABSENT),
+                    Ok(Err(e)) => Outcome::Unknown(e),
+                    Err(e) => Outcome::Unknown(e.to_string()),
+                };
+                let op = ReadOp {
+                    job_id,
+                    invoke,
+                    complete: self.elapsed(),
+                    outcome,
+                };
+                self.history.lock().await.reads.push(op);
+            } else {
+                let job_id = acked[self.rng.random_range(0..acked.len())].clone();
+                let id = job_id.clone();
+                let r = self
+                    .net
+                    .call(me, to, CLIENT_TIMEOUT, |r| async move {
+                        r.cancel(id, Instant::now() + inner).await
+                    })
+                    .await;
+                let outcome = match r {
+                    Ok(Ok(Ok((index, state)))) => Outcome::Ok(JobVersion {
+                        index,
+                        state: api_state(state),
+                    }),
+                    Ok(Ok(Err(e))) => Outcome::Fail(e),
+                    Ok(Err(e)) => Outcome::Unknown(e),
+                    Err(e) => Outcome::Unknown(e.to_string()),
+                };
+                let op = CancelOp {
+                    job_id,
+                    invoke,
+                    complete: self.elapsed(),
+                    outcome,
+                };
+                self.history.lock().await.cancels.push(op);
+            }
+        }
+    }
+}
