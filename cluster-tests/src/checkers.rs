@@ -27,7 +27,8 @@ pub struct SubmitOp {
     pub complete: Duration,
     /// The job id on success.
     pub outcome: Outcome<String>,
-    /// The log index the submit was committed at (0 unless acknowledged).
+    /// The log index the job was created at: 0 unless acknowledged, and 0
+    /// when the submit was a retry that found the job already created.
     pub index: u64,
 }
 

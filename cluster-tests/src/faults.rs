@@ -18,6 +18,30 @@ pub enum Fault {
     KillLeader,
     /// Restart every replica that is down.
     RestartDown,
+    /// Partitions (replicas in network namespaces only): cut the leader
+    /// off from every other replica, both ways.
+    IsolateLeader,
+    /// Cut a minority (one of three, two of five) off from the rest.
+    SplitMinority,
+    /// The leader's packets to the other replicas are dropped (one way).
+    LeaderCannotSend,
+    /// Packets to the leader from the other replicas are dropped (one way).
+    LeaderCannotReceive,
+    /// Remove every cut.
+    Heal,
+}
+
+impl Fault {
+    pub fn is_partition(&self) -> bool {
+        matches!(
+            self,
+            Fault::IsolateLeader
+                | Fault::SplitMinority
+                | Fault::LeaderCannotSend
+                | Fault::LeaderCannotReceive
+                | Fault::Heal
+        )
+    }
 }
 
 /// The named scenarios, each a fixed schedule.
@@ -40,10 +64,29 @@ pub fn named(name: &str) -> Option<Vec<Fault>> {
                 ]
             })
             .collect(),
+        "leader-isolated" => (0..2)
+            .flat_map(|_| [IsolateLeader, Wait(3_000), Heal, Wait(1_500)])
+            .collect(),
+        "minority-split" => (0..2)
+            .flat_map(|_| [SplitMinority, Wait(3_000), Heal, Wait(1_500)])
+            .collect(),
+        "one-way" => vec![
+            LeaderCannotSend,
+            Wait(3_000),
+            Heal,
+            Wait(1_500),
+            LeaderCannotReceive,
+            Wait(3_000),
+            Heal,
+            Wait(1_500),
+        ],
         _ => return None,
     };
     Some(s)
 }
+
+/// Scenarios that need replicas in network namespaces.
+pub const PARTITION_SCENARIOS: &[&str] = &["leader-isolated", "minority-split", "one-way"];
 
 pub const SCENARIOS: &[&str] = &["leader-kill-loop", "rolling-restart", "agent-flapping"];
 

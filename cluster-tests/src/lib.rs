@@ -10,6 +10,7 @@ pub mod bench;
 pub mod checkers;
 pub mod faults;
 pub mod linearizable;
+pub mod netns;
 pub mod sim;
 
 use std::collections::BTreeMap;
@@ -72,6 +73,8 @@ pub struct Cluster {
     peers: String,
     timings: Timings,
     bin: PathBuf,
+    /// Replicas in their own network namespaces (partitions possible).
+    netns: Option<netns::Netns>,
     dir: tempfile::TempDir,
 }
 
@@ -143,22 +146,84 @@ where
 impl Cluster {
     /// Starts `n` replicas (plaintext, `--insecure`) and waits for a leader.
     pub async fn start(n: usize, timings: Timings) -> anyhow::Result<Self> {
-        Self::start_with(n, timings, false).await
+        Self::start_with(n, timings, false, false).await
+    }
+
+    /// Starts `n` replicas each in its own network namespace, so that
+    /// [`Cluster::cut`] and [`Cluster::split`] can partition them. Where
+    /// namespaces cannot be made (not root, no `ip`), falls back to
+    /// loopback, says so on stderr, and [`Cluster::partitionable`] is false.
+    pub async fn start_partitionable(n: usize, timings: Timings) -> anyhow::Result<Self> {
+        Self::start_with(n, timings, false, true).await
+    }
+
+    pub fn partitionable(&self) -> bool {
+        self.netns.is_some()
+    }
+
+    /// Drops every packet replica `from` sends to replica `to`.
+    pub fn cut(&self, from: u64, to: u64) -> anyhow::Result<()> {
+        self.netns
+            .as_ref()
+            .context("partitions need network namespaces")?
+            .cut(from, to)
+    }
+
+    /// Cuts both ways between the two groups of replicas.
+    pub fn split(&self, a: &[u64], b: &[u64]) -> anyhow::Result<()> {
+        self.netns
+            .as_ref()
+            .context("partitions need network namespaces")?
+            .split(a, b)
+    }
+
+    /// Removes every cut.
+    pub fn heal(&self) -> anyhow::Result<()> {
+        match &self.netns {
+            Some(n) => n.heal(),
+            None => Ok(()),
+        }
     }
 
     /// Starts `n` replicas with mTLS under a CA made for this cluster.
     pub async fn start_secure(n: usize, timings: Timings) -> anyhow::Result<Self> {
-        Self::start_with(n, timings, true).await
+        Self::start_with(n, timings, true, false).await
     }
 
-    async fn start_with(n: usize, timings: Timings, secure: bool) -> anyhow::Result<Self> {
+    async fn start_with(
+        n: usize,
+        timings: Timings,
+        secure: bool,
+        partitionable: bool,
+    ) -> anyhow::Result<Self> {
         let bin = gantry_bin()?;
         let mut dir = tempfile::Builder::new()
             .prefix("gantry-cluster-")
             .tempdir()?;
         // GANTRY_KEEP_TEST_DIRS=1 keeps data and logs for a post-mortem.
         dir.disable_cleanup(std::env::var_os("GANTRY_KEEP_TEST_DIRS").is_some());
-        let addrs = free_addrs(n)?;
+        let ids: Vec<u64> = (1..=n as u64).collect();
+        let netns = if partitionable {
+            match netns::Netns::create(&ids) {
+                Ok(ns) => Some(ns),
+                Err(e) => {
+                    eprintln!(
+                        "network namespaces unavailable ({e:#}): replicas run on loopback and partition faults are skipped"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut addrs = free_addrs(n)?;
+        if let Some(ns) = &netns {
+            // Each namespace has its own address; the ports stay unique anyway.
+            for (a, id) in addrs.iter_mut().zip(&ids) {
+                let port = a.rsplit(':').next().unwrap_or("0").to_owned();
+                *a = format!("{}:{port}", ns.ip(*id));
+            }
+        }
         let peers = addrs
             .iter()
             .enumerate()
@@ -194,6 +259,7 @@ impl Cluster {
             peers,
             timings,
             bin,
+            netns,
             dir,
         };
         let ids: Vec<u64> = cluster.replicas.keys().copied().collect();
@@ -280,7 +346,15 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(&r.log)?;
-        let child = Command::new(&self.bin)
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(&ns.exec(id)[1..]).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
+        let child = cmd
             .arg("server")
             .args([
                 "--id",

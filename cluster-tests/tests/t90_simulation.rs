@@ -123,3 +123,22 @@ fn t90_a_seed_replays_exactly() {
     let c = sim::run(seed + 1, &opts);
     assert_ne!(a.fingerprint, c.fingerprint);
 }
+
+#[test]
+fn t90_a_planted_stale_read_is_caught() {
+    // Replicas that skip the read barrier serve stale versions from
+    // partitioned or lagging replicas; the linearizability checker must see it.
+    let opts = Options {
+        plant: Some(sim::Plant::StaleReads),
+        ..Options::default()
+    };
+    let caught = (0..20u64)
+        .map(|seed| sim::run(seed, &opts))
+        .filter(|r| {
+            r.violations
+                .iter()
+                .any(|v| v.invariant == "not linearizable")
+        })
+        .count();
+    assert!(caught > 0, "20 seeds with stale reads planted, none caught");
+}

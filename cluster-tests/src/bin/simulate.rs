@@ -10,7 +10,7 @@ use cluster_tests::sim::{self, Options, Report};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: simulate [--seed N | --seeds N [--start S]] [--threads T] [--fault-ms MS] [--verbose]"
+        "usage: simulate [--seed N | --seeds N [--start S]] [--threads T] [--fault-ms MS] [--verbose] [--plant-stale-reads]"
     );
     std::process::exit(64)
 }
@@ -33,6 +33,7 @@ fn main() {
             "--threads" => threads = num(args.next()).max(1),
             "--fault-ms" => opts.fault_ms = num(args.next()),
             "--verbose" => verbose = true,
+            "--plant-stale-reads" => opts.plant = Some(sim::Plant::StaleReads),
             _ => usage(),
         }
     }

@@ -82,6 +82,16 @@ pub struct Options {
     pub fault_ms: u64,
     /// Virtual milliseconds allowed for every job to end after healing.
     pub settle_ms: u64,
+    /// A bug to plant, to show the checkers catch it.
+    pub plant: Option<Plant>,
+}
+
+/// Bugs the simulation can plant in its replicas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plant {
+    /// Reads are served from the replica's local state without a read
+    /// barrier: a partitioned or lagging replica returns old versions.
+    StaleReads,
 }
 
 impl Default for Options {
@@ -89,6 +99,7 @@ impl Default for Options {
         Options {
             fault_ms: 12_000,
             settle_ms: 90_000,
+            plant: None,
         }
     }
 }
@@ -213,6 +224,7 @@ fn api_state(s: JobState) -> i32 {
 type AgentSlot = (Option<JoinHandle<()>>, Arc<Mutex<Disk>>, u64);
 
 struct World {
+    stale_reads: bool,
     net: Net,
     dbs: BTreeMap<u64, sled::Db>,
     replicas: BTreeMap<u64, Arc<Replica>>,
@@ -227,7 +239,7 @@ impl World {
             .dbs
             .get(&id)
             .ok_or_else(|| format!("no data for replica {id}"))?;
-        let r = Replica::start(id, db, &self.net).await?;
+        let r = Replica::start(id, db, &self.net, self.stale_reads).await?;
         self.net.set_up(id, Some(r.clone())).await;
         self.replicas.insert(id, r);
         Ok(())
@@ -303,6 +315,7 @@ async fn simulate(seed: u64, opts: Options) -> Report {
         }
     }
     let mut world = World {
+        stale_reads: opts.plant == Some(Plant::StaleReads),
         net: net.clone(),
         dbs,
         replicas: BTreeMap::new(),

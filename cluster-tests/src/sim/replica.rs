@@ -60,11 +60,19 @@ pub struct Replica {
     /// On the leader: node → when some replica last reported its session.
     liveness: Mutex<BTreeMap<String, Instant>>,
     loops: Mutex<Vec<JoinHandle<()>>>,
+    /// A planted bug (tests of the checkers only): reads skip the read
+    /// barrier and serve this replica's possibly stale state.
+    stale_reads: bool,
 }
 
 impl Replica {
     /// Starts a replica over `db` (its data, kept across simulated crashes).
-    pub async fn start(id: u64, db: &sled::Db, net: &Net) -> SimResult<Arc<Self>> {
+    pub async fn start(
+        id: u64,
+        db: &sled::Db,
+        net: &Net,
+        stale_reads: bool,
+    ) -> SimResult<Arc<Self>> {
         let (log, sm): (_, StateMachineStore<SimConfig>) =
             gantry_store::from_db(db, Durability::Process).map_err(|e| e.to_string())?;
         let reader = sm.reader();
@@ -83,6 +91,7 @@ impl Replica {
             sessions: Mutex::default(),
             liveness: Mutex::default(),
             loops: Mutex::default(),
+            stale_reads,
         });
         let mut loops = replica.loops.lock().await;
         loops.push(spawn(supervise(replica.clone())));
@@ -237,7 +246,9 @@ impl Replica {
         id: &str,
         deadline: Instant,
     ) -> SimResult<Option<(u64, gantry_core::JobState)>> {
-        self.read_barrier(deadline).await?;
+        if !self.stale_reads {
+            self.read_barrier(deadline).await?;
+        }
         Ok(self
             .reader
             .read(|s, _| s.job(id).map(|j| (j.modify_index, j.state)))
