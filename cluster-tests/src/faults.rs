@@ -29,6 +29,12 @@ pub enum Fault {
     LeaderCannotReceive,
     /// Remove every cut.
     Heal,
+    /// SIGKILL a replica, delete its data, start it again with `--join`: it
+    /// comes back empty and is caught up by snapshot.
+    WipeAndRejoin(u64),
+    /// Membership change under load: remove a follower from the cluster,
+    /// wipe it, start it with `--join` and add it back (learner, then voter).
+    ReplaceFollower,
 }
 
 impl Fault {
@@ -64,6 +70,9 @@ pub fn named(name: &str) -> Option<Vec<Fault>> {
                 ]
             })
             .collect(),
+        "membership-change" => (0..2)
+            .flat_map(|_| [ReplaceFollower, Wait(1_500)])
+            .collect(),
         "leader-isolated" => (0..2)
             .flat_map(|_| [IsolateLeader, Wait(3_000), Heal, Wait(1_500)])
             .collect(),
@@ -88,7 +97,12 @@ pub fn named(name: &str) -> Option<Vec<Fault>> {
 /// Scenarios that need replicas in network namespaces.
 pub const PARTITION_SCENARIOS: &[&str] = &["leader-isolated", "minority-split", "one-way"];
 
-pub const SCENARIOS: &[&str] = &["leader-kill-loop", "rolling-restart", "agent-flapping"];
+pub const SCENARIOS: &[&str] = &[
+    "leader-kill-loop",
+    "rolling-restart",
+    "agent-flapping",
+    "membership-change",
+];
 
 /// A schedule for `replicas` replicas and `agents` agents, `steps` long. At
 /// most a minority of replicas is down or paused at any time (one of three),
@@ -111,7 +125,12 @@ pub fn schedule(seed: u64, replicas: u64, agents: &[&str], steps: usize) -> Vec<
                         break id;
                     }
                 };
-                if rng.random_bool(0.6) {
+                let p: f64 = rng.random();
+                if p < 0.15 {
+                    // Killed, wiped and back within the step: never more
+                    // than a minority without its data at once.
+                    out.push(Fault::WipeAndRejoin(id));
+                } else if p < 0.6 {
                     down.push(id);
                     out.push(Fault::KillReplica(id));
                 } else {

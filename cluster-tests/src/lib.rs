@@ -54,6 +54,8 @@ pub struct Replica {
     pub addr: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// Started with `--join`: never bootstraps, waits to be contacted.
+    join: bool,
     child: Option<Child>,
 }
 
@@ -240,6 +242,7 @@ impl Cluster {
                     addr,
                     data_dir: dir.path().join(format!("replica-{id}")),
                     log: dir.path().join(format!("replica-{id}.log")),
+                    join: false,
                     child: None,
                 },
             );
@@ -364,6 +367,7 @@ impl Cluster {
                 "--peers",
                 &self.peers,
             ])
+            .args(r.join.then_some("--join"))
             .arg("--data-dir")
             .arg(&r.data_dir)
             .args(["--heartbeat-ms", &t.heartbeat_ms.to_string()])
@@ -469,6 +473,14 @@ impl Cluster {
 
     /// Starts a stopped replica again with the same data directory.
     pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        self.spawn(id)
+    }
+
+    /// Starts a stopped replica with `--join`, as the operations guide does
+    /// for a replica whose data was lost: it never bootstraps a cluster of
+    /// its own and waits for the leader to catch it up.
+    pub fn restart_joining(&mut self, id: u64) -> anyhow::Result<()> {
+        self.replicas.get_mut(&id).context("no such replica")?.join = true;
         self.spawn(id)
     }
 

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use anyhow::Context;
+
 use cluster_tests::checkers::{
     self, CancelOp, History, JobVersion, Outcome, ReadOp, SubmitOp, Violation,
 };
@@ -101,6 +103,25 @@ async fn apply(cluster: &mut Cluster, f: &Fault) -> anyhow::Result<()> {
             Ok(())
         }
         Fault::Heal => cluster.heal(),
+        Fault::WipeAndRejoin(id) => {
+            if cluster.pid(*id).is_some() {
+                cluster.kill(*id).await?;
+            }
+            cluster.wipe(*id)?;
+            cluster.restart_joining(*id)
+        }
+        Fault::ReplaceFollower => {
+            let leader = cluster.leader().await?;
+            let id = *cluster.others(leader).first().context("no follower")?;
+            let addr = cluster.replicas[&id].addr.clone();
+            let admin = cluster.client(&[leader])?;
+            admin.remove_replica(id).await?;
+            cluster.kill(id).await?;
+            cluster.wipe(id)?;
+            cluster.restart_joining(id)?;
+            admin.add_replica(id, &addr).await?;
+            Ok(())
+        }
         Fault::RestartDown => {
             let down: Vec<u64> = cluster
                 .replicas
