@@ -52,6 +52,8 @@ impl Default for Timings {
 pub struct Replica {
     pub id: u64,
     pub addr: String,
+    /// Plain HTTP: /metrics, /health, /ready, /live.
+    pub metrics_addr: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     /// Started with `--join`: never bootstraps, waits to be contacted.
@@ -218,14 +220,15 @@ impl Cluster {
         } else {
             None
         };
-        let mut addrs = free_addrs(n)?;
+        let mut addrs = free_addrs(2 * n)?;
         if let Some(ns) = &netns {
             // Each namespace has its own address; the ports stay unique anyway.
-            for (a, id) in addrs.iter_mut().zip(&ids) {
+            for (i, a) in addrs.iter_mut().enumerate() {
                 let port = a.rsplit(':').next().unwrap_or("0").to_owned();
-                *a = format!("{}:{port}", ns.ip(*id));
+                *a = format!("{}:{port}", ns.ip(ids[i % n]));
             }
         }
+        let metrics_addrs = addrs.split_off(n);
         let peers = addrs
             .iter()
             .enumerate()
@@ -233,13 +236,14 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         let mut replicas = BTreeMap::new();
-        for (i, addr) in addrs.into_iter().enumerate() {
+        for (i, (addr, metrics_addr)) in addrs.into_iter().zip(metrics_addrs).enumerate() {
             let id = i as u64 + 1;
             replicas.insert(
                 id,
                 Replica {
                     id,
                     addr,
+                    metrics_addr,
                     data_dir: dir.path().join(format!("replica-{id}")),
                     log: dir.path().join(format!("replica-{id}.log")),
                     join: false,
@@ -366,6 +370,8 @@ impl Cluster {
                 &r.addr,
                 "--peers",
                 &self.peers,
+                "--metrics-listen",
+                &r.metrics_addr,
             ])
             .args(r.join.then_some("--join"))
             .arg("--data-dir")
@@ -616,4 +622,35 @@ impl Cluster {
     pub fn pid(&self, id: u64) -> Option<u32> {
         self.replicas[&id].child.as_ref().and_then(Child::id)
     }
+}
+
+/// A plain HTTP/1.0 GET (what a Prometheus scrape or a load balancer's
+/// probe does): the status code and the body.
+pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header")?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no HTTP status")?;
+    Ok((code, body.to_owned()))
+}
+
+/// The value of one sample in Prometheus text, by its full name and labels
+/// as printed (e.g. `gantry_jobs{state="complete"}`).
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }

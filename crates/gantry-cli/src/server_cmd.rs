@@ -21,6 +21,9 @@ pub struct ServerArgs {
     /// Address to listen on, HOST:PORT.
     #[arg(long, env = "GANTRY_LISTEN")]
     listen: Option<String>,
+    /// Serve /metrics (Prometheus), /health, /ready and /live over HTTP on HOST:PORT.
+    #[arg(long, env = "GANTRY_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     /// Every replica: ID=HOST:PORT,ID=HOST:PORT,...
     #[arg(long, env = "GANTRY_PEERS")]
     peers: Option<String>,
@@ -67,6 +70,7 @@ pub struct ServerArgs {
 struct FileConfig {
     id: Option<u64>,
     listen: Option<String>,
+    metrics_listen: Option<String>,
     peers: Option<FilePeers>,
     data_dir: Option<PathBuf>,
     join: Option<bool>,
@@ -142,6 +146,14 @@ fn resolve(args: &ServerArgs) -> Result<ServerConfig, Failure> {
             "invalid configuration: listen: {listen:?} is not IP:PORT (e.g. 127.0.0.1:7001)"
         ))
     })?;
+    let metrics_listen = match args.metrics_listen.clone().or(file.metrics_listen) {
+        Some(m) => Some(m.parse().map_err(|_| {
+            usage(format!(
+                "invalid configuration: metrics_listen: {m:?} is not IP:PORT (e.g. 127.0.0.1:9101)"
+            ))
+        })?),
+        None => None,
+    };
     let peers = match (args.peers.clone(), file.peers) {
         (Some(s), _) | (None, Some(FilePeers::List(s))) => {
             parse_peers(&s).map_err(|e| usage(e.to_string()))?
@@ -185,6 +197,7 @@ fn resolve(args: &ServerArgs) -> Result<ServerConfig, Failure> {
     let config = ServerConfig {
         id,
         listen,
+        metrics_listen,
         peers,
         data_dir,
         join: args.join || file.join.unwrap_or(false),

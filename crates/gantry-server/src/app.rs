@@ -53,6 +53,8 @@ const TLS_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(
 /// A running replica.
 pub struct ServerHandle {
     pub addr: SocketAddr,
+    /// Where `/metrics` and the HTTP health endpoints are served, if asked for.
+    pub metrics_addr: Option<SocketAddr>,
     pub replica: Arc<Replica>,
     stop: Option<oneshot::Sender<()>>,
     serve: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -126,22 +128,43 @@ pub async fn start_on(
         submit_limit: crate::ratelimit::RateLimiter::new(config.submit_rate, config.submit_burst),
         streams: Default::default(),
         identities: Default::default(),
+        in_quorum: Default::default(),
         config: Arc::new(config),
     });
-    let background = vec![
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let mut background = vec![
         tokio::spawn(crate::leader::supervise(replica.clone())),
         tokio::spawn(crate::leader::report_sessions(replica.clone())),
+        tokio::spawn(crate::health::probe_loop(replica.clone(), health_reporter)),
     ];
+    let grpc_counters = crate::metrics::GrpcCounters::default();
+    let metrics_addr = match replica.config.metrics_listen {
+        Some(m) => {
+            let l = TcpListener::bind(m)
+                .await
+                .map_err(|source| StartError::Listen { addr: m, source })?;
+            let (a, task) = crate::metrics::serve(l, replica.clone(), grpc_counters.clone())
+                .map_err(|source| StartError::Listen { addr: m, source })?;
+            tracing::info!(addr = %a, "serving /metrics, /health, /ready and /live");
+            background.push(task);
+            Some(a)
+        }
+        None => None,
+    };
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(gantry_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(gantry_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
     let router = transport
         .server()
+        .layer(crate::grpc_metrics::GrpcMetricsLayer(grpc_counters))
+        .add_service(health_service)
         .add_service(
             RaftServiceServer::new(InternalService {
                 replica: replica.clone(),
@@ -189,6 +212,7 @@ pub async fn start_on(
     tracing::info!(id = replica.id, %addr, "replica serving");
     Ok(ServerHandle {
         addr,
+        metrics_addr,
         replica,
         stop: Some(stop_tx),
         serve,

@@ -18,6 +18,10 @@ pub struct ServerConfig {
     pub id: u64,
     /// Address to listen on (`host:port`; port 0 picks a free port).
     pub listen: SocketAddr,
+    /// Where to serve `/metrics`, `/health`, `/ready` and `/live` over plain
+    /// HTTP (`host:port`); off when unset.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     /// Every replica of the initial cluster: id → `host:port` other replicas reach it at.
     pub peers: BTreeMap<u64, String>,
     pub data_dir: PathBuf,
@@ -252,6 +256,7 @@ mod tests {
         ServerConfig {
             id: 1,
             listen: "127.0.0.1:0".parse().unwrap(),
+            metrics_listen: None,
             peers: parse_peers("1=127.0.0.1:7001,2=127.0.0.1:7002").unwrap(),
             data_dir: "/tmp/x".into(),
             raft: RaftTimings::default(),

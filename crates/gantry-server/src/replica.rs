@@ -60,6 +60,8 @@ pub struct Replica {
     pub streams: crate::ratelimit::StreamCounter,
     /// Identities read from peer certificates.
     pub identities: crate::auth::IdentityCache,
+    /// Whether the last quorum probe succeeded (see `health`).
+    pub in_quorum: std::sync::atomic::AtomicBool,
 }
 
 fn unavailable_no_leader(waited: Duration) -> Status {

@@ -34,6 +34,7 @@ fn test_config(
     ServerConfig {
         id,
         listen: listener.local_addr().unwrap(),
+        metrics_listen: None,
         peers,
         data_dir: dir.to_owned(),
         raft,
