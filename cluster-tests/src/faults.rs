@@ -29,8 +29,9 @@ pub enum Fault {
     LeaderCannotReceive,
     /// Remove every cut.
     Heal,
-    /// SIGKILL a replica, delete its data, start it again with `--join`: it
-    /// comes back empty and is caught up by snapshot.
+    /// A replica loses its data: removed from the membership, SIGKILLed,
+    /// wiped, started again with `--join` and added back (caught up by
+    /// snapshot as a learner, then a voter).
     WipeAndRejoin(u64),
     /// Membership change under load: remove a follower from the cluster,
     /// wipe it, start it with `--join` and add it back (learner, then voter).

@@ -96,11 +96,18 @@ async fn t50_leader_kill_restart_and_wipe_lose_no_acknowledged_job() -> anyhow::
     .await?;
     assert_eq!(listed(&restarted, false).await?, acked);
 
-    // A replica whose data dir is wiped rejoins by snapshot install.
-    let victim = cluster.others(cluster.leader().await?)[0];
+    // A replica whose data dir is lost comes back as docs/operations.md
+    // says: out of the membership, wiped, started with --join, added back;
+    // it is caught up by snapshot install.
+    let leader = cluster.leader().await?;
+    let victim = cluster.others(leader)[0];
+    let admin = cluster.client(&[leader])?;
+    admin.remove_replica(victim).await?;
     cluster.kill(victim).await?;
     cluster.wipe(victim)?;
-    cluster.restart(victim)?;
+    cluster.restart_joining(victim)?;
+    let addr = cluster.replicas[&victim].addr.clone();
+    admin.add_replica(victim, &addr).await?;
     let wiped = cluster.client(&[victim])?;
     wait_for(
         "the wiped replica to rejoin",
