@@ -45,14 +45,21 @@ async fn replace(cluster: &mut Cluster, id: u64) -> anyhow::Result<()> {
     let others = cluster.others(id);
     let addr = cluster.replicas[&id].addr.clone();
     let admin = cluster.client(&others)?;
-    admin.remove_replica(id).await?;
+    // A retried call may find its first try done: not a member any more,
+    // already a voter again.
+    match admin.remove_replica(id).await {
+        Err(e) if e.code() != Some(tonic::Code::NotFound) => return Err(e.into()),
+        _ => {}
+    }
     if cluster.pid(id).is_some() {
         cluster.kill(id).await?;
     }
     cluster.wipe(id)?;
     cluster.restart_joining(id)?;
-    admin.add_replica(id, &addr).await?;
-    Ok(())
+    match admin.add_replica(id, &addr).await {
+        Err(e) if e.code() != Some(tonic::Code::AlreadyExists) => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 fn version(j: &api::Job) -> JobVersion {

@@ -12,6 +12,7 @@ use gantry_proto::v1::{
     RemoveReplicaRequest, RemoveReplicaResponse, ReplicaStatus,
 };
 use openraft::async_runtime::WatchReceiver;
+use openraft::errors::ClientWriteError;
 use openraft::{BasicNode, ChangeMembers};
 use tonic::{Request, Response, Status};
 
@@ -121,8 +122,29 @@ fn write_roles<T>(req: &Request<T>) -> &'static [gantry_pki::Role] {
     }
 }
 
-fn membership_error(e: impl std::fmt::Display) -> Status {
-    Status::failed_precondition(format!("membership change refused: {e}"))
+/// Leadership moving mid-change, or another change still in progress, is
+/// transient: UNAVAILABLE, which clients retry. The rest is a refusal.
+fn membership_error(
+    e: openraft::errors::RaftError<
+        gantry_store::TypeConfig,
+        ClientWriteError<gantry_store::TypeConfig>,
+    >,
+) -> Status {
+    use openraft::errors::{ChangeMembershipError, RaftError};
+    match &e {
+        RaftError::APIError(
+            ClientWriteError::ForwardToLeader(_) | ClientWriteError::LogEntryDiscarded(_),
+        ) => Status::unavailable(format!(
+            "leadership changed during the membership change; retry: {e}"
+        )),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(_),
+        )) => Status::unavailable(format!(
+            "another membership change is still in progress; retry: {e}"
+        )),
+        RaftError::Fatal(_) => Status::unavailable(format!("this replica stopped: {e}")),
+        _ => Status::failed_precondition(format!("membership change refused: {e}")),
+    }
 }
 
 #[tonic::async_trait]
