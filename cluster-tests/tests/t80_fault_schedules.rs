@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::disallowed_types)]
 
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -410,7 +411,10 @@ async fn t80_seeded_fault_schedules_keep_every_invariant() {
         .iter()
         .flat_map(|s| s.violations.iter().map(move |v| (s.seed, v)))
         .collect();
-    eprintln!(
+    // Written to stderr directly, past the test harness's capture, so
+    // every run shows its summary.
+    let _ = writeln!(
+        std::io::stderr(),
         "summary: {} schedules, {} faults, {} operations, {} violations",
         all.len(),
         all.iter().map(|s| s.faults).sum::<usize>(),

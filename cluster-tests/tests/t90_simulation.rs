@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::io::Write;
+
 use cluster_tests::sim::{self, Options, Report};
 
 fn seeds() -> Vec<u64> {
@@ -58,7 +60,10 @@ fn t90_simulated_seeds_keep_every_invariant() {
         .iter()
         .filter(|r| !r.violations.is_empty())
         .collect();
-    eprintln!(
+    // Written to stderr directly, past the test harness's capture, so
+    // every run shows its summary.
+    let _ = writeln!(
+        std::io::stderr(),
         "simulation summary: {} seeds, {} faults, {} operations ({} submits acknowledged), {} messages ({} dropped), {} stale reports fenced, {} violations; {:.0} s simulated",
         reports.len(),
         reports.iter().map(|r| r.faults.len()).sum::<usize>(),
