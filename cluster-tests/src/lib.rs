@@ -63,6 +63,8 @@ pub struct Replica {
 
 pub struct Agent {
     pub node_id: String,
+    /// Plain HTTP: /metrics, /ready, /live.
+    pub metrics_addr: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     servers: Vec<String>,
@@ -511,10 +513,12 @@ impl Cluster {
             .iter()
             .map(|id| self.replicas[id].addr.clone())
             .collect();
+        let metrics_addr = free_addrs(1)?.remove(0);
         self.agents.insert(
             node_id.to_owned(),
             Agent {
                 node_id: node_id.to_owned(),
+                metrics_addr,
                 data_dir: self.dir.path().join(format!("agent-{node_id}")),
                 log: self.dir.path().join(format!("agent-{node_id}.log")),
                 servers,
@@ -542,6 +546,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&a.data_dir)
             .args(["--kill-grace", "1s"])
+            .args(["--metrics-listen", &a.metrics_addr])
             .args(&security)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

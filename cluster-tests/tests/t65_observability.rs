@@ -205,3 +205,69 @@ async fn t65_health_is_serving_only_within_a_quorum() {
         .unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t65_agent_metrics_count_output_tasks_and_reconnects() {
+    let mut cluster = Cluster::start(3, Timings::default()).await.unwrap();
+    cluster.start_agent("a1", &[1, 2, 3]).unwrap();
+    cluster.wait_nodes_ready(&["a1"]).await.unwrap();
+    let agent = cluster.agents["a1"].metrics_addr.clone();
+    let client = cluster.client(&[1, 2, 3]).unwrap();
+    let spec = api::JobSpec {
+        argv: vec!["/bin/echo".into(), "0123456789".into()],
+        ..Default::default()
+    };
+    client.submit_jobs(vec![spec]).await.unwrap();
+    wait_for("the output to be counted", Duration::from_secs(30), || {
+        let agent = agent.clone();
+        async move {
+            let m = metrics(&agent).await;
+            (sample(&m, "gantry_agent_output_bytes_total") == Some(11.0)
+                && sample(&m, "gantry_agent_running_tasks") == Some(0.0))
+            .then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    let m = metrics(&agent).await;
+    assert_eq!(
+        sample(&m, "gantry_agent_attempts_started_total"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(sample(&m, "gantry_agent_connected"), Some(1.0), "{m}");
+    assert_eq!(
+        sample(&m, "gantry_agent_reconnects_total"),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(http_get(&agent, "/ready").await.unwrap().0, 200);
+    // Kill the replica holding the agent's stream: the agent moves.
+    let holder = wait_for(
+        "the replica holding the stream",
+        Duration::from_secs(10),
+        || async {
+            for r in cluster.replicas.values() {
+                let m = metrics(&r.metrics_addr).await;
+                if sample(&m, "gantry_connected_agents") == Some(1.0) {
+                    return Some(r.id);
+                }
+            }
+            None
+        },
+    )
+    .await
+    .unwrap();
+    cluster.kill(holder).await.unwrap();
+    wait_for("a reconnect", Duration::from_secs(30), || {
+        let agent = agent.clone();
+        async move {
+            let m = metrics(&agent).await;
+            (sample(&m, "gantry_agent_reconnects_total") == Some(1.0)
+                && sample(&m, "gantry_agent_connected") == Some(1.0))
+            .then_some(())
+        }
+    })
+    .await
+    .unwrap();
+}

@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use gantry_proto::v1::agent_message::Msg;
@@ -24,6 +25,15 @@ pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
 /// Output kept for the final report, per stream (the log keeps 16 KiB).
 pub const TAIL_BYTES: usize = 16 * 1024;
 
+/// Counts an attempt as running while alive.
+struct Running<'a>(&'a crate::stats::AgentStats);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Why the agent stopped an attempt before it exited by itself.
 #[derive(Debug)]
 enum Stop {
@@ -41,13 +51,15 @@ pub struct Execution {
     /// Where to record the attempt's process group once it runs, so that an
     /// agent restarted after a crash can kill what its previous life left.
     pub record: Option<PathBuf>,
+    pub stats: std::sync::Arc<crate::stats::AgentStats>,
 }
 
-fn send(events: &mpsc::Sender<AgentMessage>, msg: Msg) {
+/// Queues a live event; false if it was dropped.
+fn send(events: &mpsc::Sender<AgentMessage>, msg: Msg) -> bool {
     // Live events are best effort: when the queue to the replica is full
     // (disconnected, slow), output is dropped; the finished report is kept
     // separately until the cluster acknowledges it.
-    let _ = events.try_send(AgentMessage { msg: Some(msg) });
+    events.try_send(AgentMessage { msg: Some(msg) }).is_ok()
 }
 
 fn finished(token: &AttemptToken, failure: FailureClass, message: String) -> AttemptFinished {
@@ -98,7 +110,11 @@ pub async fn run(exec: Execution) -> AttemptFinished {
         events,
         cancel,
         record,
+        stats,
     } = exec;
+    stats.attempts_started.fetch_add(1, Ordering::Relaxed);
+    stats.running.fetch_add(1, Ordering::Relaxed);
+    let _running = Running(&stats);
     let fresh_dir = spec.working_dir.is_empty();
     let dir = if fresh_dir {
         work_dir(&work_root, &token)
@@ -152,14 +168,14 @@ pub async fn run(exec: Execution) -> AttemptFinished {
             attempt: Some(token.clone()),
         }),
     );
-    let stdout = child
-        .stdout
-        .take()
-        .map(|s| tokio::spawn(pump(s, token.clone(), OutputStream::Stdout, events.clone())));
-    let stderr = child
-        .stderr
-        .take()
-        .map(|s| tokio::spawn(pump(s, token.clone(), OutputStream::Stderr, events.clone())));
+    let stdout = child.stdout.take().map(|s| {
+        let (t, e, st) = (token.clone(), events.clone(), stats.clone());
+        tokio::spawn(pump(s, t, OutputStream::Stdout, e, st))
+    });
+    let stderr = child.stderr.take().map(|s| {
+        let (t, e, st) = (token.clone(), events.clone(), stats.clone());
+        tokio::spawn(pump(s, t, OutputStream::Stderr, e, st))
+    });
 
     let (status, stop) = wait_or_stop(&mut child, pgid, &spec, cancel, kill_grace).await;
     // Whatever the main process left behind in its group goes too.
@@ -269,6 +285,7 @@ async fn pump(
     token: AttemptToken,
     stream: OutputStream,
     events: mpsc::Sender<AgentMessage>,
+    stats: std::sync::Arc<crate::stats::AgentStats>,
 ) -> String {
     let mut buf = vec![0u8; MAX_CHUNK_BYTES];
     let mut tail: VecDeque<u8> = VecDeque::with_capacity(TAIL_BYTES);
@@ -285,7 +302,7 @@ async fn pump(
             }
             tail.push_back(*b);
         }
-        send(
+        let sent = send(
             &events,
             Msg::Output(OutputChunk {
                 attempt: Some(token.clone()),
@@ -294,6 +311,12 @@ async fn pump(
                 data: data.to_vec(),
             }),
         );
+        let counter = if sent {
+            &stats.output_bytes
+        } else {
+            &stats.output_dropped_bytes
+        };
+        counter.fetch_add(n as u64, Ordering::Relaxed);
         sequence += 1;
     }
     String::from_utf8_lossy(&Vec::from(tail)).into_owned()

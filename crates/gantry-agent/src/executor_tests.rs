@@ -45,6 +45,7 @@ async fn execute(
         events,
         cancel,
         record: None,
+        stats: Default::default(),
     })
     .await;
     (report, rx, cancel_tx)
@@ -126,6 +127,7 @@ async fn t20_cancel_leaves_no_process_behind() {
         events,
         cancel,
         record: None,
+        stats: Default::default(),
     }));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let child_pid = loop {

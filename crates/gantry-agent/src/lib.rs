@@ -10,10 +10,12 @@
 
 pub mod capacity;
 pub mod executor;
+pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use gantry_proto::transport::{MAX_MESSAGE_BYTES, Transport};
@@ -47,6 +49,8 @@ pub struct AgentConfig {
     /// How long a cancelled task gets between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
     pub transport: Transport,
+    /// Where to serve `/metrics`, `/ready` and `/live` over HTTP; off when unset.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 type Key = (String, u32, u32);
@@ -69,6 +73,21 @@ struct Shared {
     /// Finished reports not yet acknowledged by the cluster.
     unacked: Mutex<BTreeMap<Key, AttemptFinished>>,
     events: mpsc::Sender<AgentMessage>,
+    stats: Arc<stats::AgentStats>,
+}
+
+async fn shared_metrics_listener(
+    cfg: &AgentConfig,
+) -> Result<Option<tokio::net::TcpListener>, AgentError> {
+    match cfg.metrics_listen {
+        Some(addr) => tokio::net::TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|e| {
+                AgentError::Config(format!("metrics_listen: cannot listen on {addr}: {e}"))
+            }),
+        None => Ok(None),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +123,16 @@ pub async fn run(
         gpus: gpus.len() as u32,
     };
     tracing::info!(node = %cfg.node_id, ?capacity, "agent starting");
+    let stats = Arc::new(stats::AgentStats::default());
+    let metrics = match shared_metrics_listener(&cfg).await? {
+        Some(l) => {
+            let (addr, task) = stats::serve(l, stats.clone())
+                .map_err(|e| AgentError::Config(format!("metrics_listen: {e}")))?;
+            tracing::info!(%addr, "serving /metrics, /ready and /live");
+            Some(task)
+        }
+        None => None,
+    };
     let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
     let shared = Arc::new(Shared {
         cfg,
@@ -112,12 +141,16 @@ pub async fn run(
         running: Mutex::default(),
         unacked: Mutex::new(leftovers),
         events,
+        stats,
     });
     tokio::select! {
         () = connect_loop(shared.clone(), events_rx) => {}
         () = shutdown => {}
     }
     stop_all(&shared).await;
+    if let Some(m) = metrics {
+        m.abort();
+    }
     Ok(())
 }
 
@@ -282,6 +315,11 @@ async fn session(
         _ => return Err(tonic::Status::internal("the replica did not send welcome")),
     };
     tracing::info!(%server, replica = welcome.replica_id, session = %welcome.session_id, "connected");
+    if shared.stats.streams_opened.fetch_add(1, Ordering::Relaxed) > 0 {
+        shared.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+    shared.stats.connected.store(true, Ordering::Relaxed);
+    let _connected = stats::Connected(&shared.stats);
     let mut heartbeat = tokio::time::interval(Duration::from_millis(
         welcome.heartbeat_interval_ms.max(100),
     ));
@@ -353,6 +391,7 @@ async fn start(shared: &Arc<Shared>, token: AttemptToken, spec: JobSpec) {
         events: shared.events.clone(),
         cancel,
         record: Some(record_path(&shared.cfg.data_dir, &k)),
+        stats: shared.stats.clone(),
     };
     let shared2 = shared.clone();
     tracing::info!(attempt = ?k, "starting");

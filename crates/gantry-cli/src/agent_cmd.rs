@@ -38,6 +38,9 @@ pub struct AgentArgs {
     /// Time between SIGTERM and SIGKILL when a task is cancelled or times out.
     #[arg(long, value_parser = parse::duration_ms, default_value = "5s")]
     kill_grace: u64,
+    /// Serve /metrics (Prometheus), /ready and /live over HTTP on HOST:PORT.
+    #[arg(long, env = "GANTRY_AGENT_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
     #[arg(long, env = "GANTRY_LOG_FORMAT", default_value = "human")]
     log_format: gantry_telemetry::LogFormat,
     #[command(flatten)]
@@ -71,6 +74,7 @@ pub async fn run(args: AgentArgs) -> Result<(), Failure> {
         memory_mib: args.mem,
         kill_grace: Duration::from_millis(args.kill_grace),
         transport: args.security.transport()?,
+        metrics_listen: args.metrics_listen,
     };
     gantry_agent::run(cfg, shutdown_signal())
         .await
