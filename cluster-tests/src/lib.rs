@@ -81,6 +81,8 @@ pub struct Cluster {
     bin: PathBuf,
     /// Replicas in their own network namespaces (partitions possible).
     netns: Option<netns::Netns>,
+    /// Extra environment for every replica and agent this cluster starts.
+    env: Vec<(String, String)>,
     dir: tempfile::TempDir,
 }
 
@@ -152,7 +154,7 @@ where
 impl Cluster {
     /// Starts `n` replicas (plaintext, `--insecure`) and waits for a leader.
     pub async fn start(n: usize, timings: Timings) -> anyhow::Result<Self> {
-        Self::start_with(n, timings, false, false).await
+        Self::start_with(n, timings, false, false, Vec::new()).await
     }
 
     /// Starts `n` replicas each in its own network namespace, so that
@@ -160,7 +162,7 @@ impl Cluster {
     /// namespaces cannot be made (not root, no `ip`), falls back to
     /// loopback, says so on stderr, and [`Cluster::partitionable`] is false.
     pub async fn start_partitionable(n: usize, timings: Timings) -> anyhow::Result<Self> {
-        Self::start_with(n, timings, false, true).await
+        Self::start_with(n, timings, false, true, Vec::new()).await
     }
 
     pub fn partitionable(&self) -> bool {
@@ -193,7 +195,17 @@ impl Cluster {
 
     /// Starts `n` replicas with mTLS under a CA made for this cluster.
     pub async fn start_secure(n: usize, timings: Timings) -> anyhow::Result<Self> {
-        Self::start_with(n, timings, true, false).await
+        Self::start_with(n, timings, true, false, Vec::new()).await
+    }
+
+    /// Starts `n` replicas (plaintext) whose processes, and the agents
+    /// started later, get `env` (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub async fn start_with_env(
+        n: usize,
+        timings: Timings,
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(n, timings, false, false, env).await
     }
 
     async fn start_with(
@@ -201,6 +213,7 @@ impl Cluster {
         timings: Timings,
         secure: bool,
         partitionable: bool,
+        env: Vec<(String, String)>,
     ) -> anyhow::Result<Self> {
         let bin = gantry_bin()?;
         let mut dir = tempfile::Builder::new()
@@ -269,6 +282,7 @@ impl Cluster {
             timings,
             bin,
             netns,
+            env,
             dir,
         };
         let ids: Vec<u64> = cluster.replicas.keys().copied().collect();
@@ -385,6 +399,7 @@ impl Cluster {
             .args(["--node-grace-ms", &t.node_grace_ms.to_string()])
             .args(&security)
             .env("RUST_LOG", "info,openraft=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -549,6 +564,7 @@ impl Cluster {
             .args(["--metrics-listen", &a.metrics_addr])
             .args(&security)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

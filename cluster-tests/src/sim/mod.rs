@@ -695,6 +695,7 @@ impl Client {
                 n += 1;
                 let id = format!("j{}-{n}", self.c);
                 let job = NewJob {
+                    trace_parent: String::new(),
                     id: id.clone(),
                     spec: JobSpec {
                         argv: vec!["sim".into()],

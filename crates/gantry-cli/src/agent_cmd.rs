@@ -54,7 +54,13 @@ fn hostname() -> Option<String> {
 }
 
 pub async fn run(args: AgentArgs) -> Result<(), Failure> {
-    gantry_telemetry::init(args.log_format);
+    let telemetry = gantry_telemetry::init(args.log_format, "gantry-agent");
+    let result = run_agent(args).await;
+    telemetry.shutdown().await;
+    result
+}
+
+async fn run_agent(args: AgentArgs) -> Result<(), Failure> {
     if args.security.insecure {
         tracing::warn!(
             "--insecure: the agent talks plaintext gRPC and proves nothing about itself"

@@ -222,7 +222,7 @@ fn spawn_replica(
 }
 
 pub async fn run(args: DevArgs) -> Result<(), Failure> {
-    gantry_telemetry::init(gantry_telemetry::LogFormat::Human);
+    let _telemetry = gantry_telemetry::init(gantry_telemetry::LogFormat::Human, "gantry-dev");
     Ok(run_inner(args).await?)
 }
 

@@ -348,6 +348,14 @@ fn print_job(j: &api::Job) {
         ),
         ("Max attempts", spec.max_attempts.to_string()),
         ("Commit index", j.create_index.to_string()),
+        (
+            "Trace id",
+            if j.trace_id.is_empty() {
+                "-".into()
+            } else {
+                j.trace_id.clone()
+            },
+        ),
     ];
     for (k, v) in fields {
         println!("{k:<14}{v}");

@@ -141,7 +141,14 @@ fn main() -> ExitCode {
             Command::Certs { command } => certs_cmd::run(command),
             Command::Dev(args) => dev::run(args).await,
             Command::Node { client, command } => node_cmd::run(&client, command).await,
-            Command::Job { client, command } => job_cmd::run(&client, command).await,
+            Command::Job { client, command } => {
+                let telemetry = gantry_telemetry::init_export_only("gantry-cli");
+                // The root of a submitted job's trace.
+                let span = tracing::info_span!("gantry job", otel.kind = "client");
+                let r = tracing::Instrument::instrument(job_cmd::run(&client, command), span).await;
+                telemetry.shutdown().await;
+                r
+            }
             Command::Cluster { client, command } => cluster_cmd::run(&client, command).await,
         }
     });

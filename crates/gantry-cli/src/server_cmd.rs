@@ -234,7 +234,13 @@ fn resolve(args: &ServerArgs) -> Result<ServerConfig, Failure> {
 }
 
 pub async fn run(args: ServerArgs) -> Result<(), Failure> {
-    gantry_telemetry::init(args.log_format);
+    let telemetry = gantry_telemetry::init(args.log_format, "gantry-server");
+    let result = serve(args).await;
+    telemetry.shutdown().await;
+    result
+}
+
+async fn serve(args: ServerArgs) -> Result<(), Failure> {
     let config = resolve(&args)?;
     if args.check {
         println!("configuration is valid:\n{config:#?}");

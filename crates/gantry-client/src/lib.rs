@@ -20,8 +20,13 @@ use gantry_proto::v1::{
     LogChunk, LogsRequest, Node, RemoveReplicaRequest, SetEligibilityRequest, SubmitJobsRequest,
     SubmitJobsResponse, WatchRequest,
 };
+use gantry_telemetry::otel::InjectContext;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
+
+/// A channel whose requests carry the caller's trace context (`traceparent`).
+type Traced = InterceptedService<Channel, InjectContext>;
 
 pub use gantry_proto::v1 as api;
 
@@ -175,14 +180,14 @@ impl Client {
         }
     }
 
-    fn jobs(channel: Channel) -> JobServiceClient<Channel> {
-        JobServiceClient::new(channel)
+    fn jobs(channel: Channel) -> JobServiceClient<Traced> {
+        JobServiceClient::with_interceptor(channel, InjectContext)
             .max_decoding_message_size(gantry_proto::transport::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(gantry_proto::transport::MAX_MESSAGE_BYTES)
     }
 
-    fn cluster(channel: Channel) -> ClusterServiceClient<Channel> {
-        ClusterServiceClient::new(channel)
+    fn cluster(channel: Channel) -> ClusterServiceClient<Traced> {
+        ClusterServiceClient::with_interceptor(channel, InjectContext)
     }
 
     /// Submits jobs in one request (one log entry). Jobs without an
@@ -283,7 +288,7 @@ impl Client {
 
     pub async fn list_nodes(&self, stale: bool) -> Result<Vec<Node>, ClientError> {
         self.with_retry(|ch| async move {
-            Ok(NodeServiceClient::new(ch)
+            Ok(NodeServiceClient::with_interceptor(ch, InjectContext)
                 .list_nodes(ListNodesRequest { stale })
                 .await?
                 .into_inner()
@@ -307,7 +312,7 @@ impl Client {
         self.with_retry(|ch| {
             let req = req.clone();
             async move {
-                NodeServiceClient::new(ch)
+                NodeServiceClient::with_interceptor(ch, InjectContext)
                     .set_eligibility(req)
                     .await?
                     .into_inner()

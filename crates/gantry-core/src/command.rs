@@ -15,6 +15,11 @@ use crate::node::{Eligibility, NodeId, NodeInfo, Session};
 pub struct NewJob {
     pub id: JobId,
     pub spec: JobSpec,
+    /// The W3C `traceparent` of the request that submitted it ("" if none):
+    /// the job's life is one trace under it. Added later: older entries
+    /// decode with none.
+    #[serde(default)]
+    pub trace_parent: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

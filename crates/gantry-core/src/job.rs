@@ -248,6 +248,9 @@ pub struct Job {
     pub modify_index: u64,
     pub cancel_reason: String,
     pub tasks: Vec<Task>,
+    /// The `traceparent` the job's spans descend from ("" if none).
+    #[serde(default)]
+    pub trace_parent: String,
 }
 
 impl Job {

@@ -42,6 +42,7 @@ fn open(state: &mut State, index: u64, info: NodeInfo) {
 
 fn job(id: &str, cpu: u64, priority: i32) -> NewJob {
     NewJob {
+        trace_parent: String::new(),
         id: id.into(),
         spec: JobSpec {
             argv: vec!["x".into()],

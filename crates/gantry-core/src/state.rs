@@ -195,9 +195,9 @@ impl State {
                 job_id: new.id.clone(),
                 existing: false,
             });
-            to_insert.push((new.id.clone(), spec));
+            to_insert.push((new.id.clone(), spec, new.trace_parent.clone()));
         }
-        for (id, spec) in to_insert {
+        for (id, spec, trace_parent) in to_insert {
             let seq = self.next_seq;
             self.next_seq += 1;
             let tasks = (0..spec.count)
@@ -222,6 +222,7 @@ impl State {
                 modify_index: index,
                 cancel_reason: String::new(),
                 tasks,
+                trace_parent,
             };
             self.index_job(&job);
             self.jobs.insert(id, job);

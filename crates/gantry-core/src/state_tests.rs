@@ -15,6 +15,7 @@ fn submit(now_ms: u64, jobs: Vec<(&str, JobSpec)>) -> Command {
         jobs: jobs
             .into_iter()
             .map(|(id, spec)| NewJob {
+                trace_parent: String::new(),
                 id: id.to_owned(),
                 spec,
             })
@@ -260,7 +261,7 @@ fn arb_command() -> impl Strategy<Value = Command> {
         3 => (any::<u32>(), prop::collection::vec((id(), arb_spec()), 1..4)).prop_map(
             |(now, jobs)| Command::SubmitJobs {
                 now_ms: u64::from(now),
-                jobs: jobs.into_iter().map(|(id, spec)| NewJob { id, spec }).collect(),
+                jobs: jobs.into_iter().map(|(id, spec)| NewJob { id, spec, trace_parent: String::new() }).collect(),
             }
         ),
         1 => (any::<u32>(), id(), "[a-z]{0,5}").prop_map(|(now, job_id, reason)| {

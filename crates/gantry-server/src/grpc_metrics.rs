@@ -1,5 +1,6 @@
-//! A tower layer on the gRPC server that counts requests by method, and
-//! errors by method and status code. Errors are seen where the status is in
+//! A tower layer on the gRPC server that runs each request in a span (a
+//! child of the caller's trace when its `traceparent` came along), and
+//! counts requests by method, and errors by method and status code. Errors are seen where the status is in
 //! the response headers (every unary error and a stream refused at once);
 //! a stream that fails midway reports its status in trailers and is not
 //! counted as an error here.
@@ -10,6 +11,7 @@ use std::task::{Context, Poll};
 
 use tower_layer::Layer;
 use tower_service::Service;
+use tracing::Instrument;
 
 use crate::metrics::{ErrorLabels, GrpcCounters, MethodLabels};
 
@@ -62,6 +64,8 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let method = method_label(req.uri().path());
+        let span = tracing::info_span!("grpc request", otel.name = %method, rpc.method = %method, otel.kind = "server");
+        gantry_telemetry::otel::set_parent_from_headers(&span, req.headers());
         self.counters
             .requests
             .get_or_create(&MethodLabels {
@@ -69,22 +73,28 @@ where
             })
             .inc();
         let counters = self.counters.clone();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let resp = fut.await?;
-            if let Some(code) = resp.headers().get("grpc-status")
-                && code.as_bytes() != b"0"
-            {
-                let code = tonic::Code::from_bytes(code.as_bytes());
-                counters
-                    .errors
-                    .get_or_create(&ErrorLabels {
-                        method,
-                        code: format!("{code:?}"),
-                    })
-                    .inc();
+        let fut = {
+            let _entered = span.enter();
+            self.inner.call(req)
+        };
+        Box::pin(
+            async move {
+                let resp = fut.await?;
+                if let Some(code) = resp.headers().get("grpc-status")
+                    && code.as_bytes() != b"0"
+                {
+                    let code = tonic::Code::from_bytes(code.as_bytes());
+                    counters
+                        .errors
+                        .get_or_create(&ErrorLabels {
+                            method,
+                            code: format!("{code:?}"),
+                        })
+                        .inc();
+                }
+                Ok(resp)
             }
-            Ok(resp)
-        })
+            .instrument(span),
+        )
     }
 }

@@ -109,11 +109,15 @@ impl JobService for JobApi {
             .map(spec_from_api)
             .collect();
         validate_batch(&specs).map_err(error::invalid)?;
+        // The request's span (a child of the caller's, see grpc_metrics):
+        // every job in the batch lives in this trace.
+        let trace_parent = gantry_telemetry::otel::traceparent();
         let jobs = specs
             .into_iter()
             .map(|spec| NewJob {
                 id: uuid::Uuid::new_v4().to_string(),
                 spec,
+                trace_parent: trace_parent.clone(),
             })
             .collect();
         let cmd = Command::SubmitJobs {

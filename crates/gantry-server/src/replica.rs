@@ -152,6 +152,8 @@ impl Replica {
         let mut client = self.peers.raft_client(addr).await.map_err(Try::Fail)?;
         let data = encode(cmd).map_err(|e| Try::Fail(Status::internal(e.to_string())))?;
         let mut req = tonic::Request::new(RaftPayload { data });
+        // The leader's span continues the caller's trace.
+        gantry_telemetry::otel::inject(req.metadata_mut());
         req.set_timeout(deadline.saturating_duration_since(Instant::now()));
         let reply = match tokio::time::timeout_at(deadline, client.propose(req)).await {
             Ok(Ok(r)) => r.into_inner(),

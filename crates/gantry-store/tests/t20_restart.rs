@@ -26,6 +26,7 @@ fn submit(id: &str) -> Command {
     Command::SubmitJobs {
         now_ms: 1,
         jobs: vec![NewJob {
+            trace_parent: String::new(),
             id: id.into(),
             spec: JobSpec {
                 argv: vec!["/bin/true".into()],

@@ -97,6 +97,7 @@ pub fn job_to_api(j: &core::Job, with_tasks: bool) -> api::Job {
         updated_at_ms: j.updated_at_ms,
         create_index: j.create_index,
         modify_index: j.modify_index,
+        trace_id: gantry_telemetry::otel::trace_id_of(&j.trace_parent).to_owned(),
         seq: j.seq,
         cancel_reason: j.cancel_reason.clone(),
         task_counts: Some(api::TaskCounts {
