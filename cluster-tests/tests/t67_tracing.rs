@@ -1,10 +1,11 @@
 //! One trace per job, across processes: an OTLP receiver built on the
 //! official opentelemetry-proto definitions (cluster-tests/py/otlp_receiver.py,
-//! Python grpcio) collects the spans of the `gantry` CLI and of 3 replicas
-//! pointed at it with the standard `OTEL_EXPORTER_OTLP_ENDPOINT`; a job
+//! Python grpcio) collects the spans of the `gantry` CLI, 3 replicas and an
+//! agent pointed at it with the standard `OTEL_EXPORTER_OTLP_ENDPOINT`; a job
 //! submitted with the CLI records the trace id, `gantry job status` prints
-//! it, and the receiver holds that trace with the CLI's span at the root and
-//! a replica's request span as its child.
+//! it, and the receiver holds that one trace: the CLI's span at the root, a
+//! replica's SubmitJobs span its child, the dispatch on the replica, the
+//! agent's run under the dispatch, and the result's commit.
 //!
 //! Needs `GANTRY_PYTHON` with grpcio and opentelemetry-proto (`.ci/run`
 //! installs them); without it a developer's run says SKIPPED, CI fails.
@@ -141,17 +142,48 @@ async fn t67_a_submitted_job_is_one_trace_from_the_cli_through_the_replicas() {
                         .get(s.parent_span_id.as_str())
                         .is_some_and(|p| p.service == "gantry-cli")
             })?;
-            Some((root.name.clone(), server_child.name.clone(), all.len()))
+            let run = all.iter().find(|s| {
+                s.service == "gantry-agent"
+                    && s.name == "run"
+                    && by_id
+                        .get(s.parent_span_id.as_str())
+                        .is_some_and(|p| p.service == "gantry-server" && p.name == "dispatch")
+            })?;
+            all.iter()
+                .find(|s| s.service == "gantry-server" && s.name == "result committed")?;
+            // Every span leads back to the CLI's root.
+            let rooted = all.iter().all(|s| {
+                let mut cur: &Span = s;
+                for _ in 0..32 {
+                    if cur.span_id == root.span_id {
+                        return true;
+                    }
+                    match by_id.get(cur.parent_span_id.as_str()) {
+                        Some(p) => cur = *p,
+                        None => return false,
+                    }
+                }
+                false
+            });
+            rooted.then(|| {
+                (
+                    root.name.clone(),
+                    server_child.name.clone(),
+                    run.name.clone(),
+                    all.len(),
+                )
+            })
         },
     )
     .await;
     let _ = receiver.kill().await;
-    let (root, child, n) =
+    let (root, child, run, n) =
         found.unwrap_or_else(|e| panic!("{e}; spans received: {:#?}", spans(&out)));
     assert_eq!(root, "gantry job");
     assert!(
         child.contains("/gantry.v1.JobService/SubmitJobs"),
         "{child}"
     );
-    assert!(n >= 2);
+    assert_eq!(run, "run");
+    assert!(n >= 5, "{n} spans");
 }

@@ -350,7 +350,7 @@ async fn handle(shared: &Arc<Shared>, msg: Option<ServerMsg>) {
             let (Some(token), Some(spec)) = (a.attempt, a.spec) else {
                 return;
             };
-            start(shared, token, spec).await;
+            start(shared, token, spec, a.traceparent).await;
         }
         Some(ServerMsg::Cancel(c)) => {
             let Some(token) = c.attempt else { return };
@@ -373,7 +373,7 @@ async fn handle(shared: &Arc<Shared>, msg: Option<ServerMsg>) {
     }
 }
 
-async fn start(shared: &Arc<Shared>, token: AttemptToken, spec: JobSpec) {
+async fn start(shared: &Arc<Shared>, token: AttemptToken, spec: JobSpec, traceparent: String) {
     let k = key(&token);
     let mut running = shared.running.lock().await;
     // Assignments are level-triggered: one running or finished is not started
@@ -396,7 +396,10 @@ async fn start(shared: &Arc<Shared>, token: AttemptToken, spec: JobSpec) {
     let shared2 = shared.clone();
     tracing::info!(attempt = ?k, "starting");
     let handle = tokio::spawn(async move {
-        let report = executor::run(exec).await;
+        // The attempt's run, in the job's trace under the dispatch.
+        let span = tracing::info_span!("run", job = %token.job_id, task = token.task, attempt = token.attempt);
+        gantry_telemetry::otel::set_parent(&span, &traceparent);
+        let report = tracing::Instrument::instrument(executor::run(exec), span).await;
         let k = key(&token);
         tracing::info!(attempt = ?k, failure = report.failure, message = %report.message, "finished");
         shared2

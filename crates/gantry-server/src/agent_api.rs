@@ -284,6 +284,26 @@ async fn propose_reports(
             now_ms: now_ms(),
             reports,
         };
+        // A span per finished attempt in its job's trace, until committed.
+        let finished: Vec<&AttemptRef> = batch
+            .iter()
+            .filter(|(_, e)| matches!(e, AttemptEvent::Finished(_)))
+            .map(|(a, _)| a)
+            .collect();
+        let _spans: Vec<tracing::Span> = replica
+            .state
+            .read(|s, _| {
+                finished
+                    .iter()
+                    .filter_map(|a| {
+                        let trace = &s.job(&a.job_id)?.trace_parent;
+                        let span = tracing::info_span!("result committed", job = %a.job_id, task = a.task, attempt = a.attempt);
+                        gantry_telemetry::otel::set_parent(&span, trace);
+                        Some(span)
+                    })
+                    .collect()
+            })
+            .await;
         loop {
             let deadline = Instant::now() + replica.config.request_timeout();
             match replica.write(cmd.clone(), deadline).await {

@@ -42,7 +42,8 @@ pub struct Dispatcher {
 
 /// What the state says about this node, read in one go.
 struct View {
-    live: Vec<(AttemptRef, JobSpec, bool)>,
+    /// Live attempts: spec, cancel requested, the job's trace.
+    live: Vec<(AttemptRef, JobSpec, bool, String)>,
     status: Option<NodeStatus>,
     session_id: Option<String>,
 }
@@ -130,7 +131,12 @@ impl Dispatcher {
                     .filter_map(|r| {
                         let job = s.job(&r.job_id)?;
                         let a = job.tasks.get(r.task as usize)?.attempts.last()?;
-                        Some((r.clone(), job.spec.clone(), a.cancel_requested))
+                        Some((
+                            r.clone(),
+                            job.spec.clone(),
+                            a.cancel_requested,
+                            job.trace_parent.clone(),
+                        ))
                     })
                     .collect(),
                 status: s.node(node_id).map(|n| n.status),
@@ -151,7 +157,7 @@ impl Dispatcher {
             None if view.status == Some(NodeStatus::Lost) => self.reopen().await,
             _ => {}
         }
-        let live: BTreeSet<&AttemptRef> = view.live.iter().map(|(r, _, _)| r).collect();
+        let live: BTreeSet<&AttemptRef> = view.live.iter().map(|(r, _, _, _)| r).collect();
         for stale in self.agent_running.iter().filter(|r| !live.contains(r)) {
             tracing::info!(node = %self.info.id, attempt = %stale, "agent runs an attempt not assigned to it; cancelling");
             self.cancel(stale, "not assigned to this node").await?;
@@ -161,15 +167,20 @@ impl Dispatcher {
         for gone in self.sent.iter().filter(|r| !live.contains(r)) {
             self.cancel(gone, "no longer assigned to this node").await?;
         }
-        for (r, spec, cancel_requested) in &view.live {
+        for (r, spec, cancel_requested, trace) in &view.live {
             if *cancel_requested {
                 if self.cancels_sent.insert(r.clone()) {
                     self.cancel(r, "job cancelled or node drained").await?;
                 }
             } else if !self.agent_running.contains(r) && self.sent.insert(r.clone()) {
+                // A span in the job's trace; the agent's run is its child.
+                let span = tracing::info_span!("dispatch", job = %r.job_id, task = r.task, attempt = r.attempt, node = %self.info.id);
+                gantry_telemetry::otel::set_parent(&span, trace);
+                let traceparent = span.in_scope(gantry_telemetry::otel::traceparent);
                 self.send(ServerMsg::Assign(Assign {
                     attempt: Some(token_to_api(r)),
                     spec: Some(spec_to_api(spec)),
+                    traceparent,
                 }))
                 .await?;
             }
