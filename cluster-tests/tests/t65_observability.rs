@@ -97,6 +97,13 @@ async fn t65_metrics_count_a_known_workload() {
             "{m}"
         );
         assert!(sample(&m, "gantry_raft_term").unwrap() >= 1.0, "{m}");
+        if sample(&m, "gantry_raft_is_leader") == Some(1.0) {
+            // Every write was proposed here: the submit, assigns, reports.
+            assert!(
+                sample(&m, "gantry_raft_apply_latency_seconds_count").unwrap() >= 3.0,
+                "{m}"
+            );
+        }
     }
     // Process-local figures: one agent stream in the whole cluster, the
     // submit counted on the replica the client called.

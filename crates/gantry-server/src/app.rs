@@ -129,6 +129,7 @@ pub async fn start_on(
         streams: Default::default(),
         identities: Default::default(),
         in_quorum: Default::default(),
+        write_latency: crate::metrics::write_latency_histogram(),
         config: Arc::new(config),
     });
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

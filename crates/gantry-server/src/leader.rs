@@ -57,9 +57,24 @@ async fn schedule_loop(replica: Arc<Replica>) {
     let mut metrics = replica.raft.metrics();
     loop {
         let now = now_ms();
-        let placements = replica
+        let (placements, spans) = replica
             .state
-            .read(|s, _| scheduler::schedule(s, now, MAX_PLACEMENTS_PER_ROUND))
+            .read(|s, _| {
+                let placements = scheduler::schedule(s, now, MAX_PLACEMENTS_PER_ROUND);
+                // A span per placement in its job's trace, until committed.
+                let spans: Vec<tracing::Span> = placements
+                    .iter()
+                    .filter_map(|p| {
+                        let trace = &s.job(&p.attempt.job_id)?.trace_parent;
+                        (!trace.is_empty()).then(|| {
+                            let span = tracing::info_span!("scheduled", job = %p.attempt.job_id, task = p.attempt.task, attempt = p.attempt.attempt, node = %p.node_id);
+                            gantry_telemetry::otel::set_parent(&span, trace);
+                            span
+                        })
+                    })
+                    .collect();
+                (placements, spans)
+            })
             .await;
         if !placements.is_empty() {
             let n = placements.len();
@@ -75,6 +90,7 @@ async fn schedule_loop(replica: Arc<Replica>) {
                 .await
             {
                 Ok(_) => {
+                    drop(spans);
                     tracing::debug!(placed = n, "scheduling round committed");
                     continue;
                 }

@@ -59,6 +59,15 @@ pub struct GrpcCounters {
     pub errors: Family<ErrorLabels, Counter>,
 }
 
+/// Seconds from proposing an entry to its being applied.
+const WRITE_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+pub fn write_latency_histogram() -> Histogram {
+    Histogram::new(WRITE_BUCKETS.iter().copied())
+}
+
 /// Task durations are bucketed in seconds.
 const DURATION_BUCKETS: &[f64] = &[
     0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0,
@@ -193,6 +202,11 @@ pub async fn render(replica: &Replica, grpc: &GrpcCounters) -> String {
         "stale_reports",
         "Agent reports refused by fencing (not the attempt's current node or session)",
         stale_c,
+    );
+    reg.register(
+        "raft_apply_latency_seconds",
+        "Time from proposing an entry on this replica (the leader) to its being committed and applied",
+        replica.write_latency.clone(),
     );
     reg.register(
         "grpc_requests",

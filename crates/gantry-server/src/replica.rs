@@ -62,6 +62,8 @@ pub struct Replica {
     pub identities: crate::auth::IdentityCache,
     /// Whether the last quorum probe succeeded (see `health`).
     pub in_quorum: std::sync::atomic::AtomicBool,
+    /// Propose → committed and applied, for writes this replica led.
+    pub write_latency: prometheus_client::metrics::histogram::Histogram,
 }
 
 fn unavailable_no_leader(waited: Duration) -> Status {
@@ -120,8 +122,12 @@ impl Replica {
     }
 
     async fn propose_local(&self, cmd: Command, deadline: Instant) -> Result<(Outcome, u64), Try> {
+        let started = Instant::now();
         match tokio::time::timeout_at(deadline, self.raft.client_write(cmd)).await {
-            Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
+            Ok(Ok(resp)) => {
+                self.write_latency.observe(started.elapsed().as_secs_f64());
+                Ok((resp.data, resp.log_id.index))
+            }
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(Try::Again),
             Ok(Err(e)) => Err(Try::Fail(Status::unavailable(format!(
                 "the write was not committed: {e}; its outcome is unknown, retry with the same idempotency key"
