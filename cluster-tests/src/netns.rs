@@ -26,14 +26,15 @@ pub struct Netns {
     ids: Vec<u64>,
 }
 
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
+/// Runs `program args...`; its stderr is the error when it fails.
+fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(program)
         .args(args)
         .output()
-        .context("running ip (iproute2)")?;
+        .with_context(|| format!("running {program}"))?;
     if !out.status.success() {
         bail!(
-            "ip {}: {}",
+            "{program} {}: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );
@@ -41,19 +42,12 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    run("ip", args)
+}
+
 fn iptables(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("iptables")
-        .args(args)
-        .output()
-        .context("running iptables")?;
-    if !out.status.success() {
-        bail!(
-            "iptables {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    run("iptables", args)
 }
 
 /// Whether the host's FORWARD chain drops by default.

@@ -62,22 +62,7 @@ fn t90_simulated_seeds_keep_every_invariant() {
         .collect();
     // Written to stderr directly, past the test harness's capture, so
     // every run shows its summary.
-    let _ = writeln!(
-        std::io::stderr(),
-        "simulation summary: {} seeds, {} faults, {} operations ({} submits acknowledged), {} messages ({} dropped), {} stale reports fenced, {} violations; {:.0} s simulated",
-        reports.len(),
-        reports.iter().map(|r| r.faults.len()).sum::<usize>(),
-        reports
-            .iter()
-            .map(|r| r.submits + r.reads + r.cancels)
-            .sum::<usize>(),
-        reports.iter().map(|r| r.acknowledged).sum::<usize>(),
-        reports.iter().map(|r| r.messages).sum::<u64>(),
-        reports.iter().map(|r| r.dropped).sum::<u64>(),
-        reports.iter().map(|r| r.stale_reports).sum::<u64>(),
-        failed.iter().map(|r| r.violations.len()).sum::<usize>(),
-        reports.iter().map(|r| r.virtual_ms).sum::<u64>() as f64 / 1000.0,
-    );
+    let _ = writeln!(std::io::stderr(), "{}", sim::summary(&reports));
     for r in &failed {
         eprintln!(
             "FAILED {r}\n  replay: GANTRY_SIM_SEED={} cargo test -p cluster-tests --test t90_simulation",

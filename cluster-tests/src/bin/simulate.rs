@@ -51,18 +51,9 @@ fn main() {
         .filter(|r| !r.violations.is_empty())
         .collect();
     println!(
-        "summary: {} seeds, {} faults, {} operations, {} messages, {} violations in {} seeds; {:.0} s simulated in {:.1} s",
-        reports.len(),
-        reports.iter().map(|r| r.faults.len()).sum::<usize>(),
-        reports
-            .iter()
-            .map(|r| r.submits + r.reads + r.cancels)
-            .sum::<usize>(),
-        reports.iter().map(|r| r.messages).sum::<u64>(),
-        failed.iter().map(|r| r.violations.len()).sum::<usize>(),
-        failed.len(),
-        reports.iter().map(|r| r.virtual_ms).sum::<u64>() as f64 / 1000.0,
-        began.elapsed().as_secs_f64(),
+        "{} in {:.1} s",
+        sim::summary(&reports),
+        began.elapsed().as_secs_f64()
     );
     for r in &failed {
         println!("FAILED seed {} (replay: --seed {}):", r.seed, r.seed);

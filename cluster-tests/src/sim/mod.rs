@@ -162,6 +162,26 @@ impl std::fmt::Display for Report {
     }
 }
 
+/// One line for a run of many seeds.
+pub fn summary(reports: &[Report]) -> String {
+    let failed = reports.iter().filter(|r| !r.violations.is_empty()).count();
+    format!(
+        "simulation summary: {} seeds, {} faults, {} operations ({} submits acknowledged), {} messages ({} dropped), {} stale reports fenced, {} violations in {failed} seeds; {:.0} s simulated",
+        reports.len(),
+        reports.iter().map(|r| r.faults.len()).sum::<usize>(),
+        reports
+            .iter()
+            .map(|r| r.submits + r.reads + r.cancels)
+            .sum::<usize>(),
+        reports.iter().map(|r| r.acknowledged).sum::<usize>(),
+        reports.iter().map(|r| r.messages).sum::<u64>(),
+        reports.iter().map(|r| r.dropped).sum::<u64>(),
+        reports.iter().map(|r| r.stale_reports).sum::<u64>(),
+        reports.iter().map(|r| r.violations.len()).sum::<usize>(),
+        reports.iter().map(|r| r.virtual_ms).sum::<u64>() as f64 / 1000.0,
+    )
+}
+
 /// Runs one seed to the end, on a fresh single-threaded runtime with time
 /// paused (it advances only when every task waits).
 pub fn run(seed: u64, opts: &Options) -> Report {
