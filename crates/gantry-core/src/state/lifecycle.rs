@@ -336,6 +336,11 @@ impl State {
         };
         if let Some(set) = self.live.get_mut(&attempt.node_id) {
             set.remove(r);
+            // An index rebuilt from a snapshot has no empty entries: keep
+            // none here either, so the two are equal.
+            if set.is_empty() {
+                self.live.remove(&attempt.node_id);
+            }
         }
         let failure = exit.failure;
         let message = exit.message.clone();
