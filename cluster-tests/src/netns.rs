@@ -78,66 +78,53 @@ impl Netns {
     }
 
     fn setup(&self, ids: &[u64]) -> anyhow::Result<()> {
-        {
-            ip(&["link", "add", &self.bridge, "type", "bridge"])?;
-            // Where bridged frames pass the host's iptables and its FORWARD
-            // policy drops them (Docker sets that), let this bridge's through.
-            if forward_policy_drops() {
-                iptables(&[
-                    "-I",
-                    "FORWARD",
-                    "-i",
-                    &self.bridge,
-                    "-o",
-                    &self.bridge,
-                    "-j",
-                    "ACCEPT",
-                ])?;
-            }
+        ip(&["link", "add", &self.bridge, "type", "bridge"])?;
+        // Where bridged frames pass the host's iptables and its FORWARD
+        // policy drops them (Docker sets that), let this bridge's through.
+        if forward_policy_drops() {
+            self.forward_rule("-I")?;
+        }
+        ip(&[
+            "addr",
+            "add",
+            &format!("10.{}.{}.254/24", self.net.0, self.net.1),
+            "dev",
+            &self.bridge,
+        ])?;
+        ip(&["link", "set", &self.bridge, "up"])?;
+        for id in ids {
+            let (ns, outer) = (self.ns(*id), format!("{}v{id}", self.prefix));
+            ip(&["netns", "add", &ns])?;
             ip(&[
+                "link", "add", &outer, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ])?;
+            ip(&["link", "set", &outer, "master", &self.bridge])?;
+            ip(&["link", "set", &outer, "up"])?;
+            ip(&[
+                "-n",
+                &ns,
                 "addr",
                 "add",
-                &format!("10.{}.{}.254/24", self.net.0, self.net.1),
+                &format!("{}/24", self.ip(*id)),
                 "dev",
-                &self.bridge,
+                "eth0",
             ])?;
-            ip(&["link", "set", &self.bridge, "up"])?;
-            for id in ids {
-                let (ns, outer) = (self.ns(*id), format!("{}v{id}", self.prefix));
-                ip(&["netns", "add", &ns])?;
-                ip(&[
-                    "link", "add", &outer, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-                ])?;
-                ip(&["link", "set", &outer, "master", &self.bridge])?;
-                ip(&["link", "set", &outer, "up"])?;
-                ip(&[
-                    "-n",
-                    &ns,
-                    "addr",
-                    "add",
-                    &format!("{}/24", self.ip(*id)),
-                    "dev",
-                    "eth0",
-                ])?;
-                ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-                ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            }
-            Ok(())
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         }
+        Ok(())
+    }
+
+    /// Inserts (`-I`) or deletes (`-D`) the rule that accepts this bridge's
+    /// forwarded frames.
+    fn forward_rule(&self, op: &str) -> anyhow::Result<()> {
+        let b = self.bridge.as_str();
+        iptables(&[op, "FORWARD", "-i", b, "-o", b, "-j", "ACCEPT"])
     }
 
     fn teardown(&self, ids: &[u64]) {
         if forward_policy_drops() {
-            let _ = iptables(&[
-                "-D",
-                "FORWARD",
-                "-i",
-                &self.bridge,
-                "-o",
-                &self.bridge,
-                "-j",
-                "ACCEPT",
-            ]);
+            let _ = self.forward_rule("-D");
         }
         for id in ids {
             let _ = ip(&["netns", "del", &self.ns(*id)]);

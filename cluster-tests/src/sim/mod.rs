@@ -13,6 +13,7 @@
 //! tests (t80) cover those.
 
 pub mod agent;
+mod client;
 pub mod invariants;
 pub mod net;
 pub mod replica;
@@ -25,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use gantry_client::api;
-use gantry_core::{JobSpec, JobState, NewJob, Resources};
+use gantry_core::JobState;
 use gantry_store::StateMachineStore;
 use openraft::AsyncRuntime;
 use openraft::async_runtime::WatchReceiver;
@@ -37,8 +38,9 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::checkers::{CancelOp, History, JobVersion, Outcome, ReadOp, SubmitOp, Violation};
+use crate::checkers::{History, Outcome, Violation};
 use agent::{Agent, Disk};
+use client::Client;
 use net::Net;
 use replica::Replica;
 
@@ -682,125 +684,4 @@ fn digest(s: &gantry_core::State) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     s.to_snapshot().unwrap_or_default().hash(&mut h);
     h.finish()
-}
-
-/// A client: submits, reads and cancels through random replicas.
-struct Client {
-    c: usize,
-    net: Net,
-    ids: Vec<u64>,
-    rng: StdRng,
-    history: Arc<Mutex<History>>,
-    start: Instant,
-}
-
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
-
-impl Client {
-    fn elapsed(&self) -> Duration {
-        self.start.elapsed()
-    }
-
-    async fn run(mut self, stop: Arc<AtomicBool>) {
-        let me = 2_000 + self.c as u64;
-        let mut n = 0u64;
-        let mut acked: Vec<String> = Vec::new();
-        while !stop.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(self.rng.random_range(10..200))).await;
-            let to = self.ids[self.rng.random_range(0..self.ids.len())];
-            let op = self.rng.random_range(0..100);
-            let invoke = self.elapsed();
-            let inner = CLIENT_TIMEOUT - Duration::from_millis(300);
-            if op < 55 || acked.is_empty() {
-                n += 1;
-                let id = format!("j{}-{n}", self.c);
-                let job = NewJob {
-                    trace_parent: String::new(),
-                    id: id.clone(),
-                    spec: JobSpec {
-                        argv: vec!["sim".into()],
-                        resources: Resources {
-                            cpu_millis: 500,
-                            memory_mib: 64,
-                            gpus: 0,
-                        },
-                        ..JobSpec::default()
-                    }
-                    .normalized(),
-                };
-                let r = self
-                    .net
-                    .call(me, to, CLIENT_TIMEOUT, |r| async move {
-                        r.submit(job, Instant::now() + inner).await
-                    })
-                    .await;
-                let (outcome, index) = match r {
-                    Ok(Ok(index)) => {
-                        acked.push(id.clone());
-                        (Outcome::Ok(id), index)
-                    }
-                    Ok(Err(e)) => (Outcome::Unknown(e), 0),
-                    Err(e) => (Outcome::Unknown(e.to_string()), 0),
-                };
-                let op = SubmitOp {
-                    client: self.c,
-                    invoke,
-                    complete: self.elapsed(),
-                    outcome,
-                    index,
-                };
-                self.history.lock().await.submits.push(op);
-            } else if op < 90 {
-                let job_id = acked[self.rng.random_range(0..acked.len())].clone();
-                let id = job_id.clone();
-                let r = self
-                    .net
-                    .call(me, to, CLIENT_TIMEOUT, |r| async move {
-                        r.get_job(&id, Instant::now() + inner).await
-                    })
-                    .await;
-                let outcome = match r {
-                    Ok(Ok(Some((index, state)))) => Outcome::Ok(JobVersion {
-                        index,
-                        state: api_state(state),
-                    }),
-                    Ok(Ok(None)) => Outcome::Ok(JobVersion::ABSENT),
-                    Ok(Err(e)) => Outcome::Unknown(e),
-                    Err(e) => Outcome::Unknown(e.to_string()),
-                };
-                let op = ReadOp {
-                    job_id,
-                    invoke,
-                    complete: self.elapsed(),
-                    outcome,
-                };
-                self.history.lock().await.reads.push(op);
-            } else {
-                let job_id = acked[self.rng.random_range(0..acked.len())].clone();
-                let id = job_id.clone();
-                let r = self
-                    .net
-                    .call(me, to, CLIENT_TIMEOUT, |r| async move {
-                        r.cancel(id, Instant::now() + inner).await
-                    })
-                    .await;
-                let outcome = match r {
-                    Ok(Ok(Ok((index, state)))) => Outcome::Ok(JobVersion {
-                        index,
-                        state: api_state(state),
-                    }),
-                    Ok(Ok(Err(e))) => Outcome::Fail(e),
-                    Ok(Err(e)) => Outcome::Unknown(e),
-                    Err(e) => Outcome::Unknown(e.to_string()),
-                };
-                let op = CancelOp {
-                    job_id,
-                    invoke,
-                    complete: self.elapsed(),
-                    outcome,
-                };
-                self.history.lock().await.cancels.push(op);
-            }
-        }
-    }
 }

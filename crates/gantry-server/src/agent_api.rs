@@ -297,6 +297,9 @@ async fn propose_reports(
                     .iter()
                     .filter_map(|a| {
                         let trace = &s.job(&a.job_id)?.trace_parent;
+                        if trace.is_empty() {
+                            return None;
+                        }
                         let span = tracing::info_span!("result committed", job = %a.job_id, task = a.task, attempt = a.attempt);
                         gantry_telemetry::otel::set_parent(&span, trace);
                         Some(span)
