@@ -68,8 +68,21 @@ pub struct Agent {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     servers: Vec<String>,
+    /// Flags added to (or replacing) the harness's defaults.
+    extra_args: Vec<String>,
     child: Option<Child>,
 }
+
+/// Health thresholds for test agents: a test machine is often short of disk
+/// and busy (load, slow heartbeats), which must not make every node
+/// unhealthy. Tests of health checks pass their own (see `start_agent_with`).
+const AGENT_TEST_DEFAULTS: &[(&str, &str)] = &[
+    ("--health-min-free-disk", "0"),
+    ("--health-min-available-memory", "0"),
+    ("--health-max-rtt", "60s"),
+    ("--health-max-load-per-cpu", "10000"),
+    ("--health-interval", "1s"),
+];
 
 pub struct Cluster {
     pub replicas: BTreeMap<u64, Replica>,
@@ -550,6 +563,17 @@ impl Cluster {
 
     /// Starts an agent that tries the given replicas in this order.
     pub fn start_agent(&mut self, node_id: &str, replica_ids: &[u64]) -> anyhow::Result<()> {
+        self.start_agent_with(node_id, replica_ids, &[])
+    }
+
+    /// [`Cluster::start_agent`] with more flags; a flag given here replaces
+    /// the harness's default for it (e.g. `--health-min-free-disk`).
+    pub fn start_agent_with(
+        &mut self,
+        node_id: &str,
+        replica_ids: &[u64],
+        extra_args: &[&str],
+    ) -> anyhow::Result<()> {
         let servers = replica_ids
             .iter()
             .map(|id| self.replicas[id].addr.clone())
@@ -563,6 +587,7 @@ impl Cluster {
                 data_dir: self.dir.path().join(format!("agent-{node_id}")),
                 log: self.dir.path().join(format!("agent-{node_id}.log")),
                 servers,
+                extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
                 child: None,
             },
         );
@@ -588,6 +613,13 @@ impl Cluster {
             .arg(&a.data_dir)
             .args(["--kill-grace", "1s"])
             .args(["--metrics-listen", &a.metrics_addr])
+            .args(
+                AGENT_TEST_DEFAULTS
+                    .iter()
+                    .filter(|(flag, _)| !a.extra_args.iter().any(|x| x == flag))
+                    .flat_map(|(flag, value)| [*flag, *value]),
+            )
+            .args(&a.extra_args)
             .args(&security)
             .env("RUST_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k, v)))

@@ -59,6 +59,7 @@ impl Agent {
             },
             max_tasks: 4,
             agent_version: "sim".into(),
+            gpus: Vec::new(),
         }
     }
 

@@ -284,6 +284,7 @@ impl Replica {
             now_ms: now_ms(),
             node: node.clone(),
             session: session.clone(),
+            health: None,
         };
         self.write(cmd, Instant::now() + Duration::from_secs(2))
             .await?;
@@ -333,6 +334,7 @@ impl Replica {
                     now_ms: now_ms(),
                     node: info,
                     session,
+                    health: None,
                 };
                 let _ = self
                     .write(cmd, Instant::now() + Duration::from_secs(2))

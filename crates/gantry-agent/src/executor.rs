@@ -2,6 +2,8 @@
 //! executed directly (a shell only when the job asks for one), a fresh
 //! working directory, live output in bounded chunks, a timeout, and cancel
 //! that kills the whole group (SIGTERM, then SIGKILL after a grace period).
+//! A service task with a readiness probe is reported ready when the probe
+//! first passes, and killed if it does not within its warm-up window.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -11,14 +13,16 @@ use std::time::Duration;
 
 use gantry_proto::v1::agent_message::Msg;
 use gantry_proto::v1::{
-    AgentMessage, AttemptFinished, AttemptStarted, AttemptToken, FailureClass, JobSpec,
-    OutputChunk, OutputStream,
+    AgentMessage, AttemptFinished, AttemptReady, AttemptStarted, AttemptToken, FailureClass,
+    JobSpec, OutputChunk, OutputStream,
 };
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::probe;
 
 /// Largest live output chunk sent to the replica.
 pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
@@ -39,6 +43,8 @@ impl Drop for Running<'_> {
 enum Stop {
     Timeout,
     Cancel(String),
+    /// The readiness probe did not pass within the warm-up window.
+    WarmUp(String),
 }
 
 pub struct Execution {
@@ -52,6 +58,9 @@ pub struct Execution {
     /// agent restarted after a crash can kill what its previous life left.
     pub record: Option<PathBuf>,
     pub stats: std::sync::Arc<crate::stats::AgentStats>,
+    /// The GPUs the attempt may use (node-local NVML indices); `None` on a
+    /// node without GPUs, where the environment is left alone.
+    pub gpus: Option<Vec<u32>>,
 }
 
 /// Queues a live event; false if it was dropped.
@@ -111,6 +120,7 @@ pub async fn run(exec: Execution) -> AttemptFinished {
         cancel,
         record,
         stats,
+        gpus,
     } = exec;
     stats.attempts_started.fetch_add(1, Ordering::Relaxed);
     stats.running.fetch_add(1, Ordering::Relaxed);
@@ -120,6 +130,19 @@ pub async fn run(exec: Execution) -> AttemptFinished {
         work_dir(&work_root, &token)
     } else {
         PathBuf::from(&spec.working_dir)
+    };
+    let readiness = match spec.readiness.as_ref() {
+        None => None,
+        Some(p) => match probe::Probe::from_spec(p, &dir) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                return finished(
+                    &token,
+                    FailureClass::Workload,
+                    format!("invalid readiness probe: {e}"),
+                );
+            }
+        },
     };
     if fresh_dir && let Err(e) = tokio::fs::create_dir_all(&dir).await {
         return finished(
@@ -142,6 +165,9 @@ pub async fn run(exec: Execution) -> AttemptFinished {
         // Its own process group, so cancel and timeout reach every child.
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(gpus) = &gpus {
+        pin_gpus(&mut cmd, gpus);
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -177,7 +203,11 @@ pub async fn run(exec: Execution) -> AttemptFinished {
         tokio::spawn(pump(s, t, OutputStream::Stderr, e, st))
     });
 
-    let (status, stop) = wait_or_stop(&mut child, pgid, &spec, cancel, kill_grace).await;
+    let mut tally = readiness.as_ref().map(probe::Tally::new);
+    let (status, stop) = {
+        let ready = become_ready(readiness.as_ref(), tally.as_mut(), &token, &events);
+        wait_or_stop(&mut child, pgid, &spec, cancel, kill_grace, ready).await
+    };
     // Whatever the main process left behind in its group goes too.
     if let Some(pgid) = pgid {
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
@@ -196,7 +226,55 @@ pub async fn run(exec: Execution) -> AttemptFinished {
     let mut report = report(&token, status, stop, &spec);
     report.stdout_tail = stdout_tail;
     report.stderr_tail = stderr_tail;
+    // Ready or not, the report says what the probe saw.
+    report.diagnostics = tally.map(|t| t.diagnostics()).unwrap_or_default();
     report
+}
+
+/// Exposes exactly `gpus` to the task, whatever the job's env says: an empty
+/// list hides every GPU.
+fn pin_gpus(cmd: &mut Command, gpus: &[u32]) {
+    let list = gpus
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    cmd.env("CUDA_VISIBLE_DEVICES", &list)
+        .env("NVIDIA_VISIBLE_DEVICES", &list)
+        // The indices are NVML's, which follow the PCI bus; CUDA's default
+        // order (fastest first) can differ on mixed nodes.
+        .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
+}
+
+/// Probes until ready, then reports Ready and waits forever; returns (the
+/// failure message) only if the warm-up window ends first. Without a probe it
+/// never returns.
+async fn become_ready(
+    probe: Option<&probe::Probe>,
+    tally: Option<&mut probe::Tally>,
+    token: &AttemptToken,
+    events: &mpsc::Sender<AgentMessage>,
+) -> String {
+    let (Some(probe), Some(tally)) = (probe, tally) else {
+        return std::future::pending().await;
+    };
+    match probe::wait_ready(probe, tally).await {
+        Ok(diagnostics) => {
+            tracing::info!(%diagnostics, "attempt ready");
+            send(
+                events,
+                Msg::Ready(AttemptReady {
+                    attempt: Some(token.clone()),
+                    diagnostics,
+                }),
+            );
+            std::future::pending().await
+        }
+        Err(diagnostics) => {
+            tracing::warn!(%diagnostics, "attempt not ready within its warm-up; killing it");
+            tally.warm_up_failure()
+        }
+    }
 }
 
 async fn wait_or_stop(
@@ -205,6 +283,7 @@ async fn wait_or_stop(
     spec: &JobSpec,
     mut cancel: oneshot::Receiver<String>,
     grace: Duration,
+    ready: impl std::future::Future<Output = String>,
 ) -> (std::io::Result<ExitStatus>, Option<Stop>) {
     let timeout = async {
         if spec.timeout_ms == 0 {
@@ -216,6 +295,7 @@ async fn wait_or_stop(
         status = child.wait() => return (status, None),
         () = timeout => Stop::Timeout,
         reason = &mut cancel => Stop::Cancel(reason.unwrap_or_else(|_| "agent shutting down".into())),
+        message = ready => Stop::WarmUp(message),
     };
     if let Some(pgid) = pgid {
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
@@ -260,6 +340,10 @@ fn report(
         (Some(Stop::Cancel(reason)), _, _) => (
             FailureClass::Cancelled,
             format!("cancelled ({reason}); process group killed"),
+        ),
+        (Some(Stop::WarmUp(message)), _, _) => (
+            FailureClass::WarmUp,
+            format!("{message}; process group killed"),
         ),
         (None, Some(0), _) => (FailureClass::Unspecified, String::new()),
         (None, Some(code), _) => (FailureClass::Workload, format!("exited with code {code}")),

@@ -10,6 +10,9 @@
 
 pub mod capacity;
 pub mod executor;
+pub mod gpu;
+pub mod health;
+pub mod probe;
 pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,7 +29,7 @@ use gantry_proto::v1::{
     AgentMessage, AttemptFinished, AttemptToken, Heartbeat, Hello, JobSpec, Resources,
 };
 use rand::Rng;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -51,6 +54,10 @@ pub struct AgentConfig {
     pub transport: Transport,
     /// Where to serve `/metrics`, `/ready` and `/live` over HTTP; off when unset.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Health check thresholds and interval.
+    pub health: health::HealthConfig,
+    /// A GPU inventory file (test/simulation input) read instead of NVML.
+    pub gpu_inventory: Option<PathBuf>,
 }
 
 type Key = (String, u32, u32);
@@ -74,6 +81,24 @@ struct Shared {
     unacked: Mutex<BTreeMap<Key, AttemptFinished>>,
     events: mpsc::Sender<AgentMessage>,
     stats: Arc<stats::AgentStats>,
+    /// Where GPU facts come from; the health checks read it every interval.
+    gpu_source: Arc<gpu::GpuSource>,
+    /// The latest health report and GPU telemetry: the check loop writes it,
+    /// the hello, heartbeats and /metrics read it.
+    health: watch::Sender<Arc<health::HealthSnapshot>>,
+    /// The last heartbeat round trip on the current stream (None until a
+    /// pong comes back), for the latency check.
+    rtt: Mutex<Option<Duration>>,
+    /// Origin of the agent's monotonic clock sent in heartbeats.
+    started: tokio::time::Instant,
+}
+
+impl Shared {
+    /// Milliseconds since the agent started, on the monotonic clock: the
+    /// replica echoes it in a pong, so no clock agreement is needed.
+    fn clock_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 async fn shared_metrics_listener(
@@ -115,18 +140,37 @@ pub async fn run(
             AgentError::Config(format!("data_dir: cannot create {}: {e}", dir.display()))
         })?;
     }
+    cfg.health.validate().map_err(AgentError::Config)?;
     let leftovers = recover(&cfg.data_dir.join("attempts"));
-    let gpus = capacity::gpus();
+    let gpu_source = Arc::new(gpu::GpuSource::detect(cfg.gpu_inventory.as_deref()));
+    let gpus = gpu_source
+        .inventory()
+        .map_err(|e| AgentError::Config(format!("gpu_inventory: {e}")))?;
     let capacity = Resources {
         cpu_millis: cfg.cpu_millis.unwrap_or_else(capacity::cpu_millis),
         memory_mib: cfg.memory_mib.unwrap_or_else(capacity::memory_mib),
         gpus: gpus.len() as u32,
     };
     tracing::info!(node = %cfg.node_id, ?capacity, "agent starting");
+    // Checked once before the first connection so the hello carries a
+    // report and the cluster judges the node from its first moment.
+    let (report, telemetry) = health::run_checks(
+        &cfg.health,
+        &cfg.data_dir.join("work"),
+        &gpu_source,
+        gpus.len(),
+        None,
+    )
+    .await;
+    health::log_verdict_change(None, &report);
+    let (health, _) = watch::channel(Arc::new(health::HealthSnapshot {
+        report,
+        gpus: telemetry,
+    }));
     let stats = Arc::new(stats::AgentStats::default());
     let metrics = match shared_metrics_listener(&cfg).await? {
         Some(l) => {
-            let (addr, task) = stats::serve(l, stats.clone())
+            let (addr, task) = stats::serve(l, stats.clone(), health.subscribe())
                 .map_err(|e| AgentError::Config(format!("metrics_listen: {e}")))?;
             tracing::info!(%addr, "serving /metrics, /ready and /live");
             Some(task)
@@ -142,11 +186,17 @@ pub async fn run(
         unacked: Mutex::new(leftovers),
         events,
         stats,
+        gpu_source,
+        health,
+        rtt: Mutex::new(None),
+        started: tokio::time::Instant::now(),
     });
+    let checks = tokio::spawn(health_loop(shared.clone()));
     tokio::select! {
         () = connect_loop(shared.clone(), events_rx) => {}
         () = shutdown => {}
     }
+    checks.abort();
     stop_all(&shared).await;
     if let Some(m) = metrics {
         m.abort();
@@ -279,6 +329,8 @@ async fn session(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (out, out_rx) = mpsc::channel::<AgentMessage>(256);
+    // Read before the hello so the watch is not borrowed across its awaits.
+    let health = Some(shared.health.borrow().report.clone());
     let hello = Hello {
         node_id: shared.cfg.node_id.clone(),
         labels: shared.cfg.labels.clone().into_iter().collect(),
@@ -298,6 +350,7 @@ async fn session(
             .collect(),
         unacknowledged: shared.unacked.lock().await.values().cloned().collect(),
         gpus: shared.gpus.clone(),
+        health,
     };
     let _ = out
         .send(AgentMessage {
@@ -320,6 +373,9 @@ async fn session(
     }
     shared.stats.connected.store(true, Ordering::Relaxed);
     let _connected = stats::Connected(&shared.stats);
+    // A round trip measured to another replica says nothing about this one.
+    *shared.rtt.lock().await = None;
+    let mut health_sent = None;
     let mut heartbeat = tokio::time::interval(Duration::from_millis(
         welcome.heartbeat_interval_ms.max(100),
     ));
@@ -335,7 +391,7 @@ async fn session(
                 }
             }
             _ = heartbeat.tick() => {
-                let hb = AgentMessage { msg: Some(AgentMsg::Heartbeat(Heartbeat { sent_at_ms: 0 })) };
+                let hb = heartbeat_message(shared, &mut health_sent);
                 if out.send(hb).await.is_err() {
                     return Err(tonic::Status::unavailable("stream closed"));
                 }
@@ -350,7 +406,7 @@ async fn handle(shared: &Arc<Shared>, msg: Option<ServerMsg>) {
             let (Some(token), Some(spec)) = (a.attempt, a.spec) else {
                 return;
             };
-            start(shared, token, spec, a.traceparent).await;
+            start(shared, token, spec, a.traceparent, a.gpus).await;
         }
         Some(ServerMsg::Cancel(c)) => {
             let Some(token) = c.attempt else { return };
@@ -369,11 +425,21 @@ async fn handle(shared: &Arc<Shared>, msg: Option<ServerMsg>) {
                 let _ = tokio::fs::remove_file(record_path(&shared.cfg.data_dir, &k)).await;
             }
         }
+        Some(ServerMsg::Pong(p)) => {
+            let rtt = shared.clock_ms().saturating_sub(p.sent_at_ms);
+            *shared.rtt.lock().await = Some(Duration::from_millis(rtt));
+        }
         Some(ServerMsg::Welcome(_)) | None => {}
     }
 }
 
-async fn start(shared: &Arc<Shared>, token: AttemptToken, spec: JobSpec, traceparent: String) {
+async fn start(
+    shared: &Arc<Shared>,
+    token: AttemptToken,
+    spec: JobSpec,
+    traceparent: String,
+    gpus: Vec<u32>,
+) {
     let k = key(&token);
     let mut running = shared.running.lock().await;
     // Assignments are level-triggered: one running or finished is not started
@@ -392,6 +458,8 @@ async fn start(shared: &Arc<Shared>, token: AttemptToken, spec: JobSpec, tracepa
         cancel,
         record: Some(record_path(&shared.cfg.data_dir, &k)),
         stats: shared.stats.clone(),
+        // A node without GPUs leaves CUDA's environment as the job set it.
+        gpus: (!shared.gpus.is_empty()).then_some(gpus),
     };
     let shared2 = shared.clone();
     tracing::info!(attempt = ?k, "starting");
@@ -419,4 +487,53 @@ async fn start(shared: &Arc<Shared>, token: AttemptToken, spec: JobSpec, tracepa
             handle,
         },
     );
+}
+
+/// A heartbeat: the agent's clock (echoed in the pong for the round trip),
+/// the GPUs' telemetry, and the health report when its findings changed
+/// since the last one sent on this stream (always on a stream's first).
+fn heartbeat_message(
+    shared: &Shared,
+    health_sent: &mut Option<gantry_proto::v1::HealthReport>,
+) -> AgentMessage {
+    let snapshot = shared.health.borrow().clone();
+    let health = if health_sent
+        .as_ref()
+        .is_some_and(|sent| health::same_findings(sent, &snapshot.report))
+    {
+        None
+    } else {
+        *health_sent = Some(snapshot.report.clone());
+        Some(snapshot.report.clone())
+    };
+    AgentMessage {
+        msg: Some(AgentMsg::Heartbeat(Heartbeat {
+            sent_at_ms: shared.clock_ms(),
+            health,
+            gpus: snapshot.gpus.clone(),
+        })),
+    }
+}
+
+/// Runs the health checks every interval and publishes the result; logs only
+/// when the verdict flips, so a steady node stays quiet.
+async fn health_loop(shared: Arc<Shared>) {
+    let cfg = &shared.cfg.health;
+    let work_dir = shared.cfg.data_dir.join("work");
+    let mut tick = tokio::time::interval(cfg.interval);
+    // A slow run is not followed by a burst of catch-up runs.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate, and the checks just ran at start.
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let rtt = *shared.rtt.lock().await;
+        let (report, gpus) =
+            health::run_checks(cfg, &work_dir, &shared.gpu_source, shared.gpus.len(), rtt).await;
+        let was_healthy = shared.health.borrow().report.healthy;
+        health::log_verdict_change(Some(was_healthy), &report);
+        shared
+            .health
+            .send_replace(Arc::new(health::HealthSnapshot { report, gpus }));
+    }
 }

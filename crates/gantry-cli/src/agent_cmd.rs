@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use gantry_agent::AgentConfig;
+use gantry_agent::health::HealthConfig;
 
 use crate::server_cmd::shutdown_signal;
 use crate::{EXIT_USAGE, Failure, parse};
@@ -41,10 +42,75 @@ pub struct AgentArgs {
     /// Serve /metrics (Prometheus), /ready and /live over HTTP on HOST:PORT.
     #[arg(long, env = "GANTRY_AGENT_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// GPU inventory JSON to read instead of NVML: a test/simulation input,
+    /// never for real nodes ({"gpus":[{"uuid":…,"model":…,"memory_total_mib":…}]}).
+    #[arg(long, env = "GANTRY_AGENT_GPU_INVENTORY", value_name = "FILE")]
+    gpu_inventory: Option<PathBuf>,
+    #[command(flatten)]
+    health: HealthArgs,
     #[arg(long, env = "GANTRY_LOG_FORMAT", default_value = "human")]
     log_format: gantry_telemetry::LogFormat,
     #[command(flatten)]
     security: crate::security::SecurityArgs,
+}
+
+/// Health check thresholds; the defaults are `HealthConfig::default()`'s.
+#[derive(clap::Args)]
+#[command(next_help_heading = "Health checks")]
+struct HealthArgs {
+    /// Time between two runs of the health checks.
+    #[arg(long, env = "GANTRY_AGENT_HEALTH_INTERVAL", value_parser = positive_duration_ms, default_value = "10s")]
+    health_interval: u64,
+    /// Least free space on DATA_DIR/work: MiB (10240), 512Mi or 10Gi.
+    #[arg(long, env = "GANTRY_AGENT_HEALTH_MIN_FREE_DISK", value_parser = parse::memory_mib, default_value = "10Gi")]
+    health_min_free_disk: u64,
+    /// Least available memory (MemAvailable): MiB (256), 512Mi or 2Gi.
+    #[arg(long, env = "GANTRY_AGENT_HEALTH_MIN_AVAILABLE_MEMORY", value_parser = parse::memory_mib, default_value = "256Mi")]
+    health_min_available_memory: u64,
+    /// Longest heartbeat round trip to the replica.
+    #[arg(long, env = "GANTRY_AGENT_HEALTH_MAX_RTT", value_parser = positive_duration_ms, default_value = "100ms")]
+    health_max_rtt: u64,
+    /// Highest 1-minute load average per CPU.
+    #[arg(long, env = "GANTRY_AGENT_HEALTH_MAX_LOAD_PER_CPU", value_parser = positive_number, default_value = "4.0")]
+    health_max_load_per_cpu: f64,
+    /// Hottest a GPU may run, in °C.
+    #[arg(long, env = "GANTRY_AGENT_HEALTH_MAX_GPU_TEMP", value_parser = clap::value_parser!(u32).range(1..=200), default_value_t = 90)]
+    health_max_gpu_temp: u32,
+    /// Least share of health checks passed (percent) for the node to be healthy.
+    #[arg(long, env = "GANTRY_AGENT_HEALTH_HEALTHY_PERCENT", value_parser = clap::value_parser!(u32).range(1..=100), default_value_t = 90)]
+    health_healthy_percent: u32,
+}
+
+const MIB: u64 = 1024 * 1024;
+
+impl HealthArgs {
+    fn config(&self) -> HealthConfig {
+        HealthConfig {
+            interval: Duration::from_millis(self.health_interval),
+            min_free_disk_bytes: self.health_min_free_disk.saturating_mul(MIB),
+            min_available_memory_bytes: self.health_min_available_memory.saturating_mul(MIB),
+            max_load_per_cpu: self.health_max_load_per_cpu,
+            max_rtt: Duration::from_millis(self.health_max_rtt),
+            max_gpu_temperature_c: self.health_max_gpu_temp,
+            healthy_percent: self.health_healthy_percent,
+            ..HealthConfig::default()
+        }
+    }
+}
+
+/// A duration above zero (clap names the flag in the error).
+fn positive_duration_ms(s: &str) -> Result<u64, String> {
+    match parse::duration_ms(s)? {
+        0 => Err(format!("{s:?} must be more than 0")),
+        ms => Ok(ms),
+    }
+}
+
+fn positive_number(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
+        _ => Err(format!("{s:?} is not a number above 0")),
+    }
 }
 
 fn hostname() -> Option<String> {
@@ -81,6 +147,8 @@ async fn run_agent(args: AgentArgs) -> Result<(), Failure> {
         kill_grace: Duration::from_millis(args.kill_grace),
         transport: args.security.transport()?,
         metrics_listen: args.metrics_listen,
+        health: args.health.config(),
+        gpu_inventory: args.gpu_inventory,
     };
     gantry_agent::run(cfg, shutdown_signal())
         .await
@@ -88,4 +156,61 @@ async fn run_agent(args: AgentArgs) -> Result<(), Failure> {
             message: e.to_string(),
             code: EXIT_USAGE,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<AgentArgs, clap::Error> {
+        let args = ["gantry", "--servers", "127.0.0.1:1"].iter().chain(extra);
+        Cli::try_parse_from(args).map(|c| c.agent)
+    }
+
+    #[test]
+    fn t10_health_flags_default_to_the_agents_defaults() {
+        let args = parse(&[]).unwrap();
+        assert_eq!(args.health.config(), HealthConfig::default());
+        assert_eq!(args.gpu_inventory, None);
+    }
+
+    #[test]
+    fn t10_health_flags_parse_units_and_name_themselves_when_wrong() {
+        let args = parse(&[
+            "--health-min-free-disk",
+            "2Gi",
+            "--health-interval",
+            "1m",
+            "--health-max-load-per-cpu",
+            "1.5",
+            "--gpu-inventory",
+            "/tmp/gpus.json",
+        ])
+        .unwrap();
+        let cfg = args.health.config();
+        assert_eq!(cfg.min_free_disk_bytes, 2 * 1024 * MIB);
+        assert_eq!(cfg.interval, Duration::from_secs(60));
+        assert_eq!(cfg.max_load_per_cpu, 1.5);
+        for (flag, value) in [
+            ("--health-healthy-percent", "0"),
+            ("--health-healthy-percent", "101"),
+            ("--health-interval", "0s"),
+            ("--health-max-rtt", "soon"),
+            ("--health-max-load-per-cpu", "0"),
+            ("--health-max-load-per-cpu", "NaN"),
+            ("--health-max-gpu-temp", "0"),
+            ("--health-min-free-disk", "1Ti"),
+        ] {
+            let e = parse(&[flag, value]).err().unwrap().to_string();
+            assert!(e.contains(flag), "{flag} {value}: {e}");
+        }
+    }
 }

@@ -162,6 +162,10 @@ fn spawn_agent(
             &node_id,
             "--label",
             "dev=true",
+            // A laptop is often short of the production default's 10 GiB
+            // free; a local cluster should still run jobs.
+            "--health-min-free-disk",
+            "1Gi",
         ])
         .args(security_args(pki, "agent", &node_id))
         .arg("--data-dir")

@@ -10,7 +10,7 @@ use crate::{ClientArgs, Failure, parse};
 #[derive(clap::Subcommand)]
 pub enum JobCommand {
     /// Submit a job; prints its id. Everything after `--` is the command.
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
     /// Show one job and its tasks.
     Status {
         id: String,
@@ -42,7 +42,7 @@ pub enum JobCommand {
         follow: bool,
     },
     /// Submit a job, stream its output, and exit with its exit code (like `docker run`).
-    Run(SubmitArgs),
+    Run(Box<SubmitArgs>),
     /// Cancel a job.
     Cancel {
         id: String,
@@ -64,8 +64,33 @@ pub struct SubmitArgs {
     /// Memory per task: MiB (512), 512Mi or 2Gi.
     #[arg(long, value_parser = parse::memory_mib)]
     mem: Option<u64>,
+    /// GPUs per task; the task sees exactly these through CUDA_VISIBLE_DEVICES.
     #[arg(long, default_value_t = 0)]
     gpus: u32,
+    /// Only GPUs whose model contains this, e.g. A100 (implies --gpus 1 if unset).
+    #[arg(long, default_value = "")]
+    gpu_model: String,
+    /// Only GPUs with at least this much memory: MiB, or 40Gi (implies --gpus 1 if unset).
+    #[arg(long, value_parser = parse::memory_mib)]
+    gpu_min_memory: Option<u64>,
+    /// Placement policy: strict, balanced or aggressive (default: the cluster's).
+    #[arg(long, default_value = "")]
+    placement: String,
+    /// Readiness probe: an HTTP GET, as [HOST:]PORT[/PATH]; 2xx or 3xx passes.
+    #[arg(long, value_parser = parse::http_probe, group = "probe")]
+    ready_http: Option<api::HttpProbe>,
+    /// Readiness probe: a TCP connection to [HOST:]PORT.
+    #[arg(long, value_parser = parse::tcp_probe, group = "probe")]
+    ready_tcp: Option<api::TcpProbe>,
+    /// Readiness probe: a command (split on spaces, no shell) that exits 0.
+    #[arg(long, group = "probe")]
+    ready_exec: Option<String>,
+    /// How long the task may take to become ready before it fails (class warm-up).
+    #[arg(long, value_parser = parse::duration_ms, default_value = "60s")]
+    ready_warmup: u64,
+    /// Time between probe tries.
+    #[arg(long, value_parser = parse::duration_ms, default_value = "1s")]
+    ready_interval: u64,
     /// Higher runs first.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     priority: i32,
@@ -100,8 +125,40 @@ pub struct SubmitArgs {
 }
 
 impl SubmitArgs {
+    fn readiness(&self) -> Option<api::Probe> {
+        use api::probe::Check;
+        let check = if let Some(h) = &self.ready_http {
+            Check::Http(h.clone())
+        } else if let Some(t) = &self.ready_tcp {
+            Check::Tcp(t.clone())
+        } else {
+            Check::Exec(api::ExecProbe {
+                argv: self
+                    .ready_exec
+                    .as_deref()?
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect(),
+            })
+        };
+        Some(api::Probe {
+            check: Some(check),
+            warmup_ms: self.ready_warmup,
+            interval_ms: self.ready_interval,
+            timeout_ms: 0,
+        })
+    }
+
     fn spec(self) -> api::JobSpec {
         let s = self;
+        let readiness = s.readiness();
+        let gpu_min_memory_mib = s.gpu_min_memory.unwrap_or(0);
+        // Asking for a kind of GPU without a count means one of them.
+        let gpus = if s.gpus == 0 && (!s.gpu_model.is_empty() || gpu_min_memory_mib > 0) {
+            1
+        } else {
+            s.gpus
+        };
         let argv = if s.shell {
             vec![s.command.join(" ")]
         } else {
@@ -117,8 +174,12 @@ impl SubmitArgs {
             resources: Some(api::Resources {
                 cpu_millis: s.cpu.unwrap_or(0),
                 memory_mib: s.mem.unwrap_or(0),
-                gpus: s.gpus,
+                gpus,
             }),
+            gpu_model: s.gpu_model,
+            gpu_min_memory_mib,
+            placement: s.placement,
+            readiness,
             constraints: s.labels.into_iter().collect(),
             count: s.count,
             priority: s.priority,
@@ -347,6 +408,16 @@ fn print_job(j: &api::Job) {
             ),
         ),
         ("Max attempts", spec.max_attempts.to_string()),
+        ("GPU kind", gpu_kind(&spec)),
+        (
+            "Placement",
+            if spec.placement.is_empty() {
+                "cluster default".into()
+            } else {
+                spec.placement.clone()
+            },
+        ),
+        ("Readiness", probe_text(spec.readiness.as_ref())),
         ("Commit index", j.create_index.to_string()),
         (
             "Trace id",
@@ -419,4 +490,69 @@ fn print_job(j: &api::Job) {
         ],
         &rows,
     );
+    for t in &j.tasks {
+        for a in &t.attempts {
+            if a.gpus.is_empty() && a.ready_at_ms == 0 && a.diagnostics.is_empty() {
+                continue;
+            }
+            println!("\nTask {} attempt {}:", t.index, a.number);
+            if !a.gpus.is_empty() {
+                let gpus: Vec<String> = a.gpus.iter().map(u32::to_string).collect();
+                println!("  GPUs       {}", gpus.join(","));
+            }
+            if a.ready_at_ms > 0 {
+                println!("  Ready      {}", time_ms(a.ready_at_ms));
+            }
+            if !a.diagnostics.is_empty() {
+                println!("  Diagnostics");
+                for line in a.diagnostics.lines() {
+                    println!("    {line}");
+                }
+            }
+        }
+    }
+}
+
+fn gpu_kind(spec: &api::JobSpec) -> String {
+    let mut parts = Vec::new();
+    if !spec.gpu_model.is_empty() {
+        parts.push(format!("model ~ {:?}", spec.gpu_model));
+    }
+    if spec.gpu_min_memory_mib > 0 {
+        parts.push(format!("memory >= {} MiB", spec.gpu_min_memory_mib));
+    }
+    if parts.is_empty() {
+        "any".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn probe_text(p: Option<&api::Probe>) -> String {
+    use api::probe::Check;
+    let Some(p) = p else {
+        return "-".into();
+    };
+    let host = |h: &str| {
+        if h.is_empty() {
+            "127.0.0.1".to_owned()
+        } else {
+            h.to_owned()
+        }
+    };
+    let what = match &p.check {
+        Some(Check::Http(h)) => format!(
+            "http GET http://{}:{}{}",
+            host(&h.host),
+            h.port,
+            if h.path.is_empty() { "/" } else { &h.path }
+        ),
+        Some(Check::Tcp(t)) => format!("tcp {}:{}", host(&t.host), t.port),
+        Some(Check::Exec(e)) => format!("exec {:?}", e.argv),
+        None => "-".into(),
+    };
+    format!(
+        "{what} (warm-up {} ms, every {} ms)",
+        p.warmup_ms, p.interval_ms
+    )
 }

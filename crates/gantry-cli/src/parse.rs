@@ -44,6 +44,36 @@ pub fn duration_ms(s: &str) -> Result<u64, String> {
     u64::try_from(d.as_millis()).map_err(|_| format!("{s:?} is too long"))
 }
 
+/// `[HOST:]PORT` for a TCP readiness probe.
+pub fn tcp_probe(s: &str) -> Result<gantry_client::api::TcpProbe, String> {
+    let (host, port) = host_port(s)?;
+    Ok(gantry_client::api::TcpProbe { host, port })
+}
+
+/// `[HOST:]PORT[/PATH]` for an HTTP readiness probe.
+pub fn http_probe(s: &str) -> Result<gantry_client::api::HttpProbe, String> {
+    let s = s.strip_prefix("http://").unwrap_or(s);
+    let (addr, path) = match s.find('/') {
+        Some(i) => (&s[..i], s[i..].to_owned()),
+        None => (s, String::new()),
+    };
+    let (host, port) = host_port(addr)?;
+    Ok(gantry_client::api::HttpProbe { host, port, path })
+}
+
+fn host_port(s: &str) -> Result<(String, u32), String> {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h.to_owned(), p),
+        None => (String::new(), s),
+    };
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("{s:?}: expected [HOST:]PORT with a port from 1 to 65535"))?;
+    Ok((host, u32::from(port)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,5 +92,24 @@ mod tests {
         assert_eq!(duration_ms("5m"), Ok(300_000));
         assert_eq!(duration_ms("250ms"), Ok(250));
         assert!(duration_ms("soon").is_err());
+    }
+
+    #[test]
+    fn t10_probe_targets() {
+        let h = http_probe("8080/health").unwrap();
+        assert_eq!(
+            (h.host.as_str(), h.port, h.path.as_str()),
+            ("", 8080, "/health")
+        );
+        let h = http_probe("http://10.0.0.1:80").unwrap();
+        assert_eq!(
+            (h.host.as_str(), h.port, h.path.as_str()),
+            ("10.0.0.1", 80, "")
+        );
+        let t = tcp_probe("db:5432").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("db", 5432));
+        assert!(tcp_probe("0").is_err());
+        assert!(tcp_probe("host:99999").is_err());
+        assert!(http_probe("x/y").unwrap_err().contains("[HOST:]PORT"));
     }
 }

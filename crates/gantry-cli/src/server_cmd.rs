@@ -54,6 +54,9 @@ pub struct ServerArgs {
     /// Submit requests a client may burst before the rate applies.
     #[arg(long, env = "GANTRY_SUBMIT_BURST")]
     submit_burst: Option<u32>,
+    /// Placement policy for jobs that name none: strict, balanced or aggressive.
+    #[arg(long, env = "GANTRY_PLACEMENT")]
+    placement: Option<String>,
     /// Validate the configuration, print it, and exit (0 when valid, 64 when not).
     #[arg(long)]
     check: bool,
@@ -78,6 +81,7 @@ struct FileConfig {
     node_grace_ms: Option<u64>,
     submit_rate: Option<u32>,
     submit_burst: Option<u32>,
+    placement: Option<String>,
     insecure: Option<bool>,
     tls: Option<FileTls>,
     raft: Option<FileRaft>,
@@ -210,6 +214,11 @@ fn resolve(args: &ServerArgs) -> Result<ServerConfig, Failure> {
         tls,
         submit_rate: args.submit_rate.or(file.submit_rate).unwrap_or(2_000),
         submit_burst: args.submit_burst.or(file.submit_burst).unwrap_or(4_000),
+        placement: args
+            .placement
+            .clone()
+            .or(file.placement)
+            .unwrap_or_else(|| "balanced".to_owned()),
         raft: RaftTimings {
             heartbeat_ms: args
                 .heartbeat_ms

@@ -323,6 +323,32 @@ impl Client {
         .await
     }
 
+    /// Blacklists (`blacklisted`) or whitelists a node.
+    pub async fn set_blacklist(
+        &self,
+        node_id: &str,
+        blacklisted: bool,
+        reason: &str,
+    ) -> Result<Node, ClientError> {
+        let req = api::SetBlacklistRequest {
+            node_id: node_id.to_owned(),
+            blacklisted,
+            reason: reason.to_owned(),
+        };
+        self.with_retry(|ch| {
+            let req = req.clone();
+            async move {
+                NodeServiceClient::with_interceptor(ch, InjectContext)
+                    .set_blacklist(req)
+                    .await?
+                    .into_inner()
+                    .node
+                    .ok_or_else(|| Status::internal("server returned no node"))
+            }
+        })
+        .await
+    }
+
     pub async fn cluster_status(&self) -> Result<ClusterStatusResponse, ClientError> {
         self.cluster_status_with(false).await
     }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::job::{AttemptRef, Exit, Job, JobId, JobSpec};
-use crate::node::{Eligibility, NodeId, NodeInfo, Session};
+use crate::node::{Eligibility, Health, NodeId, NodeInfo, Session};
 
 /// One job in a submission, with the id the proposer chose for it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +37,10 @@ pub enum Command {
         now_ms: u64,
         node: NodeInfo,
         session: Session,
+        /// The agent's first health report (none from older agents: the
+        /// node keeps what it had). Added later.
+        #[serde(default)]
+        health: Option<Health>,
     },
     /// The stream `session_id` ended (ignored if a newer session replaced it).
     NodeSessionClosed {
@@ -66,6 +70,22 @@ pub enum Command {
     /// A draining node's deadline passed: its live attempts are stopped and
     /// their tasks rescheduled.
     DrainExpired { now_ms: u64, node_id: NodeId },
+    /// The node's health verdict changed (proposed by the replica holding
+    /// `session_id`; ignored for any other session).
+    NodeHealth {
+        now_ms: u64,
+        node_id: NodeId,
+        session_id: String,
+        health: Health,
+    },
+    /// An operator blacklisted (`blacklisted`) or whitelisted the node.
+    /// Whitelisting also forgets its infra failures.
+    SetBlacklist {
+        now_ms: u64,
+        node_id: NodeId,
+        blacklisted: bool,
+        reason: String,
+    },
 }
 
 /// A task placed on a node, with the attempt number that fences it.
@@ -79,6 +99,10 @@ pub struct Placement {
 pub enum AttemptEvent {
     Started,
     Finished(Exit),
+    /// The readiness probe passed; the text says what it ran and saw.
+    Ready {
+        diagnostics: String,
+    },
 }
 
 /// What a node said about one of its attempts. `node_id` is the node whose
@@ -174,6 +198,14 @@ impl std::fmt::Display for Command {
                 write!(f, "node {node_id} {eligibility:?}")
             }
             Self::DrainExpired { node_id, .. } => write!(f, "drain deadline of node {node_id}"),
+            Self::NodeHealth {
+                node_id, health, ..
+            } => write!(f, "node {node_id} health {}", health.score),
+            Self::SetBlacklist {
+                node_id,
+                blacklisted,
+                ..
+            } => write!(f, "node {node_id} blacklisted={blacklisted}"),
         }
     }
 }

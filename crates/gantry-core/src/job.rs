@@ -46,6 +46,78 @@ pub struct JobSpec {
     pub shell: bool,
     /// Placement: spread tasks over nodes instead of bin-packing them.
     pub spread: bool,
+    // Added later (all `serde(default)`: older entries decode without them).
+    /// Only GPUs whose model contains this (case-insensitive); empty: any.
+    #[serde(default)]
+    pub gpu_model: String,
+    /// Only GPUs with at least this much memory; 0: any.
+    #[serde(default)]
+    pub gpu_min_memory_mib: u64,
+    #[serde(default)]
+    pub placement: PlacementPolicy,
+    /// A service task is ready only once this passes.
+    #[serde(default)]
+    pub readiness: Option<Probe>,
+}
+
+/// Which nodes a job's tasks may go to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PlacementPolicy {
+    /// The cluster's default (the leader's `scheduler.placement` setting).
+    #[default]
+    ClusterDefault,
+    /// Only healthy, non-blacklisted nodes with a proven success record.
+    Strict,
+    /// Healthy, non-blacklisted nodes; ranking favours health and past success.
+    Balanced,
+    /// Any node with room that is not blacklisted, healthy or not.
+    Aggressive,
+}
+
+impl PlacementPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterDefault => "",
+            Self::Strict => "strict",
+            Self::Balanced => "balanced",
+            Self::Aggressive => "aggressive",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "" | "default" => Some(Self::ClusterDefault),
+            "strict" => Some(Self::Strict),
+            "balanced" => Some(Self::Balanced),
+            "aggressive" => Some(Self::Aggressive),
+            _ => None,
+        }
+    }
+}
+
+/// What a readiness probe checks.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ProbeCheck {
+    /// Run argv (no shell) in the task's directory; exit 0 passes.
+    Exec { argv: Vec<String> },
+    /// A TCP connection opens.
+    Tcp { host: String, port: u16 },
+    /// An HTTP GET answers 2xx or 3xx.
+    Http {
+        host: String,
+        port: u16,
+        path: String,
+    },
+}
+
+/// A readiness probe: the agent reports the task ready once it passes, and
+/// fails the task with class `warm-up` if it does not within `warmup_ms`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Probe {
+    pub check: ProbeCheck,
+    pub warmup_ms: u64,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
 }
 
 impl JobSpec {
@@ -143,6 +215,8 @@ pub enum FailureClass {
     Infra,
     /// Cancelled by a user (or a drain deadline).
     Cancelled,
+    /// A service task never became ready within its probe's warm-up window.
+    WarmUp,
 }
 
 impl FailureClass {
@@ -152,6 +226,7 @@ impl FailureClass {
             Self::Timeout => "timeout",
             Self::Infra => "infra",
             Self::Cancelled => "cancelled",
+            Self::WarmUp => "warm-up",
         }
     }
 }
@@ -182,6 +257,9 @@ pub struct Exit {
     /// The last bytes of output (bounded by `limits::MAX_OUTPUT_TAIL_BYTES`).
     pub stdout_tail: String,
     pub stderr_tail: String,
+    /// What the agent saw (a readiness probe's command and last output).
+    #[serde(default)]
+    pub diagnostics: String,
 }
 
 /// One try at running a task on one node.
@@ -200,6 +278,15 @@ pub struct Attempt {
     /// rescheduled elsewhere without counting a failure.
     pub drained: bool,
     pub exit: Exit,
+    /// The GPUs (node-local indices) the attempt holds while live.
+    #[serde(default)]
+    pub gpus: Vec<u32>,
+    /// When its readiness probe first passed; 0: no probe or not yet.
+    #[serde(default)]
+    pub ready_at_ms: u64,
+    /// The readiness probe's report when it passed.
+    #[serde(default)]
+    pub diagnostics: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -20,8 +20,11 @@ pub use command::{
 };
 pub use job::{
     Attempt, AttemptRef, AttemptState, Exit, FailureClass, Job, JobId, JobSpec, JobState,
-    Resources, Task, TaskCounts, TaskState,
+    PlacementPolicy, Probe, ProbeCheck, Resources, Task, TaskCounts, TaskState,
 };
 pub use limits::ValidationError;
-pub use node::{Eligibility, Node, NodeId, NodeInfo, NodeStatus, Session};
+pub use node::{
+    BLACKLIST_INFRA_FAILURES, BLACKLIST_TTL_MS, Blacklist, Eligibility, FailingCheck, Gpu, Health,
+    Node, NodeId, NodeInfo, NodeStatus, REPUTATION_HALF_LIFE_MS, Reputation, Session,
+};
 pub use state::{JobFilter, Page, SnapshotError, State, Usage};

@@ -32,6 +32,24 @@ pub const MAX_INFRA_RETRIES: u32 = 10;
 /// The stdout and stderr tails kept with a result in the log, each.
 pub const MAX_OUTPUT_TAIL_BYTES: usize = 16 * 1024;
 
+/// A readiness probe's warm-up window, at most (a day).
+pub const MAX_PROBE_WARMUP_MS: u64 = 24 * 60 * 60 * 1000;
+/// Health checks an agent may report, and the size of each name and detail.
+pub const MAX_HEALTH_CHECKS: usize = 32;
+pub const MAX_HEALTH_DETAIL_BYTES: usize = 256;
+
+/// Cuts `s` to at most `max` bytes, on a character boundary (never panics).
+pub fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() <= max {
+        return;
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s.truncate(cut);
+}
+
 /// Keeps the last `MAX_OUTPUT_TAIL_BYTES` of `s`, on a character boundary.
 pub fn truncate_tail(s: &mut String) {
     if s.len() <= MAX_OUTPUT_TAIL_BYTES {
@@ -161,6 +179,65 @@ impl JobSpec {
             return Err(err(
                 "resources.gpus",
                 format!("is {}, the limit is {MAX_GPUS}", r.gpus),
+            ));
+        }
+        check_len("gpu_model", &self.gpu_model, MAX_NAME_BYTES)?;
+        if r.gpus == 0 && (!self.gpu_model.is_empty() || self.gpu_min_memory_mib > 0) {
+            return Err(err(
+                "resources.gpus",
+                "is 0 but gpu_model or gpu_min_memory_mib is set: ask for at least 1 GPU",
+            ));
+        }
+        if let Some(p) = &self.readiness {
+            p.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl crate::job::Probe {
+    fn validate(&self) -> Result<(), ValidationError> {
+        use crate::job::ProbeCheck;
+        match &self.check {
+            ProbeCheck::Exec { argv } => {
+                if argv.first().is_none_or(String::is_empty) {
+                    return Err(err(
+                        "readiness.exec.argv",
+                        "is empty: give the probe command",
+                    ));
+                }
+                if argv.len() > MAX_ARGV_ENTRIES
+                    || argv.iter().map(String::len).sum::<usize>() > MAX_ARGV_BYTES
+                {
+                    return Err(err(
+                        "readiness.exec.argv",
+                        format!("is over {MAX_ARGV_ENTRIES} entries or {MAX_ARGV_BYTES} bytes"),
+                    ));
+                }
+            }
+            ProbeCheck::Tcp { host, port } | ProbeCheck::Http { host, port, .. } => {
+                check_len("readiness.host", host, MAX_NAME_BYTES)?;
+                if *port == 0 {
+                    return Err(err("readiness.port", "is 0: give the port to probe"));
+                }
+            }
+        }
+        if let ProbeCheck::Http { path, .. } = &self.check {
+            check_len("readiness.http.path", path, MAX_PATH_BYTES)?;
+            if !path.is_empty() && !path.starts_with('/') {
+                return Err(err("readiness.http.path", "must start with '/'"));
+            }
+        }
+        if self.warmup_ms > MAX_PROBE_WARMUP_MS {
+            return Err(err(
+                "readiness.warmup_ms",
+                format!("is {}, the limit is {MAX_PROBE_WARMUP_MS}", self.warmup_ms),
+            ));
+        }
+        if self.interval_ms > self.warmup_ms.max(60_000) || self.timeout_ms > MAX_PROBE_WARMUP_MS {
+            return Err(err(
+                "readiness.interval_ms",
+                "is longer than the warm-up window (or a minute): the probe would never run",
             ));
         }
         Ok(())

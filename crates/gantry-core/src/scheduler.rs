@@ -6,22 +6,37 @@
 use std::collections::BTreeMap;
 
 use crate::command::Placement;
-use crate::job::{AttemptRef, JobSpec};
+use crate::job::{AttemptRef, JobSpec, PlacementPolicy};
 use crate::node::Node;
 use crate::state::{State, Usage};
 
 /// Places pending tasks whose backoff has passed, highest priority first
-/// (then oldest job), at most `limit` of them.
-///
-/// Feasible nodes are ready, connected, eligible, carry every label the job
-/// requires and have room (CPU, memory, GPUs, task slots). Among them, the
-/// default ranking bin-packs (the fullest node that fits, leaving whole
-/// nodes free for big tasks); a job with `spread` goes to the emptiest.
-/// Ties go to the lowest node id, so the plan is deterministic.
+/// (then oldest job), at most `limit` of them, with `balanced` as the
+/// cluster's default placement policy.
 pub fn schedule(state: &State, now_ms: u64, limit: usize) -> Vec<Placement> {
+    schedule_with(state, now_ms, limit, PlacementPolicy::Balanced)
+}
+
+/// [`schedule`] with the cluster's default policy for jobs that name none.
+///
+/// Feasible nodes are ready, connected, eligible, not blacklisted, carry
+/// every label the job requires and have room (CPU, memory, task slots, and
+/// free GPUs of the model and memory asked for); the job's policy narrows
+/// them further (`balanced`: healthy ones; `strict`: healthy ones with a
+/// proven success record; `aggressive`: no more). Among them the ranking
+/// bin-packs (the fullest node that fits, leaving whole nodes free for big
+/// tasks; a job with `spread` goes to the emptiest), weighed with the node's
+/// health score and its share of successes. Ties go to the lowest node id,
+/// so the plan is deterministic.
+pub fn schedule_with(
+    state: &State,
+    now_ms: u64,
+    limit: usize,
+    default_policy: PlacementPolicy,
+) -> Vec<Placement> {
     let mut nodes: BTreeMap<&str, (&Node, Usage)> = state
         .nodes()
-        .filter(|n| n.accepts_work())
+        .filter(|n| n.accepts_work(now_ms))
         .map(|n| (n.id(), (n, state.usage(n.id()))))
         .collect();
     let mut placements = Vec::new();
@@ -38,11 +53,16 @@ pub fn schedule(state: &State, now_ms: u64, limit: usize) -> Vec<Placement> {
         if task.not_before_ms > now_ms {
             continue;
         }
-        let Some(node_id) = best_node(&nodes, &job.spec) else {
+        let policy = match job.spec.placement {
+            PlacementPolicy::ClusterDefault => default_policy,
+            p => p,
+        };
+        let Some(node_id) = best_node(&nodes, &job.spec, policy, now_ms) else {
             continue;
         };
-        if let Some((_, usage)) = nodes.get_mut(node_id) {
-            usage.add(&job.spec.resources);
+        if let Some((node, usage)) = nodes.get_mut(node_id) {
+            let gpus = usage.pick_gpus(&node.info, &job.spec).unwrap_or_default();
+            usage.add(&job.spec.resources, &gpus);
         }
         placements.push(Placement {
             attempt: AttemptRef {
@@ -56,11 +76,20 @@ pub fn schedule(state: &State, now_ms: u64, limit: usize) -> Vec<Placement> {
     placements
 }
 
+/// Whether the policy lets `node` take new work at all.
+fn admits(policy: PlacementPolicy, node: &Node, now_ms: u64) -> bool {
+    match policy {
+        PlacementPolicy::Aggressive => true,
+        PlacementPolicy::Balanced | PlacementPolicy::ClusterDefault => node.health.healthy,
+        PlacementPolicy::Strict => node.health.healthy && node.reputation.is_proven(now_ms),
+    }
+}
+
 fn feasible(node: &Node, usage: &Usage, spec: &JobSpec) -> bool {
     spec.constraints
         .iter()
         .all(|(k, v)| node.info.labels.get(k) == Some(v))
-        && usage.fits(&node.info, &spec.resources)
+        && usage.fits(&node.info, spec)
 }
 
 /// How full a node would be after taking `spec`, 0 (empty) to 1 (full),
@@ -89,19 +118,34 @@ fn fullness(node: &Node, usage: &Usage, spec: &JobSpec) -> f64 {
     }
 }
 
-fn best_node<'a>(nodes: &BTreeMap<&'a str, (&Node, Usage)>, spec: &JobSpec) -> Option<&'a str> {
+/// Weights of the ranking: packing (or spreading) first, then health and
+/// the node's record. Equal health and records leave the packing order as is.
+const PACKING_WEIGHT: f64 = 0.6;
+const HEALTH_WEIGHT: f64 = 0.2;
+const RECORD_WEIGHT: f64 = 0.2;
+
+/// A node's rank for `spec`; higher is better.
+pub fn rank(node: &Node, usage: &Usage, spec: &JobSpec, now_ms: u64) -> f64 {
+    let full = fullness(node, usage, spec);
+    let packing = if spec.spread { 1.0 - full } else { full };
+    PACKING_WEIGHT * packing
+        + HEALTH_WEIGHT * f64::from(node.health.score.min(100)) / 100.0
+        + RECORD_WEIGHT * node.reputation.success_share(now_ms)
+}
+
+fn best_node<'a>(
+    nodes: &BTreeMap<&'a str, (&Node, Usage)>,
+    spec: &JobSpec,
+    policy: PlacementPolicy,
+    now_ms: u64,
+) -> Option<&'a str> {
     let mut best: Option<(&'a str, f64)> = None;
     for (id, (node, usage)) in nodes {
-        if !feasible(node, usage, spec) {
+        if !admits(policy, node, now_ms) || !feasible(node, usage, spec) {
             continue;
         }
-        let score = fullness(node, usage, spec);
-        let better = match best {
-            None => true,
-            Some((_, b)) if spec.spread => score < b,
-            Some((_, b)) => score > b,
-        };
-        if better {
+        let score = rank(node, usage, spec, now_ms);
+        if best.is_none_or(|(_, b)| score > b) {
             best = Some((id, score));
         }
     }

@@ -21,6 +21,7 @@ fn node(id: &str, cpu: u64, mem: u64, gpus: u32, labels: &[(&str, &str)]) -> Nod
         },
         max_tasks: 0,
         agent_version: "test".into(),
+        gpus: Vec::new(),
     }
 }
 
@@ -36,6 +37,7 @@ fn open(state: &mut State, index: u64, info: NodeInfo) {
             now_ms: 0,
             node: info,
             session,
+            health: None,
         },
     );
 }
@@ -419,3 +421,7 @@ fn t20_drain_deadline_stops_and_reschedules_without_counting_failures() {
     assert_ne!(p2[0].node_id, first);
     assert_eq!(s.job("j").unwrap().modify_index, 9);
 }
+
+// GPUs, health, reputation and placement policies.
+#[path = "placement_tests.rs"]
+mod placement;

@@ -115,7 +115,8 @@ impl State {
                 now_ms,
                 node,
                 session,
-            } => self.apply_session_opened(*now_ms, node, session),
+                health,
+            } => self.apply_session_opened(*now_ms, node, session, health.as_ref()),
             Command::NodeSessionClosed {
                 now_ms,
                 node_id,
@@ -136,6 +137,18 @@ impl State {
             Command::DrainExpired { now_ms, node_id } => {
                 self.apply_drain_expired(index, *now_ms, node_id)
             }
+            Command::NodeHealth {
+                now_ms,
+                node_id,
+                session_id,
+                health,
+            } => self.apply_node_health(*now_ms, node_id, session_id, health),
+            Command::SetBlacklist {
+                now_ms,
+                node_id,
+                blacklisted,
+                reason,
+            } => self.apply_set_blacklist(*now_ms, node_id, *blacklisted, reason),
         }
     }
 

@@ -178,11 +178,16 @@ fn arb_spec() -> impl Strategy<Value = JobSpec> {
         0u32..4,
         prop::option::of(prop::sample::select(vec!["k1", "k2", "k3"])),
         -2i32..3,
+        0u32..3,
     )
-        .prop_map(|(argv0, count, key, priority)| JobSpec {
+        .prop_map(|(argv0, count, key, priority, gpus)| JobSpec {
             argv: vec![argv0.to_owned()],
             count,
             priority,
+            resources: crate::Resources {
+                gpus,
+                ..Default::default()
+            },
             idempotency_key: key.unwrap_or_default().to_owned(),
             name: argv0.to_owned(),
             ..JobSpec::default()
@@ -209,6 +214,7 @@ fn arb_exit() -> impl Strategy<Value = crate::Exit> {
         crate::FailureClass::Timeout,
         crate::FailureClass::Infra,
         crate::FailureClass::Cancelled,
+        crate::FailureClass::WarmUp,
     ]))
     .prop_map(|failure| crate::Exit {
         failure,
@@ -226,11 +232,12 @@ fn arb_command() -> impl Strategy<Value = Command> {
                 now_ms: u64::from(now),
                 node: crate::NodeInfo {
                     id,
-                    capacity: crate::Resources { cpu_millis: cpu, memory_mib: 1024, gpus: 1 },
+                    capacity: crate::Resources { cpu_millis: cpu, memory_mib: 1024, gpus: 2 },
                     max_tasks: 3,
                     ..crate::NodeInfo::default()
                 },
                 session: crate::Session { id: format!("s{s}"), replica: 1, opened_at_ms: 0 },
+                health: None,
             }
         }),
         1 => (any::<u16>(), prop::collection::vec((arb_attempt(), arb_node_id()), 0..4)).prop_map(
@@ -249,8 +256,14 @@ fn arb_command() -> impl Strategy<Value = Command> {
                     .into_iter()
                     .map(|(attempt, node_id, exit)| crate::AttemptReport {
                         node_id,
+                        event: match exit {
+                            None => crate::AttemptEvent::Started,
+                            Some(e) if e.failure == Some(crate::FailureClass::WarmUp) && e.exit_code == Some(1) && attempt.task == 2 => {
+                                crate::AttemptEvent::Ready { diagnostics: "probe passed".into() }
+                            }
+                            Some(e) => crate::AttemptEvent::Finished(e),
+                        },
                         attempt,
-                        event: exit.map_or(crate::AttemptEvent::Started, crate::AttemptEvent::Finished),
                     })
                     .collect(),
             }
@@ -266,6 +279,24 @@ fn arb_command() -> impl Strategy<Value = Command> {
         ),
         1 => (any::<u32>(), id(), "[a-z]{0,5}").prop_map(|(now, job_id, reason)| {
             Command::CancelJob { now_ms: u64::from(now), job_id, reason }
+        }),
+        1 => (any::<u16>(), arb_node_id(), 0u32..3, any::<bool>()).prop_map(|(now, node_id, s, healthy)| {
+            Command::NodeHealth {
+                now_ms: u64::from(now),
+                node_id,
+                session_id: format!("s{s}"),
+                health: crate::Health {
+                    score: if healthy { 100 } else { 80 },
+                    healthy,
+                    failing: if healthy { vec![] } else {
+                        vec![crate::FailingCheck { name: "disk".into(), detail: "full".into() }]
+                    },
+                    checked_at_ms: u64::from(now),
+                },
+            }
+        }),
+        1 => (any::<u16>(), arb_node_id(), any::<bool>()).prop_map(|(now, node_id, blacklisted)| {
+            Command::SetBlacklist { now_ms: u64::from(now), node_id, blacklisted, reason: String::new() }
         }),
     ]
 }
@@ -298,6 +329,25 @@ proptest! {
             prop_assert_eq!(s.apply(index, c), restored.apply(index, c));
         }
         prop_assert_eq!(&restored, &s);
+    }
+
+    // Invariant: no GPU is held by two live attempts, however commands interleave.
+    #[test]
+    fn t30_no_gpu_is_assigned_twice(cmds in prop::collection::vec(arb_command(), 0..60)) {
+        let mut s = State::default();
+        for (i, c) in cmds.iter().enumerate() {
+            s.apply(i as u64 + 1, c);
+            for node in s.nodes() {
+                let mut held = std::collections::BTreeSet::new();
+                for r in s.live_attempts(node.id()) {
+                    let a = s.job(&r.job_id).unwrap().tasks[r.task as usize].attempts.last().unwrap();
+                    for g in &a.gpus {
+                        prop_assert!(held.insert(*g), "GPU {} of {} held twice", g, node.id());
+                    }
+                    prop_assert!(a.gpus.len() as u32 == s.job(&r.job_id).unwrap().spec.resources.gpus);
+                }
+            }
+        }
     }
 
     #[test]

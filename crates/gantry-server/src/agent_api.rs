@@ -16,7 +16,9 @@ use gantry_core::{AttemptEvent, AttemptRef, AttemptReport, Command, Session};
 use gantry_proto::v1::agent_message::Msg as AgentMsg;
 use gantry_proto::v1::agent_service_server::AgentService;
 use gantry_proto::v1::server_message::Msg as ServerMsg;
-use gantry_proto::v1::{Ack, AgentMessage, LogChunk, OutputStream, ServerMessage, Welcome};
+use gantry_proto::v1::{
+    Ack, AgentMessage, Heartbeat, LogChunk, OutputStream, Pong, ServerMessage, Welcome,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -24,7 +26,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth;
 use crate::clock::now_ms;
-use crate::convert::{exit_from_api, node_info_from_hello, token_from_api, token_to_api};
+use crate::convert::{
+    exit_from_api, health_from_api, node_info_from_hello, token_from_api, token_to_api,
+};
 use crate::dispatch::{Dispatcher, Outbound};
 use crate::replica::Replica;
 
@@ -120,6 +124,7 @@ impl AgentService for AgentApi {
                     now_ms: now_ms(),
                     node: info.clone(),
                     session: session.clone(),
+                    health: hello.health.as_ref().map(health_from_api),
                 },
                 deadline,
             )
@@ -182,6 +187,7 @@ async fn run_session(
         reports_rx,
         tx.clone(),
     ));
+    let health_writer = HealthWriter::default();
     loop {
         let m = match inbound.message().await {
             Ok(Some(m)) => m,
@@ -217,7 +223,15 @@ async fn run_session(
                 }
                 continue;
             }
-            Some(AgentMsg::Heartbeat(_)) => continue,
+            Some(AgentMsg::Ready(r)) => token_from_api(r.attempt).map(|a| {
+                let mut diagnostics = r.diagnostics;
+                gantry_core::limits::truncate_tail(&mut diagnostics);
+                (a, AttemptEvent::Ready { diagnostics })
+            }),
+            Some(AgentMsg::Heartbeat(hb)) => {
+                heartbeat(&replica, &node_id, &session_id, hb, &tx, &health_writer).await;
+                continue;
+            }
             Some(AgentMsg::Hello(_)) | None => {
                 Err(Status::invalid_argument("unexpected message after hello"))
             }
@@ -239,6 +253,7 @@ async fn run_session(
         }
     }
     dispatcher.abort();
+    health_writer.abort().await;
     // Let the proposer commit what was already received.
     drop(reports_tx);
     let _ = proposer.await;
@@ -252,6 +267,98 @@ async fn run_session(
     match replica.write(closed, deadline).await {
         Ok(_) => tracing::info!(node = %node_id, "agent disconnected"),
         Err(e) => tracing::warn!(node = %node_id, error = %e, "could not record the session's end"),
+    }
+}
+
+/// At most one health verdict being written per stream: a newer report
+/// waits for the next heartbeat instead of piling up writes.
+#[derive(Default)]
+struct HealthWriter(tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>);
+
+impl HealthWriter {
+    async fn abort(&self) {
+        if let Some(h) = self.0.lock().await.take() {
+            h.abort();
+        }
+    }
+}
+
+/// A heartbeat: answered with a pong (the agent measures the round trip),
+/// its telemetry kept for the leader, and its health verdict written to the
+/// log only when it differs from the one there.
+async fn heartbeat(
+    replica: &Arc<Replica>,
+    node_id: &str,
+    session_id: &str,
+    hb: Heartbeat,
+    tx: &Outbound,
+    writer: &HealthWriter,
+) {
+    // Best effort: a full queue means the agent is behind; it gets the next one.
+    let _ = tx.try_send(msg(ServerMsg::Pong(Pong {
+        sent_at_ms: hb.sent_at_ms,
+    })));
+    let Some(report) = hb.health else {
+        if !hb.gpus.is_empty() {
+            replica
+                .sessions
+                .set_telemetry(telemetry(node_id, None, hb.gpus))
+                .await;
+        }
+        return;
+    };
+    let health = health_from_api(&report);
+    replica
+        .sessions
+        .set_telemetry(telemetry(node_id, Some(report.checked_at_ms), hb.gpus))
+        .await;
+    let differs = replica
+        .state
+        .read(|s, _| s.node(node_id).is_some_and(|n| n.health.differs(&health)))
+        .await;
+    if !differs {
+        return;
+    }
+    let mut slot = writer.0.lock().await;
+    if slot.as_ref().is_some_and(|h| !h.is_finished()) {
+        return;
+    }
+    if health.healthy {
+        tracing::info!(node = %node_id, score = health.score, "node healthy");
+    } else {
+        let failing: Vec<&str> = health.failing.iter().map(|c| c.name.as_str()).collect();
+        tracing::warn!(node = %node_id, score = health.score, ?failing, "node unhealthy: no new tasks go to it");
+    }
+    let cmd = Command::NodeHealth {
+        now_ms: now_ms(),
+        node_id: node_id.to_owned(),
+        session_id: session_id.to_owned(),
+        health,
+    };
+    let replica = replica.clone();
+    let node = node_id.to_owned();
+    *slot = Some(tokio::spawn(async move {
+        let deadline = Instant::now() + replica.config.request_timeout();
+        if let Err(e) = replica.write(cmd, deadline).await {
+            tracing::warn!(node = %node, error = %e, "could not record the node's health; the next report retries");
+        }
+    }));
+}
+
+fn telemetry(
+    node_id: &str,
+    checked_at_ms: Option<u64>,
+    mut gpus: Vec<gantry_proto::v1::GpuTelemetry>,
+) -> gantry_proto::internal::v1::NodeTelemetry {
+    gpus.truncate(gantry_core::limits::MAX_GPUS as usize);
+    for g in &mut gpus {
+        gantry_core::limits::truncate_utf8(&mut g.uuid, gantry_core::limits::MAX_NAME_BYTES);
+        gantry_core::limits::truncate_utf8(&mut g.model, gantry_core::limits::MAX_NAME_BYTES);
+    }
+    gantry_proto::internal::v1::NodeTelemetry {
+        node_id: node_id.to_owned(),
+        checked_at_ms: checked_at_ms.unwrap_or(0),
+        gpus,
     }
 }
 

@@ -50,6 +50,13 @@ pub struct ServerConfig {
     /// How many submit requests a client may make at once before the rate applies.
     #[serde(default = "default_submit_burst")]
     pub submit_burst: u32,
+    /// The placement policy for jobs that name none: strict, balanced or aggressive.
+    #[serde(default = "default_placement")]
+    pub placement: String,
+}
+
+fn default_placement() -> String {
+    "balanced".to_owned()
 }
 
 fn default_submit_rate() -> u32 {
@@ -108,6 +115,17 @@ fn bad(field: &'static str, problem: impl Into<String>) -> ConfigError {
 // === impl ServerConfig ===
 
 impl ServerConfig {
+    /// The cluster's default placement policy (balanced if unreadable;
+    /// `validate` refuses that at start).
+    pub fn placement_policy(&self) -> gantry_core::PlacementPolicy {
+        match gantry_core::PlacementPolicy::parse(&self.placement) {
+            Some(gantry_core::PlacementPolicy::ClusterDefault) | None => {
+                gantry_core::PlacementPolicy::Balanced
+            }
+            Some(p) => p,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.id == 0 {
             return Err(bad("id", "must be 1 or more (0 means \"none\" in the API)"));
@@ -141,6 +159,22 @@ impl ServerConfig {
                     format!("address {addr:?} of replica {id} is not HOST:PORT"),
                 ));
             }
+        }
+        if !matches!(
+            gantry_core::PlacementPolicy::parse(&self.placement),
+            Some(
+                gantry_core::PlacementPolicy::Strict
+                    | gantry_core::PlacementPolicy::Balanced
+                    | gantry_core::PlacementPolicy::Aggressive
+            )
+        ) {
+            return Err(bad(
+                "placement",
+                format!(
+                    "{:?} is not a policy: use strict, balanced or aggressive",
+                    self.placement
+                ),
+            ));
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(bad("data_dir", "is empty: give a directory for Raft data"));
@@ -263,6 +297,7 @@ mod tests {
             join: false,
             request_timeout_ms: 1000,
             node_grace_ms: 10_000,
+            placement: default_placement(),
             tls: None,
             insecure: true,
             submit_rate: 2_000,

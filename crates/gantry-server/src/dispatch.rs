@@ -40,10 +40,19 @@ pub struct Dispatcher {
     cancels_sent: BTreeSet<AttemptRef>,
 }
 
+/// A live attempt on this node, with what its Assign needs.
+struct LiveAttempt {
+    r: AttemptRef,
+    spec: JobSpec,
+    cancel_requested: bool,
+    /// The job's trace.
+    trace: String,
+    gpus: Vec<u32>,
+}
+
 /// What the state says about this node, read in one go.
 struct View {
-    /// Live attempts: spec, cancel requested, the job's trace.
-    live: Vec<(AttemptRef, JobSpec, bool, String)>,
+    live: Vec<LiveAttempt>,
     status: Option<NodeStatus>,
     session_id: Option<String>,
 }
@@ -131,12 +140,13 @@ impl Dispatcher {
                     .filter_map(|r| {
                         let job = s.job(&r.job_id)?;
                         let a = job.tasks.get(r.task as usize)?.attempts.last()?;
-                        Some((
-                            r.clone(),
-                            job.spec.clone(),
-                            a.cancel_requested,
-                            job.trace_parent.clone(),
-                        ))
+                        Some(LiveAttempt {
+                            r: r.clone(),
+                            spec: job.spec.clone(),
+                            cancel_requested: a.cancel_requested,
+                            trace: job.trace_parent.clone(),
+                            gpus: a.gpus.clone(),
+                        })
                     })
                     .collect(),
                 status: s.node(node_id).map(|n| n.status),
@@ -157,7 +167,7 @@ impl Dispatcher {
             None if view.status == Some(NodeStatus::Lost) => self.reopen().await,
             _ => {}
         }
-        let live: BTreeSet<&AttemptRef> = view.live.iter().map(|(r, _, _, _)| r).collect();
+        let live: BTreeSet<&AttemptRef> = view.live.iter().map(|a| &a.r).collect();
         for stale in self.agent_running.iter().filter(|r| !live.contains(r)) {
             tracing::info!(node = %self.info.id, attempt = %stale, "agent runs an attempt not assigned to it; cancelling");
             self.cancel(stale, "not assigned to this node").await?;
@@ -167,7 +177,14 @@ impl Dispatcher {
         for gone in self.sent.iter().filter(|r| !live.contains(r)) {
             self.cancel(gone, "no longer assigned to this node").await?;
         }
-        for (r, spec, cancel_requested, trace) in &view.live {
+        for LiveAttempt {
+            r,
+            spec,
+            cancel_requested,
+            trace,
+            gpus,
+        } in &view.live
+        {
             if *cancel_requested {
                 if self.cancels_sent.insert(r.clone()) {
                     self.cancel(r, "job cancelled or node drained").await?;
@@ -181,6 +198,7 @@ impl Dispatcher {
                     attempt: Some(token_to_api(r)),
                     spec: Some(spec_to_api(spec)),
                     traceparent,
+                    gpus: gpus.clone(),
                 }))
                 .await?;
             }
@@ -199,6 +217,7 @@ impl Dispatcher {
             now_ms: now_ms(),
             node: self.info.clone(),
             session: self.session.clone(),
+            health: None,
         };
         let deadline = Instant::now() + self.replica.config.request_timeout();
         if let Err(e) = self.replica.write(cmd, deadline).await {

@@ -193,11 +193,20 @@ impl RaftService for InternalService {
         if report.node_ids.len() > 1_000_000 {
             return Err(Status::invalid_argument("too many node ids in one report"));
         }
+        if report.telemetry.len() > 1_000_000 {
+            return Err(Status::invalid_argument(
+                "too many telemetry entries in one report",
+            ));
+        }
         let seen = report
             .node_ids
             .into_iter()
             .zip(report.last_seen_ms.into_iter().chain(std::iter::repeat(0)));
         self.replica.liveness.confirm(seen).await;
+        self.replica
+            .liveness
+            .record_telemetry(report.telemetry)
+            .await;
         Ok(Response::new(SessionsReportAck {}))
     }
 }

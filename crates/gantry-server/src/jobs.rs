@@ -102,12 +102,16 @@ impl JobService for JobApi {
             )));
         }
         let deadline = deadline(&req, self.replica.config.request_timeout());
-        let specs: Vec<_> = req
+        let specs = req
             .into_inner()
             .jobs
             .into_iter()
-            .map(spec_from_api)
-            .collect();
+            .enumerate()
+            .map(|(i, s)| {
+                spec_from_api(s)
+                    .map_err(|e| Status::invalid_argument(format!("jobs[{i}].{}", e.message())))
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
         validate_batch(&specs).map_err(error::invalid)?;
         // The request's span (a child of the caller's, see grpc_metrics):
         // every job in the batch lives in this trace.

@@ -55,12 +55,13 @@ pub async fn supervise(replica: Arc<Replica>) {
 
 async fn schedule_loop(replica: Arc<Replica>) {
     let mut metrics = replica.raft.metrics();
+    let policy = replica.config.placement_policy();
     loop {
         let now = now_ms();
         let (placements, spans) = replica
             .state
             .read(|s, _| {
-                let placements = scheduler::schedule(s, now, MAX_PLACEMENTS_PER_ROUND);
+                let placements = scheduler::schedule_with(s, now, MAX_PLACEMENTS_PER_ROUND, policy);
                 // A span per placement in its job's trace, until committed.
                 let spans: Vec<tracing::Span> = placements
                     .iter()
@@ -179,6 +180,7 @@ async fn expire_drains(replica: &Replica) {
 /// Every replica: tell the leader which agent sessions this replica holds.
 pub async fn report_sessions(replica: Arc<Replica>) {
     let mut tick = tokio::time::interval(SESSION_REPORT_INTERVAL);
+    let mut reported_to: Option<u64> = None;
     loop {
         tick.tick().await;
         let nodes = replica.sessions.nodes().await;
@@ -195,14 +197,22 @@ pub async fn report_sessions(replica: Arc<Replica>) {
                     .map(|n| (id, n.addr.clone()))
             })
         };
+        // A leader this replica has not reported to gets all the telemetry.
+        let new_leader = leader.as_ref().map(|(id, _)| *id) != reported_to;
+        reported_to = leader.as_ref().map(|(id, _)| *id);
         match leader {
-            Some((id, _)) if id == replica.id => replica.liveness.confirm(nodes).await,
+            Some((id, _)) if id == replica.id => {
+                replica.liveness.confirm(nodes).await;
+                let telemetry = replica.sessions.take_telemetry(new_leader).await;
+                replica.liveness.record_telemetry(telemetry).await;
+            }
             Some((id, addr)) => {
                 let (node_ids, last_seen_ms) = nodes.into_iter().unzip();
                 let report = SessionsReport {
                     replica: replica.id,
                     node_ids,
                     last_seen_ms,
+                    telemetry: replica.sessions.take_telemetry(new_leader).await,
                 };
                 let sent = async {
                     let mut client = replica.peers.raft_client(&addr).await?;

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use gantry_proto::internal::v1::NodeTelemetry;
 use tokio::sync::RwLock;
 use tokio::time::Instant;
 
@@ -17,6 +18,9 @@ pub const SESSION_SILENCE_LIMIT: std::time::Duration = std::time::Duration::from
 #[derive(Default)]
 pub struct Sessions {
     held: RwLock<HashMap<String, (String, Instant, u64)>>,
+    /// The latest health-check time and GPU telemetry per node, and whether
+    /// it changed since the last report to the leader.
+    telemetry: RwLock<HashMap<String, (NodeTelemetry, bool)>>,
 }
 
 impl Sessions {
@@ -42,7 +46,36 @@ impl Sessions {
         let mut held = self.held.write().await;
         if held.get(node_id).is_some_and(|(s, _, _)| s == session_id) {
             held.remove(node_id);
+            self.telemetry.write().await.remove(node_id);
         }
+    }
+
+    /// Keeps a node's latest check time and GPU telemetry for the leader.
+    /// A `checked_at_ms` of 0 (a heartbeat without a new report) keeps the last one.
+    pub async fn set_telemetry(&self, mut t: NodeTelemetry) {
+        let mut all = self.telemetry.write().await;
+        if t.checked_at_ms == 0
+            && let Some((old, _)) = all.get(&t.node_id)
+        {
+            t.checked_at_ms = old.checked_at_ms;
+        }
+        let changed = all.get(&t.node_id).is_none_or(|(old, _)| *old != t);
+        if changed {
+            all.insert(t.node_id.clone(), (t, true));
+        }
+    }
+
+    /// Telemetry that changed since the last call (all of it with `all`,
+    /// for a leader that has not heard from this replica before).
+    pub async fn take_telemetry(&self, all: bool) -> Vec<NodeTelemetry> {
+        let mut map = self.telemetry.write().await;
+        map.values_mut()
+            .filter(|(_, dirty)| all || *dirty)
+            .map(|(t, dirty)| {
+                *dirty = false;
+                t.clone()
+            })
+            .collect()
     }
 
     /// Nodes whose agents spoke recently, with when they last did (ms since the epoch).
@@ -68,6 +101,7 @@ impl Sessions {
 pub struct Liveness {
     confirmed: RwLock<HashMap<String, Instant>>,
     last_seen_ms: RwLock<HashMap<String, u64>>,
+    telemetry: RwLock<HashMap<String, NodeTelemetry>>,
 }
 
 impl Liveness {
@@ -85,6 +119,18 @@ impl Liveness {
     /// When each node's agent last spoke, as far as this leader heard.
     pub async fn last_seen_ms(&self) -> HashMap<String, u64> {
         self.last_seen_ms.read().await.clone()
+    }
+
+    pub async fn record_telemetry(&self, reports: impl IntoIterator<Item = NodeTelemetry>) {
+        let mut all = self.telemetry.write().await;
+        for t in reports {
+            all.insert(t.node_id.clone(), t);
+        }
+    }
+
+    /// The latest health-check time and GPU telemetry per node, as far as this leader heard.
+    pub async fn telemetry(&self) -> HashMap<String, NodeTelemetry> {
+        self.telemetry.read().await.clone()
     }
 
     /// Nodes among `ready` not confirmed for `grace`. A node seen for the

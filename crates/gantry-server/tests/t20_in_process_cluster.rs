@@ -45,6 +45,7 @@ fn test_config(
         insecure: true,
         submit_rate: 2_000,
         submit_burst: 4_000,
+        placement: "balanced".into(),
     }
 }
 

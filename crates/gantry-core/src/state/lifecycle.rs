@@ -1,11 +1,16 @@
 //! Nodes and attempts: sessions, placement, reports, loss and retries.
 
+use std::collections::BTreeSet;
+
 use super::{State, pending_key};
 use crate::command::{AttemptEvent, AttemptReport, NodeError, Outcome, Placement};
 use crate::job::{
-    AttemptRef, AttemptState, Exit, FailureClass, Job, JobState, Resources, TaskState,
+    AttemptRef, AttemptState, Exit, FailureClass, Job, JobSpec, JobState, Resources, TaskState,
 };
-use crate::node::{Eligibility, Node, NodeInfo, NodeStatus, Session};
+use crate::node::{
+    BLACKLIST_INFRA_FAILURES, BLACKLIST_TTL_MS, Blacklist, Eligibility, Health, Node, NodeInfo,
+    NodeStatus, Session,
+};
 use crate::{Attempt, limits};
 
 /// First retry delay; doubles per failure up to [`RETRY_BACKOFF_MAX_MS`].
@@ -22,24 +27,52 @@ fn backoff_ms(failures: u32) -> u64 {
 pub struct Usage {
     pub resources: Resources,
     pub tasks: u32,
+    /// The GPUs live attempts hold (node-local indices).
+    pub gpu_ids: BTreeSet<u32>,
 }
 
 impl Usage {
-    /// Whether `req` fits on `node` on top of this usage. A capacity of 0
-    /// for a resource means the node offers none of it.
-    pub fn fits(&self, node: &NodeInfo, req: &Resources) -> bool {
+    /// Whether `spec` fits on `node` on top of this usage: task slots, CPU,
+    /// memory, and enough free GPUs of the model and memory it asks for. A
+    /// capacity of 0 for a resource means the node offers none of it.
+    pub fn fits(&self, node: &NodeInfo, spec: &JobSpec) -> bool {
         let cap = &node.capacity;
+        let req = &spec.resources;
         (node.max_tasks == 0 || self.tasks < node.max_tasks)
             && self.resources.cpu_millis + req.cpu_millis <= cap.cpu_millis
             && self.resources.memory_mib + req.memory_mib <= cap.memory_mib
             && self.resources.gpus + req.gpus <= cap.gpus
+            && self.pick_gpus(node, spec).is_some()
     }
 
-    pub fn add(&mut self, req: &Resources) {
+    /// The GPUs `spec` would get on `node`: the lowest free indices that
+    /// match its model and memory. `None` if too few are free. Apply and the
+    /// scheduler both choose with this, so a plan and its commit agree.
+    pub fn pick_gpus(&self, node: &NodeInfo, spec: &JobSpec) -> Option<Vec<u32>> {
+        let want = spec.resources.gpus as usize;
+        if want == 0 {
+            return Some(Vec::new());
+        }
+        let model = spec.gpu_model.to_lowercase();
+        let picked: Vec<u32> = node
+            .gpu_list()
+            .into_iter()
+            .filter(|g| !self.gpu_ids.contains(&g.index))
+            .filter(|g| model.is_empty() || g.model.to_lowercase().contains(&model))
+            .filter(|g| g.memory_mib >= spec.gpu_min_memory_mib)
+            .map(|g| g.index)
+            .take(want)
+            .collect();
+        (picked.len() == want).then_some(picked)
+    }
+
+    /// Counts one more task holding `req` and the GPUs `gpus`.
+    pub fn add(&mut self, req: &Resources, gpus: &[u32]) {
         self.resources.cpu_millis += req.cpu_millis;
         self.resources.memory_mib += req.memory_mib;
         self.resources.gpus += req.gpus;
         self.tasks += 1;
+        self.gpu_ids.extend(gpus.iter().copied());
     }
 }
 
@@ -74,6 +107,7 @@ impl State {
         now_ms: u64,
         info: &NodeInfo,
         session: &Session,
+        health: Option<&Health>,
     ) -> Outcome {
         let node = self.nodes.entry(info.id.clone()).or_insert_with(|| Node {
             info: info.clone(),
@@ -82,12 +116,92 @@ impl State {
             session: None,
             registered_at_ms: now_ms,
             updated_at_ms: now_ms,
+            health: Health::default(),
+            reputation: Default::default(),
+            blacklist: None,
         });
         node.info = info.clone();
         node.status = NodeStatus::Ready;
         node.session = Some(session.clone());
         node.updated_at_ms = now_ms;
+        if let Some(h) = health {
+            node.health = h.clone();
+        }
         Outcome::Node(Ok(()))
+    }
+
+    pub(super) fn apply_node_health(
+        &mut self,
+        now_ms: u64,
+        node_id: &str,
+        session_id: &str,
+        health: &Health,
+    ) -> Outcome {
+        let Some(node) = self.nodes.get_mut(node_id) else {
+            return Outcome::Node(Err(NodeError::NotFound(node_id.to_owned())));
+        };
+        // A report carried by a session that has since been replaced is old news.
+        if node.session.as_ref().is_some_and(|s| s.id == session_id) {
+            node.health = health.clone();
+            node.updated_at_ms = now_ms;
+        }
+        Outcome::Node(Ok(()))
+    }
+
+    pub(super) fn apply_set_blacklist(
+        &mut self,
+        now_ms: u64,
+        node_id: &str,
+        blacklisted: bool,
+        reason: &str,
+    ) -> Outcome {
+        let Some(node) = self.nodes.get_mut(node_id) else {
+            return Outcome::Node(Err(NodeError::NotFound(node_id.to_owned())));
+        };
+        if blacklisted {
+            node.blacklist = Some(Blacklist {
+                reason: if reason.is_empty() {
+                    "blacklisted by an operator".to_owned()
+                } else {
+                    reason.to_owned()
+                },
+                since_ms: now_ms,
+                until_ms: 0,
+            });
+        } else {
+            node.blacklist = None;
+            node.reputation.clear_infra_failures(now_ms);
+        }
+        node.updated_at_ms = now_ms;
+        Outcome::Node(Ok(()))
+    }
+
+    /// Feeds an attempt's outcome into its node's reputation: successes and
+    /// infra-class failures count, nothing else does. Enough recent infra
+    /// failures blacklist the node for [`BLACKLIST_TTL_MS`].
+    fn record_outcome(&mut self, now_ms: u64, node_id: &str, infra: bool, message: &str) {
+        let Some(node) = self.nodes.get_mut(node_id) else {
+            return;
+        };
+        if !infra {
+            node.reputation.record_success(now_ms);
+            return;
+        }
+        node.reputation.record_infra_failure(now_ms);
+        let (infra_milli, _) = node.reputation.at(now_ms);
+        if infra_milli >= BLACKLIST_INFRA_FAILURES * 1000 && !node.blacklisted_at(now_ms) {
+            let mut reason = format!(
+                "{:.1} recent infra failures (threshold {BLACKLIST_INFRA_FAILURES}); last: {message}",
+                infra_milli as f64 / 1000.0
+            );
+            limits::truncate_utf8(&mut reason, limits::MAX_REASON_BYTES);
+            node.blacklist = Some(Blacklist {
+                reason,
+                since_ms: now_ms,
+                until_ms: now_ms + BLACKLIST_TTL_MS,
+            });
+            node.updated_at_ms = now_ms;
+        }
     }
 
     pub(super) fn apply_session_closed(
@@ -168,12 +282,16 @@ impl State {
                 .unwrap_or_default()
                 .into_iter()
                 .collect();
+            let message =
+                format!("node {id} lost: no replica held its session for the grace period");
+            // One loss is one infra failure for the node, however many attempts it took down.
+            if !live.is_empty() {
+                self.record_outcome(now_ms, id, true, &message);
+            }
             for r in live {
                 let exit = Exit {
                     failure: Some(FailureClass::Infra),
-                    message: format!(
-                        "node {id} lost: no replica held its session for the grace period"
-                    ),
+                    message: message.clone(),
                     ..Exit::default()
                 };
                 self.finish_attempt(index, now_ms, &r, AttemptState::Lost, exit);
@@ -205,7 +323,7 @@ impl State {
         let Some(node) = self.nodes.get(&p.node_id) else {
             return false;
         };
-        if !node.accepts_work() {
+        if !node.accepts_work(now_ms) {
             return false;
         }
         let usage = self.usage(&p.node_id);
@@ -219,7 +337,7 @@ impl State {
             && task.state == TaskState::Pending
             && task.not_before_ms <= now_ms
             && p.attempt.attempt as usize == task.attempts.len() + 1
-            && usage.fits(&node.info, &job.spec.resources)
+            && usage.fits(&node.info, &job.spec)
             && job
                 .spec
                 .constraints
@@ -229,6 +347,7 @@ impl State {
             return false;
         }
         let key = pending_key(job, task.index);
+        let gpus = usage.pick_gpus(&node.info, &job.spec).unwrap_or_default();
         let Some(job) = self.jobs.get_mut(&p.attempt.job_id) else {
             return false;
         };
@@ -245,6 +364,9 @@ impl State {
             cancel_requested: false,
             drained: false,
             exit: Exit::default(),
+            gpus,
+            ready_at_ms: 0,
+            diagnostics: String::new(),
         });
         task.state = TaskState::Assigned;
         refresh_job(job, index, now_ms);
@@ -300,6 +422,19 @@ impl State {
                     refresh_job(job, index, now_ms);
                 }
             }
+            AttemptEvent::Ready { diagnostics } => {
+                if let Some(job) = self.jobs.get_mut(&r.attempt.job_id)
+                    && let Some(task) = job.tasks.get_mut(r.attempt.task as usize)
+                    && let Some(a) = task.attempts.last_mut()
+                    && a.ready_at_ms == 0
+                {
+                    a.ready_at_ms = now_ms;
+                    a.diagnostics = diagnostics.clone();
+                    limits::truncate_tail(&mut a.diagnostics);
+                    job.modify_index = index;
+                    job.updated_at_ms = now_ms;
+                }
+            }
             AttemptEvent::Finished(exit) => {
                 let state = match exit.failure {
                     None => AttemptState::Succeeded,
@@ -309,6 +444,16 @@ impl State {
                 let mut exit = exit.clone();
                 limits::truncate_tail(&mut exit.stdout_tail);
                 limits::truncate_tail(&mut exit.stderr_tail);
+                limits::truncate_tail(&mut exit.diagnostics);
+                match exit.failure {
+                    None => self.record_outcome(now_ms, &r.node_id, false, ""),
+                    Some(FailureClass::Infra) => {
+                        self.record_outcome(now_ms, &r.node_id, true, &exit.message)
+                    }
+                    // The job's own failures (and cancels, timeouts, warm-ups)
+                    // say nothing about the host.
+                    Some(_) => {}
+                }
                 self.finish_attempt(index, now_ms, &r.attempt, state, exit);
             }
         }
@@ -358,7 +503,7 @@ impl State {
             match failure {
                 None => task.state = TaskState::Succeeded,
                 Some(FailureClass::Cancelled) => task.state = TaskState::Cancelled,
-                Some(FailureClass::Workload | FailureClass::Timeout) => {
+                Some(FailureClass::Workload | FailureClass::Timeout | FailureClass::WarmUp) => {
                     task.workload_failures += 1;
                     if task.workload_failures < max_attempts {
                         requeue = true;
@@ -402,7 +547,12 @@ impl State {
         let mut usage = Usage::default();
         for r in self.live.get(node_id).into_iter().flatten() {
             if let Some(job) = self.jobs.get(&r.job_id) {
-                usage.add(&job.spec.resources);
+                let gpus = job
+                    .tasks
+                    .get(r.task as usize)
+                    .and_then(|t| t.attempts.last())
+                    .map_or(&[][..], |a| &a.gpus[..]);
+                usage.add(&job.spec.resources, gpus);
             }
         }
         usage

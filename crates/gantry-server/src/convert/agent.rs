@@ -32,6 +32,7 @@ pub fn exit_from_api(f: api::AttemptFinished) -> core::Exit {
         Ok(api::FailureClass::Workload) => Some(core::FailureClass::Workload),
         Ok(api::FailureClass::Timeout) => Some(core::FailureClass::Timeout),
         Ok(api::FailureClass::Cancelled) => Some(core::FailureClass::Cancelled),
+        Ok(api::FailureClass::WarmUp) => Some(core::FailureClass::WarmUp),
         // Infra, and anything this replica does not know, counts against the host.
         Ok(api::FailureClass::Infra) | Err(_) => Some(core::FailureClass::Infra),
     };
@@ -42,11 +43,11 @@ pub fn exit_from_api(f: api::AttemptFinished) -> core::Exit {
         message: f.message,
         stdout_tail: f.stdout_tail,
         stderr_tail: f.stderr_tail,
+        diagnostics: f.diagnostics,
     };
     core::limits::truncate_tail(&mut exit.stdout_tail);
     core::limits::truncate_tail(&mut exit.stderr_tail);
-    if exit.message.len() > core::limits::MAX_REASON_BYTES {
-        exit.message.truncate(core::limits::MAX_REASON_BYTES);
-    }
+    core::limits::truncate_tail(&mut exit.diagnostics);
+    core::limits::truncate_utf8(&mut exit.message, core::limits::MAX_REASON_BYTES);
     exit
 }

@@ -6,9 +6,18 @@ use tonic::Status;
 
 use super::node::resources_to_api;
 
-pub fn spec_from_api(s: api::JobSpec) -> core::JobSpec {
+/// A spec from the API; a placement or probe that cannot be understood is
+/// refused with the field named.
+pub fn spec_from_api(s: api::JobSpec) -> Result<core::JobSpec, Status> {
     let r = s.resources.unwrap_or_default();
-    core::JobSpec {
+    let placement = core::PlacementPolicy::parse(&s.placement).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "placement: {:?} is not a policy (use strict, balanced or aggressive, or leave it empty for the cluster's default)",
+            s.placement
+        ))
+    })?;
+    let readiness = s.readiness.map(probe_from_api).transpose()?;
+    Ok(core::JobSpec {
         name: s.name,
         argv: s.argv,
         env: s.env.into_iter().collect(),
@@ -26,6 +35,66 @@ pub fn spec_from_api(s: api::JobSpec) -> core::JobSpec {
         idempotency_key: s.idempotency_key,
         shell: s.shell,
         spread: s.spread,
+        gpu_model: s.gpu_model,
+        gpu_min_memory_mib: s.gpu_min_memory_mib,
+        placement,
+        readiness,
+    })
+}
+
+fn port(p: u32) -> Result<u16, Status> {
+    u16::try_from(p)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| Status::invalid_argument(format!("readiness.port: {p} is not a TCP port")))
+}
+
+fn probe_from_api(p: api::Probe) -> Result<core::Probe, Status> {
+    use api::probe::Check;
+    let check = match p.check {
+        Some(Check::Exec(e)) => core::ProbeCheck::Exec { argv: e.argv },
+        Some(Check::Tcp(t)) => core::ProbeCheck::Tcp {
+            host: t.host,
+            port: port(t.port)?,
+        },
+        Some(Check::Http(h)) => core::ProbeCheck::Http {
+            host: h.host,
+            port: port(h.port)?,
+            path: h.path,
+        },
+        None => {
+            return Err(Status::invalid_argument(
+                "readiness: give one of exec, tcp or http",
+            ));
+        }
+    };
+    Ok(core::Probe {
+        check,
+        warmup_ms: p.warmup_ms,
+        interval_ms: p.interval_ms,
+        timeout_ms: p.timeout_ms,
+    })
+}
+
+fn probe_to_api(p: &core::Probe) -> api::Probe {
+    use api::probe::Check;
+    let check = match &p.check {
+        core::ProbeCheck::Exec { argv } => Check::Exec(api::ExecProbe { argv: argv.clone() }),
+        core::ProbeCheck::Tcp { host, port } => Check::Tcp(api::TcpProbe {
+            host: host.clone(),
+            port: u32::from(*port),
+        }),
+        core::ProbeCheck::Http { host, port, path } => Check::Http(api::HttpProbe {
+            host: host.clone(),
+            port: u32::from(*port),
+            path: path.clone(),
+        }),
+    };
+    api::Probe {
+        check: Some(check),
+        warmup_ms: p.warmup_ms,
+        interval_ms: p.interval_ms,
+        timeout_ms: p.timeout_ms,
     }
 }
 
@@ -48,6 +117,10 @@ pub fn spec_to_api(s: &core::JobSpec) -> api::JobSpec {
         idempotency_key: s.idempotency_key.clone(),
         shell: s.shell,
         spread: s.spread,
+        gpu_model: s.gpu_model.clone(),
+        gpu_min_memory_mib: s.gpu_min_memory_mib,
+        placement: s.placement.as_str().to_owned(),
+        readiness: s.readiness.as_ref().map(probe_to_api),
     }
 }
 
@@ -145,6 +218,14 @@ fn attempt_to_api(a: &core::Attempt) -> api::Attempt {
         stdout_tail: a.exit.stdout_tail.clone(),
         stderr_tail: a.exit.stderr_tail.clone(),
         cancel_requested: a.cancel_requested,
+        gpus: a.gpus.clone(),
+        ready_at_ms: a.ready_at_ms,
+        // The finished report's view wins; before that, what readiness said.
+        diagnostics: if a.exit.diagnostics.is_empty() {
+            a.diagnostics.clone()
+        } else {
+            a.exit.diagnostics.clone()
+        },
     }
 }
 
@@ -170,11 +251,44 @@ mod tests {
                 memory_mib: 2,
                 gpus: 3,
             }),
+            gpu_model: "A100".into(),
+            gpu_min_memory_mib: 40_000,
+            placement: "strict".into(),
+            readiness: Some(api::Probe {
+                check: Some(api::probe::Check::Http(api::HttpProbe {
+                    host: String::new(),
+                    port: 8080,
+                    path: "/health".into(),
+                })),
+                warmup_ms: 5000,
+                interval_ms: 100,
+                timeout_ms: 0,
+            }),
             ..Default::default()
         };
         s.env.insert("A".into(), "1".into());
         s.constraints.insert("zone".into(), "a".into());
-        assert_eq!(spec_to_api(&spec_from_api(s.clone())), s);
+        assert_eq!(spec_to_api(&spec_from_api(s.clone()).unwrap()), s);
+        let bad = api::JobSpec {
+            placement: "lenient".into(),
+            ..s.clone()
+        };
+        let e = spec_from_api(bad).unwrap_err();
+        assert!(e.message().starts_with("placement:"), "{e}");
+        let mut bad = s;
+        bad.readiness = Some(api::Probe {
+            check: Some(api::probe::Check::Tcp(api::TcpProbe {
+                host: String::new(),
+                port: 70_000,
+            })),
+            ..Default::default()
+        });
+        assert!(
+            spec_from_api(bad)
+                .unwrap_err()
+                .message()
+                .starts_with("readiness.port")
+        );
     }
 
     #[test]
