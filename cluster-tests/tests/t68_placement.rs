@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use cluster_tests::{Cluster, Timings, gantry_bin, wait_for};
+use cluster_tests::{Cluster, Timings, gantry_bin, http_get, sample, wait_for};
 use gantry_client::{Client, api};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -124,6 +124,25 @@ async fn t68_a_node_failing_its_disk_check_gets_no_tasks_and_says_why() {
     );
     let list = cli(&cluster, &["node", "list"]);
     assert!(list.contains("unhealthy"), "{list}");
+
+    // And as metrics: the replica's count, the agent's own verdict.
+    let (_, text) = http_get(&cluster.replicas[&1].metrics_addr, "/metrics")
+        .await
+        .unwrap();
+    assert_eq!(sample(&text, "gantry_nodes_unhealthy"), Some(1.0), "{text}");
+    let agent_metrics = wait_for("the agent's health metrics", WAIT, || async {
+        let (_, text) = http_get(&cluster.agents["full"].metrics_addr, "/metrics")
+            .await
+            .ok()?;
+        sample(&text, "gantry_agent_healthy").map(|_| text)
+    })
+    .await
+    .unwrap();
+    assert_eq!(sample(&agent_metrics, "gantry_agent_healthy"), Some(0.0));
+    assert!(
+        agent_metrics.contains("gantry_agent_health_check_passed{check=\"disk\"} 0"),
+        "{agent_metrics}"
+    );
 }
 
 fn inventory(gpus: &[(&str, u64)]) -> String {
@@ -247,6 +266,16 @@ async fn t68_gpu_jobs_land_where_the_inventory_fits_and_see_their_gpus() {
     })
     .await
     .unwrap();
+    let (_, text) = http_get(&cluster.agents["gpu-a100"].metrics_addr, "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("gantry_agent_gpu_temperature_celsius{")
+                && l.contains("gpu=\"1\"")
+                && l.ends_with(" 40.0")),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,6 +47,11 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: String,
     class: String,
@@ -172,6 +177,41 @@ pub async fn render(replica: &Replica, grpc: &GrpcCounters) -> String {
             (s.job_count(), s.pending_count(), s.stale_reports())
         })
         .await;
+    let now = crate::clock::now_ms();
+    let (unhealthy, blacklisted, health): (i64, i64, Family<NodeLabels, Gauge>) = replica
+        .state
+        .read(|s, _| {
+            let health: Family<NodeLabels, Gauge> = Family::default();
+            let (mut unhealthy, mut blacklisted) = (0, 0);
+            for n in s.nodes() {
+                unhealthy += i64::from(!n.health.healthy);
+                blacklisted += i64::from(n.blacklisted_at(now));
+                health
+                    .get_or_create(&NodeLabels {
+                        node: n.id().to_owned(),
+                    })
+                    .set(i64::from(n.health.score));
+            }
+            (unhealthy, blacklisted, health)
+        })
+        .await;
+    gauge(
+        &mut reg,
+        "nodes_unhealthy",
+        "Nodes whose agent's health verdict is unhealthy (no new tasks under balanced/strict placement)",
+        unhealthy,
+    );
+    gauge(
+        &mut reg,
+        "nodes_blacklisted",
+        "Nodes blacklisted now (automatically for infra failures, or by an operator)",
+        blacklisted,
+    );
+    reg.register(
+        "node_health_score",
+        "Each node's health score, 0-100, as last written to the log",
+        health,
+    );
     let received_c: Counter = Counter::default();
     received_c.inc_by(received as u64);
     reg.register(
