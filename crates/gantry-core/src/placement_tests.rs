@@ -405,3 +405,44 @@ fn t10_strict_wants_a_record_and_ranking_favours_success() {
     let plain: Vec<_> = p.iter().filter(|p| p.attempt.job_id == "plain").collect();
     assert_eq!(plain[0].node_id, "b");
 }
+
+#[test]
+fn t10_at_most_a_third_of_the_nodes_are_blacklisted_automatically() {
+    // A fault that hits every host must not take the whole cluster out.
+    let mut s = State::default();
+    for (i, id) in ["a", "b", "c", "d", "e", "f"].iter().enumerate() {
+        open(&mut s, i as u64 + 1, node(id, 64_000, 0, 0, &[]));
+    }
+    let mut index = 10;
+    for id in ["a", "b", "c", "d", "e", "f"] {
+        for t in 0..3 {
+            end_on(&mut s, &mut index, id, 1000 + t, Some(FailureClass::Infra));
+        }
+    }
+    let out: Vec<&str> = s
+        .nodes()
+        .filter(|n| n.blacklisted_at(2000))
+        .map(|n| n.id())
+        .collect();
+    assert_eq!(out, vec!["a", "b"], "6 nodes: at most 2 out automatically");
+    // Their records still count, and an operator may take out more.
+    assert!(s.node("f").unwrap().reputation.at(2000).0 >= 2900);
+    s.apply(
+        index,
+        &Command::SetBlacklist {
+            now_ms: 2000,
+            node_id: "f".into(),
+            blacklisted: true,
+            reason: "bad PSU".into(),
+        },
+    );
+    assert!(s.node("f").unwrap().blacklisted_at(2001));
+    // A single node can be taken out (at least one).
+    let mut one = State::default();
+    open(&mut one, 1, node("only", 64_000, 0, 0, &[]));
+    let mut index = 2;
+    for t in 0..3 {
+        end_on(&mut one, &mut index, "only", t, Some(FailureClass::Infra));
+    }
+    assert!(one.node("only").unwrap().blacklisted_at(10));
+}

@@ -176,6 +176,25 @@ impl State {
         Outcome::Node(Ok(()))
     }
 
+    /// Whether one more node may be blacklisted automatically now.
+    fn may_auto_blacklist(&self, now_ms: u64) -> bool {
+        let present = self
+            .nodes
+            .values()
+            .filter(|n| n.status != NodeStatus::Lost)
+            .count();
+        let automatic = self
+            .nodes
+            .values()
+            .filter(|n| {
+                n.blacklist
+                    .as_ref()
+                    .is_some_and(|b| b.until_ms != 0 && b.active_at(now_ms))
+            })
+            .count();
+        automatic < (present / 3).max(1)
+    }
+
     /// Feeds an attempt's outcome into its node's reputation: successes and
     /// infra-class failures count, nothing else does. Enough recent infra
     /// failures blacklist the node for [`BLACKLIST_TTL_MS`].
@@ -189,19 +208,28 @@ impl State {
         }
         node.reputation.record_infra_failure(now_ms);
         let (infra_milli, _) = node.reputation.at(now_ms);
-        if infra_milli >= BLACKLIST_INFRA_FAILURES * 1000 && !node.blacklisted_at(now_ms) {
-            let mut reason = format!(
-                "{:.1} recent infra failures (threshold {BLACKLIST_INFRA_FAILURES}); last: {message}",
-                infra_milli as f64 / 1000.0
-            );
-            limits::truncate_utf8(&mut reason, limits::MAX_REASON_BYTES);
-            node.blacklist = Some(Blacklist {
-                reason,
-                since_ms: now_ms,
-                until_ms: now_ms + BLACKLIST_TTL_MS,
-            });
-            node.updated_at_ms = now_ms;
+        let over = infra_milli >= BLACKLIST_INFRA_FAILURES * 1000 && !node.blacklisted_at(now_ms);
+        // Like YARN's max-node-blacklist-ratio: at most a third of the nodes
+        // (at least one) are out automatically at a time, so a fault that
+        // hits every host (or a bug) cannot stop the whole cluster; the
+        // record keeps counting, and an operator can still blacklist more.
+        if !over || !self.may_auto_blacklist(now_ms) {
+            return;
         }
+        let Some(node) = self.nodes.get_mut(node_id) else {
+            return;
+        };
+        let mut reason = format!(
+            "{:.1} recent infra failures (threshold {BLACKLIST_INFRA_FAILURES}); last: {message}",
+            infra_milli as f64 / 1000.0
+        );
+        limits::truncate_utf8(&mut reason, limits::MAX_REASON_BYTES);
+        node.blacklist = Some(Blacklist {
+            reason,
+            since_ms: now_ms,
+            until_ms: now_ms + BLACKLIST_TTL_MS,
+        });
+        node.updated_at_ms = now_ms;
     }
 
     pub(super) fn apply_session_closed(
