@@ -533,6 +533,17 @@ impl Cluster {
         Ok(())
     }
 
+    /// Stops a replica gracefully (SIGTERM) and waits for it to exit.
+    pub async fn stop(&mut self, id: u64) -> anyhow::Result<std::process::ExitStatus> {
+        self.signal(id, Signal::SIGTERM)?;
+        let mut c = self
+            .replicas
+            .get_mut(&id)
+            .and_then(|r| r.child.take())
+            .context("replica is not running")?;
+        Ok(tokio::time::timeout(Duration::from_secs(30), c.wait()).await??)
+    }
+
     /// Starts a stopped replica again with the same data directory.
     pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
         self.spawn(id)

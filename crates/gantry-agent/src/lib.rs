@@ -370,6 +370,9 @@ async fn session(
     tracing::info!(%server, replica = welcome.replica_id, session = %welcome.session_id, "connected");
     if shared.stats.streams_opened.fetch_add(1, Ordering::Relaxed) > 0 {
         shared.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+    } else {
+        // systemd (Type=notify): connected to the cluster. A no-op elsewhere.
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     }
     shared.stats.connected.store(true, Ordering::Relaxed);
     let _connected = stats::Connected(&shared.stats);

@@ -22,11 +22,45 @@ pub enum ClusterCommand {
         #[arg(long)]
         id: u64,
     },
+    /// Back up or restore the whole replicated state (jobs and nodes).
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
+    /// Ask each replica in --servers for its gRPC health (grpc.health.v1):
+    /// exit 0 when every one is SERVING (in a quorum), 1 otherwise. For
+    /// container and load-balancer health checks.
+    Health {
+        /// The service to ask about ("" is the replica as a whole).
+        #[arg(long, default_value = "")]
+        service: String,
+        /// Give up on a replica after this long.
+        #[arg(long, value_parser = crate::parse::duration_ms, default_value = "3s")]
+        timeout: u64,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum SnapshotCommand {
+    /// Write a consistent copy of the state to FILE (replaced atomically).
+    Save { file: std::path::PathBuf },
+    /// Replace the cluster's state with FILE's. Refused while the cluster
+    /// holds jobs, unless --force.
+    Restore {
+        file: std::path::PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 pub async fn run(args: &ClientArgs, cmd: ClusterCommand) -> Result<(), Failure> {
+    if let ClusterCommand::Health { service, timeout } = &cmd {
+        return health(args, service, std::time::Duration::from_millis(*timeout)).await;
+    }
     let client = args.client()?;
     let status = match cmd {
+        ClusterCommand::Health { .. } => return Ok(()),
+        ClusterCommand::Snapshot { command } => return snapshot(args, &client, command).await,
         ClusterCommand::Status => client.cluster_status().await?,
         ClusterCommand::AddReplica { id, address } => client.add_replica(id, &address).await?,
         ClusterCommand::RemoveReplica { id } => client.remove_replica(id).await?,
@@ -70,4 +104,108 @@ fn print_status(s: &ClusterStatusResponse) {
         ],
         &rows,
     );
+}
+
+async fn snapshot(
+    args: &ClientArgs,
+    client: &gantry_client::Client,
+    cmd: SnapshotCommand,
+) -> Result<(), Failure> {
+    match cmd {
+        SnapshotCommand::Save { file } => {
+            let (data, index) = client.save_snapshot().await?;
+            // Written beside the target, then renamed: a crash leaves the old
+            // file or the new one, never half of one.
+            let tmp = file.with_extension("partial");
+            std::fs::write(&tmp, &data)
+                .and_then(|()| std::fs::rename(&tmp, &file))
+                .map_err(|e| Failure {
+                    message: format!("cannot write {}: {e}", file.display()),
+                    code: 1,
+                })?;
+            if args.json {
+                println!(
+                    "{{\"file\":{:?},\"bytes\":{},\"index\":{index}}}",
+                    file.display().to_string(),
+                    data.len()
+                );
+            } else {
+                println!(
+                    "saved {} bytes to {} (state as of log index {index})",
+                    data.len(),
+                    file.display()
+                );
+            }
+        }
+        SnapshotCommand::Restore { file, force } => {
+            let data = std::fs::read(&file).map_err(|e| Failure {
+                message: format!("cannot read {}: {e}", file.display()),
+                code: 1,
+            })?;
+            let r = client.restore_snapshot(&data, force).await?;
+            if args.json {
+                return Ok(json(&r)?);
+            }
+            println!(
+                "restored {} jobs and {} nodes from {} (log index {})",
+                r.jobs,
+                r.nodes,
+                file.display(),
+                r.commit_index
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `gantry cluster health`: the gRPC health service of each given replica.
+async fn health(
+    args: &ClientArgs,
+    service: &str,
+    timeout: std::time::Duration,
+) -> Result<(), Failure> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    if args.servers.is_empty() {
+        return Err(Failure {
+            message: "give the replicas to check with --servers HOST:PORT,...".into(),
+            code: crate::EXIT_USAGE,
+        });
+    }
+    let transport = args.security.transport()?;
+    let mut all_serving = true;
+    for addr in &args.servers {
+        let status = async {
+            let channel = transport.channel(addr).map_err(|e| e.to_string())?;
+            let req = HealthCheckRequest {
+                service: service.to_owned(),
+            };
+            let reply = tokio::time::timeout(timeout, HealthClient::new(channel).check(req))
+                .await
+                .map_err(|_| format!("no answer within {timeout:?}"))?
+                .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+            Ok::<_, String>(reply.into_inner().status())
+        }
+        .await;
+        let line = match status {
+            Ok(ServingStatus::Serving) => "SERVING".to_owned(),
+            Ok(other) => {
+                all_serving = false;
+                other.as_str_name().to_owned()
+            }
+            Err(e) => {
+                all_serving = false;
+                format!("UNREACHABLE ({e})")
+            }
+        };
+        println!("{addr}  {line}");
+    }
+    if all_serving {
+        Ok(())
+    } else {
+        Err(Failure {
+            message: "not every replica is serving".into(),
+            code: 1,
+        })
+    }
 }

@@ -18,6 +18,10 @@ pub struct ServerArgs {
     /// This replica's id (1 or more), one of the ids in --peers.
     #[arg(long, env = "GANTRY_ID")]
     id: Option<u64>,
+    /// Take the id from a name ending in an ordinal: `gantry-0` is replica 1
+    /// (for a Kubernetes StatefulSet: --id-from-ordinal $(POD_NAME)).
+    #[arg(long, env = "GANTRY_ID_FROM_ORDINAL", conflicts_with = "id")]
+    id_from_ordinal: Option<String>,
     /// Address to listen on, HOST:PORT.
     #[arg(long, env = "GANTRY_LISTEN")]
     listen: Option<String>,
@@ -125,6 +129,19 @@ fn missing(field: &str, flag: &str, env: &str) -> Failure {
     ))
 }
 
+/// `gantry-2` → 3: a StatefulSet's pods are numbered from 0, replicas from 1.
+fn id_from_ordinal(name: &str) -> Result<u64, Failure> {
+    name.rsplit('-')
+        .next()
+        .and_then(|n| n.parse::<u64>().ok())
+        .and_then(|n| n.checked_add(1))
+        .ok_or_else(|| {
+            usage(format!(
+                "invalid configuration: id_from_ordinal: {name:?} does not end in -N (e.g. gantry-0)"
+            ))
+        })
+}
+
 /// Merges the file, the environment and the flags into one configuration.
 fn resolve(args: &ServerArgs) -> Result<ServerConfig, Failure> {
     let file: FileConfig = match &args.config {
@@ -136,8 +153,13 @@ fn resolve(args: &ServerArgs) -> Result<ServerConfig, Failure> {
         }
         None => FileConfig::default(),
     };
+    let from_ordinal = match &args.id_from_ordinal {
+        Some(name) => Some(id_from_ordinal(name)?),
+        None => None,
+    };
     let id = args
         .id
+        .or(from_ordinal)
         .or(file.id)
         .ok_or_else(|| missing("id", "--id", "GANTRY_ID"))?;
     let listen = args
@@ -262,6 +284,8 @@ async fn serve(args: ServerArgs) -> Result<(), Failure> {
             code: 1,
         },
     })?;
+    // systemd (Type=notify): the gRPC port is open. A no-op elsewhere.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let stopped = tokio::select! {
         r = handle.wait() => Some(r),
         () = shutdown_signal() => None,
@@ -274,6 +298,7 @@ async fn serve(args: ServerArgs) -> Result<(), Failure> {
         Some(Ok(())) => Ok(()),
         None => {
             tracing::info!("shutting down");
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
             handle.shutdown().await;
             Ok(())
         }
@@ -301,6 +326,15 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn t10_id_from_a_statefulset_ordinal() {
+        assert_eq!(id_from_ordinal("gantry-0").ok(), Some(1));
+        assert_eq!(id_from_ordinal("my-gantry-12").ok(), Some(13));
+        assert!(id_from_ordinal("gantry").is_err());
+        assert!(id_from_ordinal("gantry-x").is_err());
+        assert!(id_from_ordinal("gantry-18446744073709551615").is_err());
+    }
 
     proptest! {
         // Whatever is in a config file, reading it is an error or a config, never a panic.

@@ -353,6 +353,57 @@ impl Client {
         self.cluster_status_with(false).await
     }
 
+    /// The whole replicated state as of a linearizable read, and the
+    /// applied index it was taken at.
+    pub async fn save_snapshot(&self) -> Result<(Vec<u8>, u64), ClientError> {
+        self.with_retry(|ch| async move {
+            let mut stream = Self::cluster(ch)
+                .save_snapshot(api::SaveSnapshotRequest {})
+                .await?
+                .into_inner();
+            let (mut data, mut index) = (Vec::new(), 0);
+            while let Some(chunk) = stream.message().await? {
+                if index == 0 {
+                    index = chunk.index;
+                }
+                data.extend_from_slice(&chunk.data);
+            }
+            Ok((data, index))
+        })
+        .await
+    }
+
+    /// Replaces the cluster's state with a saved one (refused while it holds
+    /// jobs, unless `force`).
+    pub async fn restore_snapshot(
+        &self,
+        data: &[u8],
+        force: bool,
+    ) -> Result<api::RestoreSnapshotResponse, ClientError> {
+        const CHUNK: usize = 1024 * 1024;
+        self.with_retry(|ch| async move {
+            let mut chunks: Vec<api::SnapshotData> = data
+                .chunks(CHUNK)
+                .map(|c| api::SnapshotData {
+                    data: c.to_vec(),
+                    ..Default::default()
+                })
+                .collect();
+            match chunks.first_mut() {
+                Some(first) => first.force = force,
+                None => chunks.push(api::SnapshotData {
+                    force,
+                    ..Default::default()
+                }),
+            }
+            Ok(Self::cluster(ch)
+                .restore_snapshot(tokio_stream::iter(chunks))
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
     /// Status with each replica's state digest (costly on a large state).
     pub async fn cluster_status_with(
         &self,

@@ -78,6 +78,10 @@ pub enum Command {
         session_id: String,
         health: Health,
     },
+    /// Replaces the whole state with a saved snapshot (the text of
+    /// [`crate::State::to_snapshot`]): an operator's restore. Nodes lose their
+    /// sessions; every job counts as changed by this entry.
+    RestoreState { now_ms: u64, snapshot: String },
     /// An operator blacklisted (`blacklisted`) or whitelisted the node.
     /// Whitelisting also forgets its infra failures.
     SetBlacklist {
@@ -169,6 +173,14 @@ pub enum Outcome {
     NodesLost {
         attempts_lost: u32,
     },
+    Restored(Result<RestoreSummary, String>),
+}
+
+/// What a restore brought back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreSummary {
+    pub jobs: u64,
+    pub nodes: u64,
 }
 
 // Raft logs show entries by their Display form; keep it short.
@@ -206,6 +218,9 @@ impl std::fmt::Display for Command {
                 blacklisted,
                 ..
             } => write!(f, "node {node_id} blacklisted={blacklisted}"),
+            Self::RestoreState { snapshot, .. } => {
+                write!(f, "restore a {} byte snapshot", snapshot.len())
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ mod state;
 
 pub use command::{
     AttemptEvent, AttemptReport, CancelError, Command, NewJob, NodeError, Outcome, Placement,
-    SubmitError, Submitted,
+    RestoreSummary, SubmitError, Submitted,
 };
 pub use job::{
     Attempt, AttemptRef, AttemptState, Exit, FailureClass, Job, JobId, JobSpec, JobState,

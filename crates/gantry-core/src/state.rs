@@ -149,6 +149,9 @@ impl State {
                 blacklisted,
                 reason,
             } => self.apply_set_blacklist(*now_ms, node_id, *blacklisted, reason),
+            Command::RestoreState { now_ms, snapshot } => {
+                Outcome::Restored(self.apply_restore(index, *now_ms, snapshot))
+            }
         }
     }
 
@@ -274,6 +277,33 @@ impl State {
             }
         }
         Ok(job.clone())
+    }
+
+    /// Replaces everything with a saved state. An undecodable snapshot
+    /// changes nothing (the proposer checks it first; this is the backstop).
+    fn apply_restore(
+        &mut self,
+        index: u64,
+        now_ms: u64,
+        snapshot: &str,
+    ) -> Result<crate::command::RestoreSummary, String> {
+        let mut restored = State::from_snapshot(snapshot.as_bytes()).map_err(|e| e.to_string())?;
+        // The sessions belonged to the old cluster's replicas: agents open
+        // new ones, or their nodes are found lost after the grace period.
+        for node in restored.nodes.values_mut() {
+            node.session = None;
+            node.updated_at_ms = now_ms;
+        }
+        // Watchers resume by index: every job is news as of this entry.
+        for job in restored.jobs.values_mut() {
+            job.modify_index = index;
+        }
+        let summary = crate::command::RestoreSummary {
+            jobs: restored.jobs.len() as u64,
+            nodes: restored.nodes.len() as u64,
+        };
+        *self = restored;
+        Ok(summary)
     }
 
     /// Adds `job` to the derived indexes.

@@ -13,6 +13,7 @@ use gantry_proto::v1::job_service_server::JobServiceServer;
 use gantry_proto::v1::node_service_server::NodeServiceServer;
 use gantry_store::Raft;
 use openraft::BasicNode;
+use openraft::async_runtime::WatchReceiver;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -265,6 +266,9 @@ async fn bootstrap(raft: &Raft, config: &ServerConfig) -> Result<(), StartError>
 impl ServerHandle {
     /// Stops serving and shuts Raft down.
     pub async fn shutdown(mut self) {
+        // A leader hands over first, so writes pause for one hand-off
+        // instead of an election timeout.
+        hand_off_leadership(&self.replica).await;
         for task in self.background.drain(..) {
             task.abort();
         }
@@ -288,5 +292,57 @@ impl ServerHandle {
             Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(e.to_string()),
         }
+    }
+}
+
+/// If this replica leads, asks the most up-to-date voter to take over and
+/// waits (a few election timeouts at most) until it has.
+async fn hand_off_leadership(replica: &Replica) {
+    let m = replica.raft.metrics().borrow_watched().clone();
+    if m.current_leader != Some(replica.id) || !m.state.is_leader() {
+        return;
+    }
+    let voters: Vec<u64> = m
+        .membership_config
+        .membership()
+        .voter_ids()
+        .filter(|id| *id != replica.id)
+        .collect();
+    let matched = |id: &u64| {
+        m.replication
+            .as_ref()
+            .and_then(|r| r.get(id).cloned().flatten())
+            .map_or(0, |l| l.index)
+    };
+    let Some(to) = voters
+        .iter()
+        .copied()
+        .max_by_key(|id| (matched(id), u64::MAX - id))
+    else {
+        return;
+    };
+    tracing::info!(to, "shutting down: handing leadership over");
+    if let Err(e) = replica.raft.trigger().transfer_leader(to).await {
+        tracing::warn!(error = %e, "could not hand leadership over");
+        return;
+    }
+    let limit = std::time::Duration::from_millis(
+        replica
+            .config
+            .raft
+            .election_timeout_max_ms
+            .saturating_mul(3),
+    );
+    let moved = replica
+        .raft
+        .wait(Some(limit))
+        .metrics(
+            |m| m.current_leader != Some(replica.id),
+            "leadership handed over",
+        )
+        .await;
+    match moved {
+        Ok(m) => tracing::info!(leader = ?m.current_leader, "leadership handed over"),
+        Err(e) => tracing::warn!(error = %e, "leadership not handed over in time; stopping anyway"),
     }
 }

@@ -149,6 +149,22 @@ fn membership_error(
 
 #[tonic::async_trait]
 impl ClusterService for ClusterApi {
+    type SaveSnapshotStream = crate::snapshot_api::SnapshotStream;
+
+    async fn save_snapshot(
+        &self,
+        req: Request<gantry_proto::v1::SaveSnapshotRequest>,
+    ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
+        crate::snapshot_api::save(&self.replica, req).await
+    }
+
+    async fn restore_snapshot(
+        &self,
+        req: Request<tonic::Streaming<gantry_proto::v1::SnapshotData>>,
+    ) -> Result<Response<gantry_proto::v1::RestoreSnapshotResponse>, Status> {
+        crate::snapshot_api::restore(&self.replica, req).await
+    }
+
     async fn status(
         &self,
         req: Request<ClusterStatusRequest>,

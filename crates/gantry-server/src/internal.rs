@@ -93,6 +93,21 @@ impl RaftService for InternalService {
         payload(&self.replica.raft.vote(rpc).await)
     }
 
+    async fn transfer_leader(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        auth::require(&self.replica, &req, auth::SERVER, "transfer_leader")?;
+        let rpc = decode(&req.into_inner().data).map_err(bad_payload)?;
+        let reply = self
+            .replica
+            .raft
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(openraft::errors::RaftError::<gantry_store::TypeConfig>::Fatal);
+        payload(&reply)
+    }
+
     async fn install_snapshot(
         &self,
         req: Request<Streaming<SnapshotChunk>>,

@@ -28,6 +28,7 @@ mod peers;
 mod ratelimit;
 mod replica;
 mod sessions;
+mod snapshot_api;
 mod watch;
 
 pub use app::{ServerHandle, StartError, start, start_on};

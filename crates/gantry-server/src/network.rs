@@ -13,7 +13,8 @@ use openraft::errors::{
 };
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, RaftNetworkV2};
 use serde::Serialize;
@@ -140,6 +141,18 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let timeout = option.hard_ttl();
         self.unary(&rpc, timeout, |mut c, r| async move { c.vote(r).await })
             .await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let timeout = option.hard_ttl().max(MIN_RPC_TIMEOUT);
+        self.unary(&req, timeout, |mut c, r| async move {
+            c.transfer_leader(r).await
+        })
+        .await
     }
 
     async fn full_snapshot(
