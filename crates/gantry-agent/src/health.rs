@@ -14,8 +14,8 @@
 //!   used ≤ total). One check rather than one per aspect keeps a GPU fault
 //!   from outweighing the host checks in the score; its detail lists every
 //!   aspect that failed.
-//! - `runtime`: `true` (through PATH) can be spawned in the work dir within
-//!   `check_timeout`.
+//! - `runtime`: `true` (through PATH; else the agent's own binary) can be
+//!   spawned in the work dir within `check_timeout`.
 //!
 //! The score is the share of checks that passed (integer percent); the node
 //! is healthy when the score is at least `healthy_percent`.
@@ -428,37 +428,62 @@ pub fn check_gpus(
 
 /// Whether the node can still start a task: fork/exec works, the work dir
 /// is usable as a working directory, and it happens in reasonable time.
+/// The process is `true` from PATH or, where there is none (an image that
+/// holds only gantry), the agent's own binary with `--version`.
 pub async fn check_runtime(work_dir: &Path, timeout: Duration) -> HealthCheck {
     let started = tokio::time::Instant::now();
-    let mut cmd = tokio::process::Command::new("true");
-    cmd.current_dir(work_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    let run = async { cmd.spawn()?.wait().await };
+    let run = async {
+        match spawn_in(work_dir, Path::new("true"), &[]).await {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && work_dir.is_dir() => {
+                let exe = std::env::current_exe()?;
+                spawn_in(work_dir, &exe, &["--version"]).await
+            }
+            other => other,
+        }
+    };
     let dir = work_dir.display();
     match tokio::time::timeout(timeout, run).await {
         Ok(Ok(status)) if status.success() => check(
             RUNTIME,
             true,
             format!(
-                "spawned `true` in {dir} in {}, max {}",
+                "spawned a process in {dir} in {}, max {}",
                 duration(started.elapsed()),
                 duration(timeout)
             ),
         ),
-        Ok(Ok(status)) => check(RUNTIME, false, format!("`true` in {dir}: {status}")),
-        Ok(Err(e)) => check(RUNTIME, false, format!("cannot spawn `true` in {dir}: {e}")),
+        Ok(Ok(status)) => check(RUNTIME, false, format!("a process in {dir}: {status}")),
+        Ok(Err(e)) => check(
+            RUNTIME,
+            false,
+            format!("cannot spawn a process in {dir}: {e}"),
+        ),
         Err(_) => check(
             RUNTIME,
             false,
             format!(
-                "`true` in {dir} did not finish within {}",
+                "a process in {dir} did not finish within {}",
                 duration(timeout)
             ),
         ),
     }
+}
+
+async fn spawn_in(
+    dir: &Path,
+    program: &Path,
+    args: &[&str],
+) -> std::io::Result<std::process::ExitStatus> {
+    tokio::process::Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?
+        .wait()
+        .await
 }
 
 /// `512 MiB`, `10 GiB`, `3.2 GiB`.
@@ -616,7 +641,7 @@ mod tests {
         assert!(c.passed, "{c:?}");
         let c = check_runtime(&dir.path().join("missing"), Duration::from_secs(5)).await;
         assert!(!c.passed, "{c:?}");
-        assert!(c.detail.starts_with("cannot spawn `true`"), "{c:?}");
+        assert!(c.detail.starts_with("cannot spawn a process"), "{c:?}");
     }
 
     #[tokio::test]
