@@ -82,6 +82,9 @@ const AGENT_TEST_DEFAULTS: &[(&str, &str)] = &[
     ("--health-max-rtt", "60s"),
     ("--health-max-load-per-cpu", "10000"),
     ("--health-interval", "1s"),
+    // Stop at once on SIGTERM, as tests of shutdown expect; the graceful
+    // hand-back has its own test.
+    ("--shutdown-grace", "0s"),
 ];
 
 pub struct Cluster {

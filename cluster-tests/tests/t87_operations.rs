@@ -305,3 +305,67 @@ async fn t87_a_stopped_leader_hands_leadership_over_first() {
     let client = cluster.client(&others).unwrap();
     client.submit_jobs(vec![shell("true", &[])]).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t87_a_stopping_agent_finishes_what_it_can_and_hands_back_the_rest() {
+    let mut cluster = Cluster::start(1, Timings::default()).await.unwrap();
+    cluster
+        .start_agent_with("a1", &[1], &["--shutdown-grace", "3s"])
+        .unwrap();
+    cluster.wait_nodes_ready(&["a1"]).await.unwrap();
+    let client = cluster.client(&[1]).unwrap();
+    let ids: Vec<String> = client
+        .submit_jobs(vec![
+            shell("sleep 1; echo finished", &[]),
+            shell("exec sleep 300", &[]),
+        ])
+        .await
+        .unwrap()
+        .jobs
+        .into_iter()
+        .map(|j| j.job_id)
+        .collect();
+    for id in &ids {
+        wait_for(&format!("job {id} running"), WAIT, || async {
+            let j = client.get_job(id, false).await.ok()?;
+            (j.tasks[0].attempts.first()?.state == "running").then_some(())
+        })
+        .await
+        .unwrap();
+    }
+    // SIGTERM: the short task finishes, the long one is handed back.
+    let status = cluster.stop_agent("a1").await.unwrap();
+    assert!(status.success(), "{status:?}");
+    let short = client.get_job(&ids[0], false).await.unwrap();
+    assert_eq!(short.state, api::JobState::Complete as i32);
+    assert!(short.tasks[0].attempts[0].stdout_tail.contains("finished"));
+    let long = client.get_job(&ids[1], false).await.unwrap();
+    let task = &long.tasks[0];
+    assert_eq!(task.state, api::TaskState::Pending as i32, "{long:?}");
+    assert_eq!(task.workload_failures, 0, "a hand-back is not a failure");
+    assert_eq!(task.infra_failures, 0);
+    let node = client.list_nodes(false).await.unwrap().remove(0);
+    assert_eq!(node.eligibility, "draining");
+    assert_eq!(
+        node.infra_failures, 0.0,
+        "a graceful exit does not count against the host"
+    );
+
+    // Another node takes the handed-back task; a1 back takes work again.
+    cluster.start_agent("a2", &[1]).unwrap();
+    wait_for("the task on a2", WAIT, || async {
+        let j = client.get_job(&ids[1], false).await.ok()?;
+        let a = j.tasks[0].attempts.last()?;
+        (a.node_id == "a2" && a.state == "running").then_some(())
+    })
+    .await
+    .unwrap();
+    cluster.restart_agent("a1").unwrap();
+    wait_for("a1 eligible again", WAIT, || async {
+        let nodes = client.list_nodes(false).await.ok()?;
+        let a1 = nodes.into_iter().find(|n| n.id == "a1")?;
+        (a1.status == "ready" && a1.eligibility == "eligible").then_some(())
+    })
+    .await
+    .unwrap();
+}

@@ -51,6 +51,9 @@ pub struct AgentConfig {
     pub memory_mib: Option<u64>,
     /// How long a cancelled task gets between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
+    /// On shutdown: how long running attempts may take to finish before
+    /// they are stopped and handed back to the cluster.
+    pub shutdown_grace: Duration,
     pub transport: Transport,
     /// Where to serve `/metrics`, `/ready` and `/live` over HTTP; off when unset.
     pub metrics_listen: Option<std::net::SocketAddr>,
@@ -192,9 +195,18 @@ pub async fn run(
         started: tokio::time::Instant::now(),
     });
     let checks = tokio::spawn(health_loop(shared.clone()));
+    let connected = connect_loop(shared.clone(), events_rx);
+    tokio::pin!(connected);
     tokio::select! {
-        () = connect_loop(shared.clone(), events_rx) => {}
-        () = shutdown => {}
+        () = &mut connected => {}
+        () = shutdown => {
+            // The stream stays up while running attempts finish, so their
+            // results (and the cluster's hand-back) still flow.
+            tokio::select! {
+                () = &mut connected => {}
+                () = leave(&shared) => {}
+            }
+        }
     }
     checks.abort();
     stop_all(&shared).await;
@@ -271,6 +283,49 @@ fn recover(dir: &std::path::Path) -> BTreeMap<Key, AttemptFinished> {
     }
     reports
 }
+
+/// A graceful exit: the node drains (no new tasks), running attempts get
+/// `shutdown_grace` to finish; at the deadline the cluster stops the rest to
+/// run them elsewhere (without counting a failure). Returns once nothing
+/// runs and every result is acknowledged, or a little after the deadline.
+async fn leave(shared: &Shared) {
+    let grace = shared.cfg.shutdown_grace;
+    let running = shared.running.lock().await.len();
+    tracing::info!(
+        running,
+        ?grace,
+        "shutting down: no new tasks; running ones get the grace period"
+    );
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    if grace.is_zero() {
+        return;
+    }
+    let msg = AgentMessage {
+        msg: Some(AgentMsg::Leaving(gantry_proto::v1::Leaving {
+            grace_ms: u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+        })),
+    };
+    let _ = shared.events.send(msg).await;
+    // Past the deadline the cluster's stop (SIGTERM, kill grace) and the
+    // reports need a moment; after that, stop_all kills what is left.
+    let limit = tokio::time::Instant::now() + grace + shared.cfg.kill_grace + LEAVE_SLACK;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let idle = shared.running.lock().await.is_empty() && shared.unacked.lock().await.is_empty();
+        if idle {
+            tracing::info!("every attempt finished and reported: exiting");
+            return;
+        }
+        if tokio::time::Instant::now() >= limit {
+            tracing::warn!("shutdown grace period over: stopping what still runs");
+            return;
+        }
+    }
+}
+
+/// Time after the grace period and kill grace for the last reports.
+const LEAVE_SLACK: Duration = Duration::from_secs(5);
 
 async fn stop_all(shared: &Shared) {
     let running: Vec<Running> = shared

@@ -39,6 +39,11 @@ pub struct AgentArgs {
     /// Time between SIGTERM and SIGKILL when a task is cancelled or times out.
     #[arg(long, value_parser = parse::duration_ms, default_value = "5s")]
     kill_grace: u64,
+    /// On SIGTERM: how long running tasks may take to finish before they are
+    /// stopped and handed back to run elsewhere (no new tasks meanwhile).
+    /// 0 stops them at once.
+    #[arg(long, env = "GANTRY_AGENT_SHUTDOWN_GRACE", value_parser = parse::duration_ms, default_value = "30s")]
+    shutdown_grace: u64,
     /// Serve /metrics (Prometheus), /ready and /live over HTTP on HOST:PORT.
     #[arg(long, env = "GANTRY_AGENT_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -145,6 +150,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), Failure> {
         cpu_millis: args.cpu,
         memory_mib: args.mem,
         kill_grace: Duration::from_millis(args.kill_grace),
+        shutdown_grace: Duration::from_millis(args.shutdown_grace),
         transport: args.security.transport()?,
         metrics_listen: args.metrics_listen,
         health: args.health.config(),

@@ -78,6 +78,15 @@ pub enum Command {
         session_id: String,
         health: Health,
     },
+    /// The node's agent is shutting down gracefully (proposed by the replica
+    /// holding `session_id`): the node drains until `deadline_ms`, and is
+    /// eligible again when its agent next connects.
+    NodeLeaving {
+        now_ms: u64,
+        node_id: NodeId,
+        session_id: String,
+        deadline_ms: u64,
+    },
     /// Replaces the whole state with a saved snapshot (the text of
     /// [`crate::State::to_snapshot`]): an operator's restore. Nodes lose their
     /// sessions; every job counts as changed by this entry.
@@ -218,6 +227,7 @@ impl std::fmt::Display for Command {
                 blacklisted,
                 ..
             } => write!(f, "node {node_id} blacklisted={blacklisted}"),
+            Self::NodeLeaving { node_id, .. } => write!(f, "node {node_id} leaving"),
             Self::RestoreState { snapshot, .. } => {
                 write!(f, "restore a {} byte snapshot", snapshot.len())
             }

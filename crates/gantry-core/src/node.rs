@@ -251,6 +251,10 @@ pub struct Node {
     pub reputation: Reputation,
     #[serde(default)]
     pub blacklist: Option<Blacklist>,
+    /// Draining because its agent is shutting down: undone when the agent
+    /// connects again (an operator's cordon or drain is not).
+    #[serde(default)]
+    pub leaving: bool,
 }
 
 impl Node {

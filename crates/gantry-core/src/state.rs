@@ -149,6 +149,12 @@ impl State {
                 blacklisted,
                 reason,
             } => self.apply_set_blacklist(*now_ms, node_id, *blacklisted, reason),
+            Command::NodeLeaving {
+                now_ms,
+                node_id,
+                session_id,
+                deadline_ms,
+            } => self.apply_node_leaving(*now_ms, node_id, session_id, *deadline_ms),
             Command::RestoreState { now_ms, snapshot } => {
                 Outcome::Restored(self.apply_restore(index, *now_ms, snapshot))
             }

@@ -228,6 +228,10 @@ async fn run_session(
                 gantry_core::limits::truncate_tail(&mut diagnostics);
                 (a, AttemptEvent::Ready { diagnostics })
             }),
+            Some(AgentMsg::Leaving(l)) => {
+                leaving(&replica, &node_id, &session_id, l.grace_ms).await;
+                continue;
+            }
             Some(AgentMsg::Heartbeat(hb)) => {
                 heartbeat(&replica, &node_id, &session_id, hb, &tx, &health_writer).await;
                 continue;
@@ -267,6 +271,25 @@ async fn run_session(
     match replica.write(closed, deadline).await {
         Ok(_) => tracing::info!(node = %node_id, "agent disconnected"),
         Err(e) => tracing::warn!(node = %node_id, error = %e, "could not record the session's end"),
+    }
+}
+
+/// The agent is shutting down: drain its node until the grace period ends
+/// (the leader stops what still runs then, to run it elsewhere).
+async fn leaving(replica: &Arc<Replica>, node_id: &str, session_id: &str, grace_ms: u64) {
+    // A day at most: a typo must not keep a node draining for ever.
+    let grace_ms = grace_ms.min(24 * 60 * 60 * 1000);
+    let now = now_ms();
+    tracing::info!(node = %node_id, grace_ms, "agent shutting down: draining its node");
+    let cmd = Command::NodeLeaving {
+        now_ms: now,
+        node_id: node_id.to_owned(),
+        session_id: session_id.to_owned(),
+        deadline_ms: now.saturating_add(grace_ms),
+    };
+    let deadline = Instant::now() + replica.config.request_timeout();
+    if let Err(e) = replica.write(cmd, deadline).await {
+        tracing::warn!(node = %node_id, error = %e, "could not record that the agent is leaving");
     }
 }
 

@@ -119,7 +119,13 @@ impl State {
             health: Health::default(),
             reputation: Default::default(),
             blacklist: None,
+            leaving: false,
         });
+        // Back after a graceful shutdown: take work again.
+        if node.leaving {
+            node.leaving = false;
+            node.eligibility = Eligibility::Eligible;
+        }
         node.info = info.clone();
         node.status = NodeStatus::Ready;
         node.session = Some(session.clone());
@@ -258,7 +264,31 @@ impl State {
             return Outcome::Node(Err(NodeError::NotFound(node_id.to_owned())));
         };
         node.eligibility = eligibility;
+        // An operator's choice stays after the agent reconnects.
+        node.leaving = false;
         node.updated_at_ms = now_ms;
+        Outcome::Node(Ok(()))
+    }
+
+    pub(super) fn apply_node_leaving(
+        &mut self,
+        now_ms: u64,
+        node_id: &str,
+        session_id: &str,
+        deadline_ms: u64,
+    ) -> Outcome {
+        let Some(node) = self.nodes.get_mut(node_id) else {
+            return Outcome::Node(Err(NodeError::NotFound(node_id.to_owned())));
+        };
+        // Only the current session speaks for the agent; an operator's
+        // cordon or drain is left as it is.
+        if node.session.as_ref().is_some_and(|s| s.id == session_id)
+            && node.eligibility == Eligibility::Eligible
+        {
+            node.eligibility = Eligibility::Draining { deadline_ms };
+            node.leaving = true;
+            node.updated_at_ms = now_ms;
+        }
         Outcome::Node(Ok(()))
     }
 
