@@ -217,7 +217,10 @@ fn t10_reputation_decays_with_a_half_life() {
     assert_eq!(decay(1000, 2 * REPUTATION_HALF_LIFE_MS), 250);
     // Half-way through a half-life: within 6 % above 2^-0.5.
     let mid = decay(1_000_000, REPUTATION_HALF_LIFE_MS / 2) as f64 / 1e6;
-    assert!((std::f64::consts::FRAC_1_SQRT_2..0.76).contains(&mid), "{mid}");
+    assert!(
+        (std::f64::consts::FRAC_1_SQRT_2..0.76).contains(&mid),
+        "{mid}"
+    );
     assert_eq!(decay(u64::MAX, 64 * REPUTATION_HALF_LIFE_MS), 0);
     assert_eq!(decay(u64::MAX, u64::MAX), 0);
     // Monotone in time.
