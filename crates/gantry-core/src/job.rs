@@ -61,7 +61,9 @@ pub struct JobSpec {
 }
 
 /// Which nodes a job's tasks may go to.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub enum PlacementPolicy {
     /// The cluster's default (the leader's `scheduler.placement` setting).
     #[default]

@@ -3,7 +3,7 @@
 //! leader proposes the plan as one `Command::Assign`, and apply re-checks
 //! every placement.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BinaryHeap};
 
 use crate::command::Placement;
 use crate::job::{AttemptRef, JobSpec, PlacementPolicy};
@@ -34,15 +34,27 @@ pub fn schedule_with(
     limit: usize,
     default_policy: PlacementPolicy,
 ) -> Vec<Placement> {
-    let mut nodes: BTreeMap<&str, (&Node, Usage)> = state
+    let mut nodes: BTreeMap<&str, Slot<'_>> = state
         .nodes()
         .filter(|n| n.accepts_work(now_ms))
-        .map(|n| (n.id(), (n, state.usage(n.id()))))
+        .map(|n| {
+            let slot = Slot {
+                node: n,
+                usage: state.usage(n.id()),
+                version: 0,
+            };
+            (n.id(), slot)
+        })
         .collect();
     let mut placements = Vec::new();
     if nodes.is_empty() {
         return placements;
     }
+    // One ranking per shape of task, built when the shape first comes up and
+    // kept current as nodes fill: a placement changes only its own node, so
+    // the next task of a shape costs a heap operation, not a scan of every
+    // node, and a shape that fits nowhere costs nothing after its first try.
+    let mut queues: BTreeMap<Shape<'_>, Queue<'_>> = BTreeMap::new();
     for (job, task_index) in state.pending_tasks() {
         if placements.len() >= limit {
             break;
@@ -57,12 +69,23 @@ pub fn schedule_with(
             PlacementPolicy::ClusterDefault => default_policy,
             p => p,
         };
-        let Some(node_id) = best_node(&nodes, &job.spec, policy, now_ms) else {
+        let queue = queues
+            .entry(shape(&job.spec, policy))
+            .or_insert_with(|| Queue::build(&nodes, &job.spec, policy, now_ms));
+        let Some(node_id) = queue.best(&nodes) else {
             continue;
         };
-        if let Some((node, usage)) = nodes.get_mut(node_id) {
-            let gpus = usage.pick_gpus(&node.info, &job.spec).unwrap_or_default();
-            usage.add(&job.spec.resources, &gpus);
+        let Some(slot) = nodes.get_mut(node_id) else {
+            continue;
+        };
+        let gpus = slot
+            .usage
+            .pick_gpus(&slot.node.info, &job.spec)
+            .unwrap_or_default();
+        slot.usage.add(&job.spec.resources, &gpus);
+        slot.version += 1;
+        for q in queues.values_mut() {
+            q.refresh(node_id, slot, now_ms);
         }
         placements.push(Placement {
             attempt: AttemptRef {
@@ -74,6 +97,123 @@ pub fn schedule_with(
         });
     }
     placements
+}
+
+/// A node as the round sees it: what it holds so far, and how many times
+/// this round has placed on it (so a ranking can tell a stale entry).
+struct Slot<'a> {
+    node: &'a Node,
+    usage: Usage,
+    version: u32,
+}
+
+/// A node's rank for one shape, as of one version of the node.
+struct Ranked<'a> {
+    score: f64,
+    id: &'a str,
+    version: u32,
+}
+
+// Highest score first; on a tie the lowest node id, as a scan in id order
+// keeping the first strict maximum would pick.
+impl Ord for Ranked<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.score
+            .total_cmp(&other.score)
+            .then_with(|| other.id.cmp(self.id))
+    }
+}
+
+impl PartialOrd for Ranked<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Ranked<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+
+impl Eq for Ranked<'_> {}
+
+/// The feasible nodes for one shape, best first. Every feasible node has
+/// exactly one entry with its current version; entries of older versions
+/// are dropped when they surface. Nodes only fill up during a round, so a
+/// node that stops fitting never fits again and needs no entry.
+struct Queue<'a> {
+    spec: &'a JobSpec,
+    policy: PlacementPolicy,
+    heap: BinaryHeap<Ranked<'a>>,
+}
+
+impl<'a> Queue<'a> {
+    fn build(
+        nodes: &BTreeMap<&'a str, Slot<'a>>,
+        spec: &'a JobSpec,
+        policy: PlacementPolicy,
+        now_ms: u64,
+    ) -> Self {
+        let heap = nodes
+            .iter()
+            .filter(|(_, s)| admits(policy, s.node, now_ms) && feasible(s.node, &s.usage, spec))
+            .map(|(id, s)| Ranked {
+                score: rank(s.node, &s.usage, spec, now_ms),
+                id,
+                version: s.version,
+            })
+            .collect();
+        Self { spec, policy, heap }
+    }
+
+    /// The best node now, if any fits.
+    fn best(&mut self, nodes: &BTreeMap<&'a str, Slot<'a>>) -> Option<&'a str> {
+        while let Some(top) = self.heap.peek() {
+            if nodes.get(top.id).is_some_and(|s| s.version == top.version) {
+                return Some(top.id);
+            }
+            self.heap.pop();
+        }
+        None
+    }
+
+    /// `id` was just placed on: rank it again, if it still fits.
+    fn refresh(&mut self, id: &'a str, slot: &Slot<'a>, now_ms: u64) {
+        if admits(self.policy, slot.node, now_ms) && feasible(slot.node, &slot.usage, self.spec) {
+            self.heap.push(Ranked {
+                score: rank(slot.node, &slot.usage, self.spec, now_ms),
+                id,
+                version: slot.version,
+            });
+        }
+    }
+}
+
+/// What decides whether a task fits a node and how nodes rank for it.
+type Shape<'a> = (
+    u64,
+    u64,
+    u32,
+    &'a str,
+    u64,
+    &'a BTreeMap<String, String>,
+    PlacementPolicy,
+    bool,
+);
+
+fn shape(spec: &JobSpec, policy: PlacementPolicy) -> Shape<'_> {
+    let r = &spec.resources;
+    (
+        r.cpu_millis,
+        r.memory_mib,
+        r.gpus,
+        &spec.gpu_model,
+        spec.gpu_min_memory_mib,
+        &spec.constraints,
+        policy,
+        spec.spread,
+    )
 }
 
 /// Whether the policy lets `node` take new work at all.
@@ -97,10 +237,12 @@ fn feasible(node: &Node, usage: &Usage, spec: &JobSpec) -> bool {
 fn fullness(node: &Node, usage: &Usage, spec: &JobSpec) -> f64 {
     let cap = &node.info.capacity;
     let r = &spec.resources;
-    let mut parts = Vec::with_capacity(4);
+    // Summed in place: this runs for every node for every task placed.
+    let (mut sum, mut parts) = (0.0, 0u32);
     let mut frac = |used: u64, want: u64, cap: u64| {
         if cap > 0 {
-            parts.push((used + want) as f64 / cap as f64);
+            sum += (used + want) as f64 / cap as f64;
+            parts += 1;
         }
     };
     frac(usage.resources.cpu_millis, r.cpu_millis, cap.cpu_millis);
@@ -111,10 +253,10 @@ fn fullness(node: &Node, usage: &Usage, spec: &JobSpec) -> f64 {
         u64::from(cap.gpus),
     );
     frac(u64::from(usage.tasks), 1, u64::from(node.info.max_tasks));
-    if parts.is_empty() {
+    if parts == 0 {
         0.0
     } else {
-        parts.iter().sum::<f64>() / parts.len() as f64
+        sum / f64::from(parts)
     }
 }
 
@@ -131,25 +273,6 @@ pub fn rank(node: &Node, usage: &Usage, spec: &JobSpec, now_ms: u64) -> f64 {
     PACKING_WEIGHT * packing
         + HEALTH_WEIGHT * f64::from(node.health.score.min(100)) / 100.0
         + RECORD_WEIGHT * node.reputation.success_share(now_ms)
-}
-
-fn best_node<'a>(
-    nodes: &BTreeMap<&'a str, (&Node, Usage)>,
-    spec: &JobSpec,
-    policy: PlacementPolicy,
-    now_ms: u64,
-) -> Option<&'a str> {
-    let mut best: Option<(&'a str, f64)> = None;
-    for (id, (node, usage)) in nodes {
-        if !admits(policy, node, now_ms) || !feasible(node, usage, spec) {
-            continue;
-        }
-        let score = rank(node, usage, spec, now_ms);
-        if best.is_none_or(|(_, b)| score > b) {
-            best = Some((id, score));
-        }
-    }
-    best.map(|(id, _)| id)
 }
 
 #[cfg(test)]

@@ -324,7 +324,94 @@ fn arb_cluster() -> impl Strategy<Value = (Vec<NodeInfo>, Vec<NewJob>)> {
     (nodes, jobs)
 }
 
+/// The scheduler as a plain scan: every task looks at every node. The
+/// ranked queues must place exactly as this does.
+fn schedule_by_scan(
+    state: &State,
+    now_ms: u64,
+    limit: usize,
+    default: PlacementPolicy,
+) -> Vec<Placement> {
+    let mut nodes: BTreeMap<&str, (&crate::node::Node, crate::state::Usage)> = state
+        .nodes()
+        .filter(|n| n.accepts_work(now_ms))
+        .map(|n| (n.id(), (n, state.usage(n.id()))))
+        .collect();
+    let mut placements = Vec::new();
+    for (job, task_index) in state.pending_tasks() {
+        if placements.len() >= limit {
+            break;
+        }
+        let task = &job.tasks[task_index as usize];
+        if task.not_before_ms > now_ms {
+            continue;
+        }
+        let policy = match job.spec.placement {
+            PlacementPolicy::ClusterDefault => default,
+            p => p,
+        };
+        let mut best: Option<(&str, f64)> = None;
+        for (id, (node, usage)) in &nodes {
+            if !admits(policy, node, now_ms) || !feasible(node, usage, &job.spec) {
+                continue;
+            }
+            let score = rank(node, usage, &job.spec, now_ms);
+            if best.is_none_or(|(_, b)| score > b) {
+                best = Some((id, score));
+            }
+        }
+        let Some((id, _)) = best else { continue };
+        let (node, usage) = nodes.get_mut(id).unwrap();
+        let gpus = usage.pick_gpus(&node.info, &job.spec).unwrap();
+        usage.add(&job.spec.resources, &gpus);
+        placements.push(Placement {
+            attempt: crate::job::AttemptRef {
+                job_id: job.id.clone(),
+                task: task_index,
+                attempt: task.attempts.len() as u32 + 1,
+            },
+            node_id: id.to_owned(),
+        });
+    }
+    placements
+}
+
 proptest! {
+    // Same placements as the scan, in the same order, over random clusters,
+    // mixed shapes, spread and packing, several rounds.
+    #[test]
+    fn t30_ranked_queues_place_exactly_as_a_scan(
+        (_, jobs) in arb_cluster(),
+        nodes in prop::collection::vec(
+            (prop::sample::select(vec![2000u64, 4000]), prop::sample::select(vec![0u64, 2048]), 0u32..3, 0u32..3, prop::bool::ANY),
+            1..8,
+        ),
+        limit in 1usize..40,
+    ) {
+        // Few distinct node sizes, so ties (lowest id wins) are common.
+        let nodes: Vec<NodeInfo> = nodes
+            .into_iter()
+            .enumerate()
+            .map(|(i, (cpu, mem, gpus, max_tasks, zone_a))| NodeInfo {
+                max_tasks,
+                ..node(&format!("n{i}"), cpu, mem, gpus, &[("zone", if zone_a { "a" } else { "b" })])
+            })
+            .collect();
+        let mut s = State::default();
+        let mut index = 0;
+        for n in nodes {
+            index += 1;
+            open(&mut s, index, n);
+        }
+        submit(&mut s, index + 1, jobs);
+        for r in 0..3u64 {
+            let fast = schedule_with(&s, 0, limit, PlacementPolicy::Balanced);
+            let scan = schedule_by_scan(&s, 0, limit, PlacementPolicy::Balanced);
+            prop_assert_eq!(&fast, &scan);
+            s.apply(index + 2 + r, &Command::Assign { now_ms: 0, placements: fast });
+        }
+    }
+
     #[test]
     fn t30_never_overcommits_and_constraints_always_hold((nodes, jobs) in arb_cluster()) {
         let mut s = State::default();
