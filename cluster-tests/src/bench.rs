@@ -23,5 +23,50 @@ pub fn machine() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cores} cores, {cpu}")
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / (1024.0 * 1024.0));
+    format!("{cores} cores, {cpu}, {mem_gib:.0} GiB")
+}
+
+/// CPU time (user + system, seconds) and peak resident memory (MiB) of a
+/// process so far, from /proc; `None` once it is gone.
+pub fn process_usage(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces: utime is the
+    // 14th field of the line, stime the 15th.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // /proc counts in USER_HZ, which Linux's user ABI fixes at 100.
+    let hz = 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let peak_kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    Some((ticks / hz, peak_kib / 1024.0))
+}
+
+/// One line per process: CPU seconds and peak RSS, and their totals.
+pub fn usage_table(processes: &[(String, u32)]) -> String {
+    let mut out = String::from("process              CPU s   peak RSS MiB\n");
+    let (mut cpu, mut rss) = (0.0, 0.0);
+    for (name, pid) in processes {
+        if let Some((c, r)) = process_usage(*pid) {
+            out.push_str(&format!("{name:<20} {c:>6.2}   {r:>12.1}\n"));
+            cpu += c;
+            rss += r;
+        }
+    }
+    out.push_str(&format!("{:<20} {cpu:>6.2}   {rss:>12.1}\n", "total"));
+    out
 }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster_tests::bench::{machine, percentile_ms};
+use cluster_tests::bench::{machine, percentile_ms, process_usage, usage_table};
 use cluster_tests::{Cluster, Timings};
 use gantry_client::{Client, ClientOptions, api};
 use gantry_proto::transport::Transport;
@@ -180,6 +180,16 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = start.elapsed();
+    let mut processes: Vec<(String, u32)> = (1..=3)
+        .filter_map(|id| Some((format!("replica {id}"), cluster.pid(id)?)))
+        .collect();
+    processes.push(("load generator+agents".into(), std::process::id()));
+    let total_cpu: f64 = processes
+        .iter()
+        .filter_map(|(_, pid)| process_usage(*pid))
+        .map(|(c, _)| c)
+        .sum();
+    let all_tasks = submitted + latency.len() as u64;
     println!("machine: {}", machine());
     println!(
         "3 replicas + {agents} simulated agents (real streams) + load generator on this machine, plaintext"
@@ -196,8 +206,13 @@ async fn main() -> anyhow::Result<()> {
         percentile_ms(&latency, 0.99),
         percentile_ms(&latency, 1.0)
     );
+    print!("{}", usage_table(&processes));
     println!(
-        "baseline on this kind of machine: Slurm about 60 trivial jobs/s (79/s at best), 565 ms submit->start median"
+        "CPU per task, all processes (whole run incl. start-up): {:.2} ms",
+        total_cpu * 1e3 / all_tasks as f64
+    );
+    println!(
+        "baseline on this kind of machine: Slurm about 60 trivial jobs/s (79/s at best), 20-25 ms of CPU per trivial job, 565 ms submit->start median"
     );
     counters
         .done
