@@ -122,6 +122,20 @@ pub fn gantry_bin() -> anyhow::Result<PathBuf> {
     )
 }
 
+/// The repository's root, where `deploy/` and `docs/` are.
+pub fn repo_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_owned()
+}
+
+/// Runs the `gantry` CLI against `servers` of a plaintext cluster.
+pub fn run_cli(servers: &[String], args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Ok(std::process::Command::new(gantry_bin()?)
+        .args(args)
+        .args(["--servers", &servers.join(","), "--insecure"])
+        .output()?)
+}
+
 /// Ports this process handed out already: tests in one binary run in
 /// parallel, and a port released by one cluster must not go to another.
 static HANDED_OUT: std::sync::LazyLock<std::sync::RwLock<std::collections::HashSet<u16>>> =

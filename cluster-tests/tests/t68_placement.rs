@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use cluster_tests::{Cluster, Timings, gantry_bin, http_get, sample, wait_for};
+use cluster_tests::{Cluster, Timings, http_get, run_cli, sample, wait_for};
 use gantry_client::{Client, api};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -60,11 +60,7 @@ async fn node(client: &Client, id: &str) -> api::Node {
 
 /// Runs the `gantry` CLI against the cluster; returns stdout.
 fn cli(cluster: &Cluster, args: &[&str]) -> String {
-    let out = std::process::Command::new(gantry_bin().unwrap())
-        .args(args)
-        .args(["--servers", &cluster.live_addrs().join(","), "--insecure"])
-        .output()
-        .unwrap();
+    let out = run_cli(&cluster.live_addrs(), args).unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),

@@ -8,20 +8,13 @@
 #![allow(clippy::unwrap_used, clippy::disallowed_types)]
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use cluster_tests::{gantry_bin, wait_for};
+use cluster_tests::{gantry_bin, repo_root, wait_for};
 use gantry_client::{Client, ClientOptions, api};
 use gantry_proto::transport::{TlsPaths, Transport};
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
 
 fn docker_answers() -> Result<(), String> {
     match Command::new("docker")

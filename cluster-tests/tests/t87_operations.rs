@@ -7,22 +7,17 @@
 #![allow(clippy::unwrap_used, clippy::disallowed_types)]
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cluster_tests::{Cluster, Timings, free_addrs, gantry_bin, wait_for};
+use cluster_tests::{Cluster, Timings, free_addrs, gantry_bin, repo_root, run_cli, wait_for};
 use gantry_client::{Client, api};
 
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Runs the `gantry` CLI against `servers`; returns (success, stdout + stderr).
 fn cli(servers: &[String], args: &[&str]) -> (bool, String) {
-    let out = Command::new(gantry_bin().unwrap())
-        .args(args)
-        .args(["--servers", &servers.join(","), "--insecure"])
-        .output()
-        .unwrap();
+    let out = run_cli(servers, args).unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -174,7 +169,7 @@ async fn t87_snapshot_save_wipe_every_replica_restore_every_job_back() {
 
 /// The guide's block marked `<!-- procedure: NAME -->`.
 fn guide_block(name: &str) -> String {
-    let guide = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md");
+    let guide = repo_root().join("docs/operations.md");
     let text = std::fs::read_to_string(guide).unwrap();
     let marker = format!("<!-- procedure: {name} -->");
     let after = &text[text.find(&marker).expect("the marked block") + marker.len()..];

@@ -54,16 +54,19 @@ pub enum SnapshotCommand {
 }
 
 pub async fn run(args: &ClientArgs, cmd: ClusterCommand) -> Result<(), Failure> {
-    if let ClusterCommand::Health { service, timeout } = &cmd {
-        return health(args, service, std::time::Duration::from_millis(*timeout)).await;
-    }
-    let client = args.client()?;
     let status = match cmd {
-        ClusterCommand::Health { .. } => return Ok(()),
-        ClusterCommand::Snapshot { command } => return snapshot(args, &client, command).await,
-        ClusterCommand::Status => client.cluster_status().await?,
-        ClusterCommand::AddReplica { id, address } => client.add_replica(id, &address).await?,
-        ClusterCommand::RemoveReplica { id } => client.remove_replica(id).await?,
+        // Asks each replica itself, not the cluster through any of them.
+        ClusterCommand::Health { service, timeout } => {
+            return health(args, &service, std::time::Duration::from_millis(timeout)).await;
+        }
+        ClusterCommand::Snapshot { command } => {
+            return snapshot(args, &args.client()?, command).await;
+        }
+        ClusterCommand::Status => args.client()?.cluster_status().await?,
+        ClusterCommand::AddReplica { id, address } => {
+            args.client()?.add_replica(id, &address).await?
+        }
+        ClusterCommand::RemoveReplica { id } => args.client()?.remove_replica(id).await?,
     };
     if args.json {
         return Ok(json(&status)?);

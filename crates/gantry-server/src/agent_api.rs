@@ -321,20 +321,17 @@ async fn heartbeat(
     let _ = tx.try_send(msg(ServerMsg::Pong(Pong {
         sent_at_ms: hb.sent_at_ms,
     })));
+    if hb.health.is_some() || !hb.gpus.is_empty() {
+        let checked_at_ms = hb.health.as_ref().map(|r| r.checked_at_ms);
+        replica
+            .sessions
+            .set_telemetry(telemetry(node_id, checked_at_ms, hb.gpus))
+            .await;
+    }
     let Some(report) = hb.health else {
-        if !hb.gpus.is_empty() {
-            replica
-                .sessions
-                .set_telemetry(telemetry(node_id, None, hb.gpus))
-                .await;
-        }
         return;
     };
     let health = health_from_api(&report);
-    replica
-        .sessions
-        .set_telemetry(telemetry(node_id, Some(report.checked_at_ms), hb.gpus))
-        .await;
     let differs = replica
         .state
         .read(|s, _| s.node(node_id).is_some_and(|n| n.health.differs(&health)))

@@ -151,7 +151,9 @@ pub async fn render(replica: &Replica, grpc: &GrpcCounters) -> String {
     let jobs: Family<StateLabels, Gauge> = Family::default();
     let attempts: Family<OutcomeLabels, Gauge> = Family::default();
     let durations = Histogram::new(DURATION_BUCKETS.iter().copied());
-    let (received, pending, stale) = replica
+    let health: Family<NodeLabels, Gauge> = Family::default();
+    let now = crate::clock::now_ms();
+    let (received, pending, stale, unhealthy, blacklisted) = replica
         .state
         .read(|s, _| {
             for j in s.jobs_changed_after(0) {
@@ -174,14 +176,6 @@ pub async fn render(replica: &Replica, grpc: &GrpcCounters) -> String {
                     }
                 }
             }
-            (s.job_count(), s.pending_count(), s.stale_reports())
-        })
-        .await;
-    let now = crate::clock::now_ms();
-    let (unhealthy, blacklisted, health): (i64, i64, Family<NodeLabels, Gauge>) = replica
-        .state
-        .read(|s, _| {
-            let health: Family<NodeLabels, Gauge> = Family::default();
             let (mut unhealthy, mut blacklisted) = (0, 0);
             for n in s.nodes() {
                 unhealthy += i64::from(!n.health.healthy);
@@ -192,7 +186,13 @@ pub async fn render(replica: &Replica, grpc: &GrpcCounters) -> String {
                     })
                     .set(i64::from(n.health.score));
             }
-            (unhealthy, blacklisted, health)
+            (
+                s.job_count(),
+                s.pending_count(),
+                s.stale_reports(),
+                unhealthy,
+                blacklisted,
+            )
         })
         .await;
     gauge(
