@@ -29,8 +29,8 @@ pub struct State {
     // Indexes derived from `jobs`; rebuilt on restore, never serialised.
     by_seq: BTreeMap<u64, JobId>,
     idempotency: BTreeMap<String, JobId>,
-    /// Live (assigned or running) attempts per node.
-    live: BTreeMap<NodeId, BTreeSet<AttemptRef>>,
+    /// Live (assigned or running) attempts per node, with what they hold.
+    live: BTreeMap<NodeId, lifecycle::Live>,
     /// Pending tasks in scheduling order: (-priority, job seq, task index).
     pending: BTreeSet<PendingKey>,
 }
@@ -324,14 +324,16 @@ impl State {
                 self.pending.insert(pending_key(job, task.index));
             }
             if let Some(a) = task.live_attempt() {
-                self.live
-                    .entry(a.node_id.clone())
-                    .or_default()
-                    .insert(AttemptRef {
-                        job_id: job.id.clone(),
-                        task: task.index,
-                        attempt: a.number,
-                    });
+                let r = AttemptRef {
+                    job_id: job.id.clone(),
+                    task: task.index,
+                    attempt: a.number,
+                };
+                self.live.entry(a.node_id.clone()).or_default().insert(
+                    r,
+                    &job.spec.resources,
+                    &a.gpus,
+                );
             }
         }
     }

@@ -74,6 +74,40 @@ impl Usage {
         self.tasks += 1;
         self.gpu_ids.extend(gpus.iter().copied());
     }
+
+    /// Undoes [`Usage::add`] for a task that ended.
+    fn remove(&mut self, req: &Resources, gpus: &[u32]) {
+        self.resources.cpu_millis = self.resources.cpu_millis.saturating_sub(req.cpu_millis);
+        self.resources.memory_mib = self.resources.memory_mib.saturating_sub(req.memory_mib);
+        self.resources.gpus = self.resources.gpus.saturating_sub(req.gpus);
+        self.tasks = self.tasks.saturating_sub(1);
+        for g in gpus {
+            self.gpu_ids.remove(g);
+        }
+    }
+}
+
+/// A node's live attempts and the resources they hold, kept together so
+/// placing a task costs the same however many already run there (the
+/// usage used to be summed over the node's attempts on every placement).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Live {
+    attempts: BTreeSet<AttemptRef>,
+    usage: Usage,
+}
+
+impl Live {
+    pub(super) fn insert(&mut self, r: AttemptRef, req: &Resources, gpus: &[u32]) {
+        if self.attempts.insert(r) {
+            self.usage.add(req, gpus);
+        }
+    }
+
+    fn remove(&mut self, r: &AttemptRef, req: &Resources, gpus: &[u32]) {
+        if self.attempts.remove(r) {
+            self.usage.remove(req, gpus);
+        }
+    }
 }
 
 /// Job state from its tasks (a cancelled job stays cancelled).
@@ -338,6 +372,7 @@ impl State {
                 .live
                 .remove(id)
                 .unwrap_or_default()
+                .attempts
                 .into_iter()
                 .collect();
             let message =
@@ -429,10 +464,16 @@ impl State {
         task.state = TaskState::Assigned;
         refresh_job(job, index, now_ms);
         self.pending.remove(&key);
-        self.live
-            .entry(p.node_id.clone())
-            .or_default()
-            .insert(p.attempt.clone());
+        let held = job
+            .tasks
+            .get(p.attempt.task as usize)
+            .and_then(|t| t.attempts.last())
+            .map_or(&[][..], |a| &a.gpus[..]);
+        self.live.entry(p.node_id.clone()).or_default().insert(
+            p.attempt.clone(),
+            &job.spec.resources,
+            held,
+        );
         true
     }
 
@@ -537,11 +578,11 @@ impl State {
         let Some(attempt) = task.attempts.last_mut().filter(|a| a.number == r.attempt) else {
             return;
         };
-        if let Some(set) = self.live.get_mut(&attempt.node_id) {
-            set.remove(r);
+        if let Some(live) = self.live.get_mut(&attempt.node_id) {
+            live.remove(r, &job.spec.resources, &attempt.gpus);
             // An index rebuilt from a snapshot has no empty entries: keep
             // none here either, so the two are equal.
-            if set.is_empty() {
+            if live.attempts.is_empty() {
                 self.live.remove(&attempt.node_id);
             }
         }
@@ -602,18 +643,10 @@ impl State {
 
     /// Resources held by live attempts on `node_id`.
     pub fn usage(&self, node_id: &str) -> Usage {
-        let mut usage = Usage::default();
-        for r in self.live.get(node_id).into_iter().flatten() {
-            if let Some(job) = self.jobs.get(&r.job_id) {
-                let gpus = job
-                    .tasks
-                    .get(r.task as usize)
-                    .and_then(|t| t.attempts.last())
-                    .map_or(&[][..], |a| &a.gpus[..]);
-                usage.add(&job.spec.resources, gpus);
-            }
-        }
-        usage
+        self.live
+            .get(node_id)
+            .map(|l| l.usage.clone())
+            .unwrap_or_default()
     }
 
     pub fn node(&self, id: &str) -> Option<&Node> {
@@ -626,7 +659,10 @@ impl State {
 
     /// Live attempts on a node (what it should be running).
     pub fn live_attempts(&self, node_id: &str) -> impl Iterator<Item = &AttemptRef> {
-        self.live.get(node_id).into_iter().flatten()
+        self.live
+            .get(node_id)
+            .into_iter()
+            .flat_map(|l| l.attempts.iter())
     }
 
     /// Pending tasks in scheduling order: priority, then submission order.
