@@ -729,6 +729,14 @@ impl Cluster {
     pub fn pid(&self, id: u64) -> Option<u32> {
         self.replicas[&id].child.as_ref().and_then(Child::id)
     }
+
+    /// Names and process ids of the running agents.
+    pub fn agent_pids(&self) -> Vec<(String, u32)> {
+        self.agents
+            .iter()
+            .filter_map(|(name, a)| Some((format!("agent {name}"), a.child.as_ref()?.id()?)))
+            .collect()
+    }
 }
 
 /// A plain HTTP/1.0 GET (what a Prometheus scrape or a load balancer's

@@ -33,7 +33,42 @@ pub struct State {
     live: BTreeMap<NodeId, lifecycle::Live>,
     /// Pending tasks in scheduling order: (-priority, job seq, task index).
     pending: BTreeSet<PendingKey>,
+    /// Which nodes recent entries changed, for the replicas' dispatchers.
+    touched: Touched,
 }
+
+/// Recent (index, node) changes: what a node should run, its cancels, its
+/// session or status. A replica wakes only the dispatchers of the nodes an
+/// entry changed instead of all of them. Derived, never serialised, and
+/// left out of equality (two replicas agree on state, not on this history).
+#[derive(Clone, Debug, Default)]
+struct Touched {
+    log: std::collections::VecDeque<(u64, NodeId)>,
+    /// Changes at or below this index may be missing from `log`.
+    floor: u64,
+}
+
+/// Changes [`State::nodes_touched_after`] can answer for.
+const TOUCHED_KEPT: usize = 65_536;
+
+impl Touched {
+    fn push(&mut self, index: u64, node_id: &str) {
+        self.log.push_back((index, node_id.to_owned()));
+        if self.log.len() > TOUCHED_KEPT
+            && let Some((i, _)) = self.log.pop_front()
+        {
+            self.floor = self.floor.max(i);
+        }
+    }
+}
+
+impl PartialEq for Touched {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Touched {}
 
 /// Scheduling order of a pending task: higher priority first, then older jobs.
 pub(crate) type PendingKey = (i64, u64, u32);
@@ -99,6 +134,26 @@ impl State {
     /// Applies one committed command. Deterministic: the result depends only
     /// on the state, `index` and `cmd`.
     pub fn apply(&mut self, index: u64, cmd: &Command) -> Outcome {
+        match cmd {
+            Command::NodeSessionOpened { node, .. } => self.touch(index, &node.id),
+            Command::NodeSessionClosed { node_id, .. }
+            | Command::SetEligibility { node_id, .. }
+            | Command::DrainExpired { node_id, .. }
+            | Command::NodeHealth { node_id, .. }
+            | Command::SetBlacklist { node_id, .. }
+            | Command::NodeLeaving { node_id, .. } => self.touch(index, node_id),
+            Command::NodesLost { node_ids, .. } => {
+                for id in node_ids {
+                    self.touch(index, id);
+                }
+            }
+            // These touch the nodes they change as they apply.
+            Command::SubmitJobs { .. }
+            | Command::CancelJob { .. }
+            | Command::Assign { .. }
+            | Command::ReportAttempts { .. }
+            | Command::RestoreState { .. } => {}
+        }
         match cmd {
             Command::SubmitJobs { now_ms, jobs } => {
                 Outcome::Submitted(self.apply_submit(index, *now_ms, jobs))
@@ -263,6 +318,7 @@ impl State {
             .jobs
             .get_mut(id)
             .ok_or_else(|| CancelError::NotFound(id.to_owned()))?;
+        let mut nodes = Vec::new();
         // Cancelling a finished job is a no-op, like Nomad's stop on a dead job.
         if !job.state.is_terminal() {
             job.state = JobState::Cancelled;
@@ -279,10 +335,15 @@ impl State {
                 // its node reports it killed.
                 if let Some(a) = task.attempts.last_mut().filter(|a| a.state.is_live()) {
                     a.cancel_requested = true;
+                    nodes.push(a.node_id.clone());
                 }
             }
         }
-        Ok(job.clone())
+        let job = job.clone();
+        for n in nodes {
+            self.touch(index, &n);
+        }
+        Ok(job)
     }
 
     /// Replaces everything with a saved state. An undecodable snapshot
@@ -309,7 +370,36 @@ impl State {
             nodes: restored.nodes.len() as u64,
         };
         *self = restored;
+        self.touch_all(index);
         Ok(summary)
+    }
+
+    /// Records that the entry at `index` changed what `node_id` should run.
+    pub(crate) fn touch(&mut self, index: u64, node_id: &str) {
+        self.touched.push(index, node_id);
+    }
+
+    /// Everything may have changed up to `index` (a snapshot was installed).
+    pub fn touch_all(&mut self, index: u64) {
+        self.touched.log.clear();
+        self.touched.floor = self.touched.floor.max(index);
+    }
+
+    /// Nodes that entries after `after` changed; `None` when that history
+    /// is no longer kept (every node may have changed).
+    pub fn nodes_touched_after(&self, after: u64) -> Option<BTreeSet<&str>> {
+        if after < self.touched.floor {
+            return None;
+        }
+        Some(
+            self.touched
+                .log
+                .iter()
+                .rev()
+                .take_while(|(i, _)| *i > after)
+                .map(|(_, n)| n.as_str())
+                .collect(),
+        )
     }
 
     /// Adds `job` to the derived indexes.

@@ -331,6 +331,40 @@ proptest! {
         prop_assert_eq!(&restored, &s);
     }
 
+    // Invariant: an entry that changes what a node's dispatcher sends (its
+    // live attempts, their cancels, its session or status) names the node in
+    // `nodes_touched_after`, else a replica would not wake that dispatcher.
+    #[test]
+    fn t30_every_change_a_dispatcher_sees_is_touched(cmds in prop::collection::vec(arb_command(), 0..60)) {
+        fn view(s: &State) -> BTreeMap<String, String> {
+            s.nodes()
+                .map(|n| {
+                    let live: Vec<String> = s
+                        .live_attempts(n.id())
+                        .map(|r| {
+                            let a = s.job(&r.job_id).unwrap().tasks[r.task as usize].attempts.last().unwrap();
+                            format!("{r}:{}:{:?}", a.cancel_requested, a.gpus)
+                        })
+                        .collect();
+                    (n.id().to_owned(), format!("{live:?} {:?} {:?}", n.session, n.status))
+                })
+                .collect()
+        }
+        let mut s = State::default();
+        for (i, c) in cmds.iter().enumerate() {
+            let index = i as u64 + 1;
+            let before = view(&s);
+            s.apply(index, c);
+            let after = view(&s);
+            let Some(touched) = s.nodes_touched_after(index - 1) else { continue };
+            for (node, v) in &after {
+                if before.get(node) != Some(v) {
+                    prop_assert!(touched.contains(node.as_str()), "{} changed at {} untouched by {:?}", node, index, c);
+                }
+            }
+        }
+    }
+
     // Invariant: no GPU is held by two live attempts, however commands interleave.
     #[test]
     fn t30_no_gpu_is_assigned_twice(cmds in prop::collection::vec(arb_command(), 0..60)) {

@@ -131,6 +131,7 @@ pub async fn start_on(
         identities: Default::default(),
         in_quorum: Default::default(),
         write_latency: crate::metrics::write_latency_histogram(),
+        wakeups: Default::default(),
         config: Arc::new(config),
     });
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -138,6 +139,7 @@ pub async fn start_on(
         tokio::spawn(crate::leader::supervise(replica.clone())),
         tokio::spawn(crate::leader::report_sessions(replica.clone())),
         tokio::spawn(crate::health::probe_loop(replica.clone(), health_reporter)),
+        tokio::spawn(crate::dispatch::wake_touched(replica.clone())),
     ];
     let grpc_counters = crate::metrics::GrpcCounters::default();
     let metrics_addr = match replica.config.metrics_listen {

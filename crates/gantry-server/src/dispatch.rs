@@ -1,15 +1,22 @@
 //! The per-session dispatcher: level-triggered, it diffs what the node
 //! should run (its live attempts in the applied state) against what it has
-//! told the agent, on every applied change.
+//! told the agent, whenever an applied entry changed that node.
+//!
+//! One task per replica ([`wake_touched`]) follows the applied index and
+//! wakes only the dispatchers of the nodes each entry touched (the state
+//! keeps that list); with thousands of agents, waking every dispatcher on
+//! every entry cost more than the work itself. As a backstop each
+//! dispatcher also re-checks every [`RESYNC_EVERY`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use gantry_core::{AttemptRef, Command, JobSpec, NodeInfo, NodeStatus, Session};
 use gantry_proto::v1::server_message::Msg as ServerMsg;
 use gantry_proto::v1::{Assign, Cancel, ServerMessage};
 use openraft::async_runtime::WatchReceiver;
-use tokio::sync::mpsc;
+use tokio::sync::{RwLock, mpsc, watch};
 use tokio::time::Instant;
 use tonic::Status;
 
@@ -18,6 +25,65 @@ use crate::convert::{spec_to_api, token_to_api};
 use crate::replica::Replica;
 
 pub type Outbound = mpsc::Sender<Result<ServerMessage, Status>>;
+
+/// How often a dispatcher re-checks its node without being woken.
+pub const RESYNC_EVERY: Duration = Duration::from_secs(2);
+
+/// One wake-up channel per node whose stream this replica holds (or held).
+#[derive(Default)]
+pub struct Wakeups {
+    nodes: RwLock<HashMap<String, watch::Sender<u64>>>,
+}
+
+impl Wakeups {
+    /// A receiver that changes whenever an entry touches `node_id`.
+    pub async fn subscribe(&self, node_id: &str) -> watch::Receiver<u64> {
+        self.nodes
+            .write()
+            .await
+            .entry(node_id.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    async fn wake(&self, nodes: Option<BTreeSet<String>>, index: u64) {
+        let all = self.nodes.read().await;
+        let bump = |tx: &watch::Sender<u64>| {
+            tx.send_if_modified(|v| {
+                *v = index;
+                true
+            });
+        };
+        match nodes {
+            Some(nodes) => nodes.iter().filter_map(|n| all.get(n)).for_each(bump),
+            None => all.values().for_each(bump),
+        }
+    }
+}
+
+/// Follows the applied index and wakes the dispatchers of touched nodes.
+pub async fn wake_touched(replica: Arc<Replica>) {
+    let mut metrics = replica.raft.metrics();
+    let mut seen = 0;
+    loop {
+        let (touched, applied) = replica
+            .state
+            .read(|s, applied| {
+                let nodes = s
+                    .nodes_touched_after(seen)
+                    .map(|set| set.into_iter().map(str::to_owned).collect());
+                (nodes, applied)
+            })
+            .await;
+        if applied != seen {
+            seen = applied;
+            replica.wakeups.wake(touched, applied).await;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
 
 /// Why a dispatcher stopped.
 #[derive(Debug)]
@@ -89,28 +155,29 @@ impl Dispatcher {
         if applied.is_err() {
             return Ended::ShuttingDown;
         }
-        let mut metrics = self.replica.raft.metrics();
-        let mut last_applied = None;
+        let mut woken = self.replica.wakeups.subscribe(&self.info.id).await;
         loop {
-            let applied = metrics.borrow_watched().last_applied;
-            if last_applied != Some(applied) {
-                last_applied = Some(applied);
-                if let Err(ended) = self.sync().await {
-                    if matches!(ended, Ended::Replaced) {
-                        // End this stream: the agent lives on another session now
-                        // (or will reconnect and register again).
-                        let _ = self
-                            .tx
-                            .send(Err(Status::aborted(
-                                "a newer session for this node replaced this one",
-                            )))
-                            .await;
-                    }
-                    return ended;
+            woken.borrow_and_update();
+            if let Err(ended) = self.sync().await {
+                if matches!(ended, Ended::Replaced) {
+                    // End this stream: the agent lives on another session now
+                    // (or will reconnect and register again).
+                    let _ = self
+                        .tx
+                        .send(Err(Status::aborted(
+                            "a newer session for this node replaced this one",
+                        )))
+                        .await;
                 }
+                return ended;
             }
-            if metrics.changed().await.is_err() {
-                return Ended::ShuttingDown;
+            tokio::select! {
+                changed = woken.changed() => {
+                    if changed.is_err() {
+                        return Ended::ShuttingDown;
+                    }
+                }
+                () = tokio::time::sleep(RESYNC_EVERY) => {}
             }
         }
     }

@@ -64,6 +64,8 @@ pub struct Replica {
     pub in_quorum: std::sync::atomic::AtomicBool,
     /// Propose → committed and applied, for writes this replica led.
     pub write_latency: prometheus_client::metrics::histogram::Histogram,
+    /// Wakes the dispatchers of the nodes an applied entry changed.
+    pub wakeups: crate::dispatch::Wakeups,
 }
 
 fn unavailable_no_leader(waited: Duration) -> Status {

@@ -195,6 +195,10 @@ impl<C: StoreConfig> RaftStateMachine<C> for StateMachineStore<C> {
         // The meta is authoritative for what the snapshot covers.
         restored.last_applied = meta.last_log_id;
         restored.last_membership = meta.last_membership.clone();
+        // Dispatchers cannot tell which nodes the snapshot changed: all may have.
+        restored
+            .state
+            .touch_all(meta.last_log_id.map_or(0, |l| l.index));
         self.save(meta, &snapshot).await?;
         *self.applied.write().await = restored;
         tracing::info!(last_log_id = ?meta.last_log_id, "installed snapshot");

@@ -474,6 +474,7 @@ impl State {
             &job.spec.resources,
             held,
         );
+        self.touch(index, &p.node_id);
         true
     }
 
@@ -578,6 +579,7 @@ impl State {
         let Some(attempt) = task.attempts.last_mut().filter(|a| a.number == r.attempt) else {
             return;
         };
+        self.touched.push(index, &attempt.node_id);
         if let Some(live) = self.live.get_mut(&attempt.node_id) {
             live.remove(r, &job.spec.resources, &attempt.gpus);
             // An index rebuilt from a snapshot has no empty entries: keep

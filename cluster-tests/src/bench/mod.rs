@@ -1,5 +1,8 @@
 //! Helpers shared by the benchmark programs.
 
+pub mod agents;
+pub mod etcd;
+
 use std::time::Duration;
 
 /// The `p` quantile (0..=1) of sorted durations, in milliseconds.
