@@ -184,7 +184,9 @@ async fn session(
     })
     .await?;
     let mut inbound = client.connect(ReceiverStream::new(rx)).await?.into_inner();
-    let mut heartbeat: Option<JoinHandle<()>> = None;
+    // Aborted however this session ends (also when the agent is killed
+    // and this future dropped): its sender would keep the stream open.
+    let mut heartbeat: Option<AbortOnDrop> = None;
     let result = async {
         while let Some(m) = inbound.message().await? {
             match m.msg {
@@ -192,7 +194,7 @@ async fn session(
                     stats.connected.fetch_add(1, Ordering::Relaxed);
                     let every = Duration::from_millis(w.heartbeat_interval_ms.max(100));
                     let tx = tx.clone();
-                    heartbeat = Some(tokio::spawn(async move {
+                    heartbeat = Some(AbortOnDrop(tokio::spawn(async move {
                         let start = Instant::now();
                         let mut tick = tokio::time::interval(every);
                         loop {
@@ -208,7 +210,7 @@ async fn session(
                                 return;
                             }
                         }
-                    }));
+                    })));
                 }
                 Some(ServerMsg::Assign(a)) => {
                     let Some(token) = a.attempt else { continue };
@@ -259,10 +261,15 @@ async fn session(
     if heartbeat.is_some() {
         stats.connected.fetch_sub(1, Ordering::Relaxed);
     }
-    if let Some(h) = heartbeat {
-        h.abort();
-    }
     result
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The no-op ended: report it (kept until acknowledged, re-sent on reconnect).

@@ -131,20 +131,27 @@ struct Latencies {
 
 impl Latencies {
     fn row(&self, name: &str, unit: &str, baseline: &str) -> String {
+        let q = |p: f64| {
+            if self.sorted.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("{:.2}", percentile_ms(&self.sorted, p))
+            }
+        };
         format!(
-            "{name:<34} {:>9.0} {unit:<7} {:>8.2} {:>8.2} {:>8.2} {:>8.2}   {baseline}",
+            "{name:<38} {:>9.0} {unit:<7} {:>8} {:>8} {:>8} {:>8}   {baseline}",
             self.per_s,
-            percentile_ms(&self.sorted, 0.5),
-            percentile_ms(&self.sorted, 0.95),
-            percentile_ms(&self.sorted, 0.99),
-            percentile_ms(&self.sorted, 1.0),
+            q(0.5),
+            q(0.95),
+            q(0.99),
+            q(1.0),
         )
     }
 }
 
 fn header() -> String {
     format!(
-        "{:<34} {:>9} {:<7} {:>8} {:>8} {:>8} {:>8}   baseline",
+        "{:<38} {:>9} {:<7} {:>8} {:>8} {:>8} {:>8}   baseline",
         "figure", "rate", "", "p50 ms", "p95 ms", "p99 ms", "max ms"
     )
 }

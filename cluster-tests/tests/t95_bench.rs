@@ -1,0 +1,119 @@
+#![allow(clippy::unwrap_used, clippy::disallowed_types)]
+//! The load harness's scenarios run end to end at a small size (issue 9).
+//! Nothing here checks a time: figures are what `bench` prints, and the
+//! tests check that each scenario completes and reports them.
+
+use std::process::Command;
+
+fn bench(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(args)
+        .env("GANTRY_BIN", cluster_tests::gantry_bin().unwrap())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "bench {args:?} failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("machine: "), "{stdout}");
+    assert!(stdout.contains("peak RSS MiB"), "{stdout}");
+    stdout
+}
+
+/// The number in the rate column of the row starting with `figure`.
+fn rate(stdout: &str, figure: &str) -> f64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(figure))
+        .unwrap_or_else(|| panic!("no row {figure:?} in\n{stdout}"));
+    line[figure.len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn t95_submit_scenario_reports_every_row_over_mtls() {
+    let out = bench(&["submit", "--requests", "10"]);
+    assert!(out.contains("mTLS"), "{out}");
+    for row in [
+        "gantry: 1 client, 1 job/request",
+        "gantry: 64 clients, 1 job/request",
+        "gantry: 64 clients, 100 jobs/request",
+    ] {
+        assert!(rate(&out, row) > 0.0, "{out}");
+    }
+    if cluster_tests::bench::etcd::binary().is_some() {
+        assert!(rate(&out, "etcd: 64 clients, 1 put/request") > 0.0, "{out}");
+    } else {
+        assert!(out.contains("etcd is not installed"), "{out}");
+    }
+}
+
+#[test]
+fn t95_e2e_scenario_runs_every_task_through_simulated_agents() {
+    let out = bench(&[
+        "e2e",
+        "--agents",
+        "20",
+        "--jobs",
+        "2000",
+        "--latency-samples",
+        "20",
+    ]);
+    assert!(
+        rate(&out, "tasks: submit->run->result committed") > 0.0,
+        "{out}"
+    );
+    assert!(
+        out.contains("dispatch: submit ack -> agent has it"),
+        "{out}"
+    );
+    assert!(out.contains("rescheduled attempts: 0"), "{out}");
+}
+
+#[test]
+fn t95_real_agents_scenario_completes_every_job() {
+    let out = bench(&["--plaintext", "real", "--agents", "2", "--jobs", "200"]);
+    assert!(rate(&out, "jobs completed (real /bin/true)") > 0.0, "{out}");
+    assert!(out.contains("failed jobs: 0"), "{out}");
+}
+
+#[test]
+fn t95_failover_scenario_loses_and_reruns_nothing() {
+    let out = bench(&[
+        "--profile",
+        "fast",
+        "failover",
+        "--agents",
+        "10",
+        "--runs",
+        "1",
+        "--task-ms",
+        "100",
+    ]);
+    assert!(out.contains("rescheduled attempts 0"), "{out}");
+    assert!(out.contains("agents not ready at the end 0"), "{out}");
+}
+
+#[test]
+fn t95_agents_scenario_holds_streams_and_finds_dead_nodes_lost() {
+    let out = bench(&[
+        "--profile",
+        "fast",
+        "agents",
+        "--agents",
+        "50",
+        "--hold-s",
+        "1",
+    ]);
+    assert!(out.contains("streams held after 1 s: 50"), "{out}");
+    assert!(
+        out.contains("lost-node detection: 10 agents killed"),
+        "{out}"
+    );
+}
