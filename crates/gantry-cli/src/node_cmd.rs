@@ -204,14 +204,19 @@ fn print_node(n: &Node) {
             .gpus
             .iter()
             .map(|g| {
+                // A powered GPU never reads 0 W and 0 C: until the agent's
+                // first heartbeat brings telemetry there is no reading (seen
+                // on an H200 right after the node registered).
+                let read = g.power_mw > 0 || g.temperature_c > 0;
+                let or_dash = |v: String| if read { v } else { "-".to_owned() };
                 vec![
                     g.index.to_string(),
                     g.model.clone(),
                     g.uuid.clone(),
                     format!("{}/{}Mi", g.memory_used_mib, g.memory_total_mib),
-                    format!("{}%", g.utilization_percent),
-                    format!("{}C", g.temperature_c),
-                    format!("{:.0}W", f64::from(g.power_mw) / 1000.0),
+                    or_dash(format!("{}%", g.utilization_percent)),
+                    or_dash(format!("{}C", g.temperature_c)),
+                    or_dash(format!("{:.0}W", f64::from(g.power_mw) / 1000.0)),
                     g.ecc_errors.to_string(),
                     if n.gpus_in_use.contains(&g.index) {
                         "yes"
