@@ -254,6 +254,17 @@ impl Cluster {
         Self::start_with(n, timings, true, false, Vec::new()).await
     }
 
+    /// Starts `n` replicas, with mTLS when `secure`, whose processes and
+    /// agents get `env` (the benchmarks raise the submit rate limit so).
+    pub async fn start_with_options(
+        n: usize,
+        timings: Timings,
+        secure: bool,
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(n, timings, secure, false, env).await
+    }
+
     /// Starts `n` replicas (plaintext) whose processes, and the agents
     /// started later, get `env` (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`).
     pub async fn start_with_env(
