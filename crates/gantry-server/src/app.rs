@@ -117,6 +117,7 @@ pub async fn start_on(
         .map_err(|e| StartError::Raft(e.to_string()))?;
     bootstrap(&raft, &config).await?;
 
+    let (submit_queue, submit_batches) = crate::group_commit::queue();
     let replica = Arc::new(Replica {
         id: config.id,
         raft,
@@ -132,6 +133,7 @@ pub async fn start_on(
         in_quorum: Default::default(),
         write_latency: crate::metrics::write_latency_histogram(),
         wakeups: Default::default(),
+        submits: submit_queue,
         config: Arc::new(config),
     });
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -140,6 +142,7 @@ pub async fn start_on(
         tokio::spawn(crate::leader::report_sessions(replica.clone())),
         tokio::spawn(crate::health::probe_loop(replica.clone(), health_reporter)),
         tokio::spawn(crate::dispatch::wake_touched(replica.clone())),
+        tokio::spawn(crate::group_commit::run(replica.clone(), submit_batches)),
     ];
     let grpc_counters = crate::metrics::GrpcCounters::default();
     let metrics_addr = match replica.config.metrics_listen {

@@ -15,6 +15,7 @@ mod deadline;
 mod dispatch;
 mod error;
 mod forward;
+mod group_commit;
 mod grpc_metrics;
 mod health;
 mod internal;

@@ -31,7 +31,8 @@ pub(crate) enum ForwardError {
 }
 
 /// Why one try at a write did not succeed.
-enum Try {
+#[derive(Clone)]
+pub(crate) enum Try {
     /// Leadership moved: look for the leader again.
     Again,
     Fail(Status),
@@ -66,6 +67,8 @@ pub struct Replica {
     pub write_latency: prometheus_client::metrics::histogram::Histogram,
     /// Wakes the dispatchers of the nodes an applied entry changed.
     pub wakeups: crate::dispatch::Wakeups,
+    /// Submissions waiting to share a Raft entry (see `group_commit`).
+    pub(crate) submits: crate::group_commit::Queue,
 }
 
 fn unavailable_no_leader(waited: Duration) -> Status {
@@ -124,6 +127,42 @@ impl Replica {
     }
 
     async fn propose_local(&self, cmd: Command, deadline: Instant) -> Result<(Outcome, u64), Try> {
+        match cmd {
+            Command::SubmitJobs { now_ms, jobs } => {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                let pending = crate::group_commit::Pending {
+                    now_ms,
+                    jobs,
+                    deadline,
+                    reply,
+                };
+                if self.submits.send(pending).await.is_err() {
+                    return Err(Try::Fail(Status::unavailable(
+                        "the replica is shutting down",
+                    )));
+                }
+                match tokio::time::timeout_at(deadline, answer).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(_)) => Err(Try::Fail(Status::unavailable(
+                        "the replica shut down during the write; its outcome is unknown, retry with \
+                         the same idempotency key",
+                    ))),
+                    Err(_) => Err(Try::Fail(Status::unavailable(
+                        "the write was not committed before the deadline (no quorum?); its outcome is \
+                         unknown, retry with the same idempotency key",
+                    ))),
+                }
+            }
+            cmd => self.propose_raw(cmd, deadline).await,
+        }
+    }
+
+    /// Proposes `cmd` as one entry and waits until it is committed and applied.
+    pub(crate) async fn propose_raw(
+        &self,
+        cmd: Command,
+        deadline: Instant,
+    ) -> Result<(Outcome, u64), Try> {
         let started = Instant::now();
         match tokio::time::timeout_at(deadline, self.raft.client_write(cmd)).await {
             Ok(Ok(resp)) => {
