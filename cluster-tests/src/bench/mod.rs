@@ -59,6 +59,17 @@ pub fn process_usage(pid: u32) -> Option<(f64, f64)> {
     Some((ticks / hz, peak_kib / 1024.0))
 }
 
+/// Resident memory (MiB) of a process now, from /proc; `None` once it is gone.
+pub fn rss_now(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())?;
+    Some(kib / 1024.0)
+}
+
 /// One line per process: CPU seconds and peak RSS, and their totals.
 pub fn usage_table(processes: &[(String, u32)]) -> String {
     let mut out = String::from("process              CPU s   peak RSS MiB\n");

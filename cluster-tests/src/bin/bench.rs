@@ -674,8 +674,12 @@ async fn hold(cli: &Cli, agents: usize, hold_s: u64) -> anyhow::Result<()> {
         .filter_map(|(_, pid)| cluster_tests::bench::process_usage(*pid))
         .map(|(_, r)| r)
         .sum();
+    let rss_now: f64 = servers
+        .iter()
+        .filter_map(|(_, pid)| cluster_tests::bench::rss_now(*pid))
+        .sum();
     println!(
-        "streams held after {hold_s} s: {held}; servers' CPU while holding: {:.1}% of one core; servers' peak RSS together: {rss:.0} MiB (target: 10,000 streams in 1 GiB)",
+        "streams held after {hold_s} s: {held}; servers' CPU while holding: {:.1}% of one core; servers' RSS together: {rss_now:.0} MiB now, {rss:.0} MiB at the peak (target: 10,000 streams in 1 GiB)",
         cpu * 100.0 / hold_s as f64
     );
     // Lost-node detection: end some agents' streams, time until their nodes are lost.
