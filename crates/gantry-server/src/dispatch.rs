@@ -106,11 +106,18 @@ pub struct Dispatcher {
     cancels_sent: BTreeSet<AttemptRef>,
 }
 
-/// A live attempt on this node, with what its Assign needs.
+/// A live attempt on this node, with what its Assign needs if one is due.
 struct LiveAttempt {
     r: AttemptRef,
-    spec: JobSpec,
     cancel_requested: bool,
+    /// Only for attempts not yet sent (nor running on the agent already):
+    /// copying every live attempt's spec on every wake-up was the largest
+    /// cost of a dispatcher whose node runs thousands of tasks.
+    assign: Option<ToAssign>,
+}
+
+struct ToAssign {
+    spec: JobSpec,
     /// The job's trace.
     trace: String,
     gpus: Vec<u32>,
@@ -207,12 +214,17 @@ impl Dispatcher {
                     .filter_map(|r| {
                         let job = s.job(&r.job_id)?;
                         let a = job.tasks.get(r.task as usize)?.attempts.last()?;
+                        let due = !a.cancel_requested
+                            && !self.sent.contains(r)
+                            && !self.agent_running.contains(r);
                         Some(LiveAttempt {
                             r: r.clone(),
-                            spec: job.spec.clone(),
                             cancel_requested: a.cancel_requested,
-                            trace: job.trace_parent.clone(),
-                            gpus: a.gpus.clone(),
+                            assign: due.then(|| ToAssign {
+                                spec: job.spec.clone(),
+                                trace: job.trace_parent.clone(),
+                                gpus: a.gpus.clone(),
+                            }),
                         })
                     })
                     .collect(),
@@ -246,17 +258,18 @@ impl Dispatcher {
         }
         for LiveAttempt {
             r,
-            spec,
             cancel_requested,
-            trace,
-            gpus,
+            assign,
         } in &view.live
         {
             if *cancel_requested {
                 if self.cancels_sent.insert(r.clone()) {
                     self.cancel(r, "job cancelled or node drained").await?;
                 }
-            } else if !self.agent_running.contains(r) && self.sent.insert(r.clone()) {
+            } else if let Some(ToAssign { spec, trace, gpus }) = assign
+                && !self.agent_running.contains(r)
+                && self.sent.insert(r.clone())
+            {
                 // A span in the job's trace; the agent's run is its child.
                 let span = tracing::info_span!("dispatch", job = %r.job_id, task = r.task, attempt = r.attempt, node = %self.info.id);
                 gantry_telemetry::otel::set_parent(&span, trace);
