@@ -107,14 +107,6 @@ impl SimAgents {
             }
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.handles.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
-    }
 }
 
 impl Drop for SimAgents {

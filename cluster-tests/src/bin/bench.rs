@@ -130,6 +130,14 @@ struct Latencies {
 }
 
 impl Latencies {
+    /// A figure that is only a rate (no per-request latencies).
+    fn rate(per_s: f64) -> Self {
+        Self {
+            per_s,
+            sorted: Vec::new(),
+        }
+    }
+
     fn row(&self, name: &str, unit: &str, baseline: &str) -> String {
         let q = |p: f64| {
             if self.sorted.is_empty() {
@@ -456,11 +464,7 @@ async fn e2e(cli: &Cli, agents: usize, jobs: usize, samples: usize) -> anyhow::R
     println!("\n{}", header());
     println!(
         "{}",
-        Latencies {
-            per_s: submitted as f64 / elapsed.as_secs_f64(),
-            sorted: Vec::new()
-        }
-        .row(
+        Latencies::rate(submitted as f64 / elapsed.as_secs_f64()).row(
             "tasks: submit->run->result committed",
             "tasks/s",
             "Slurm here: ~60 jobs/s (79 at best)"
@@ -529,11 +533,7 @@ async fn real(cli: &Cli, agents: usize, jobs: usize) -> anyhow::Result<()> {
     println!("\n{}", header());
     println!(
         "{}",
-        Latencies {
-            per_s: submitted as f64 / elapsed.as_secs_f64(),
-            sorted: Vec::new()
-        }
-        .row(
+        Latencies::rate(submitted as f64 / elapsed.as_secs_f64()).row(
             "jobs completed (real /bin/true)",
             "jobs/s",
             "Slurm here: ~60 jobs/s (79 at best)"

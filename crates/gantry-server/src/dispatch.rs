@@ -48,12 +48,7 @@ impl Wakeups {
 
     async fn wake(&self, nodes: Option<BTreeSet<String>>, index: u64) {
         let all = self.nodes.read().await;
-        let bump = |tx: &watch::Sender<u64>| {
-            tx.send_if_modified(|v| {
-                *v = index;
-                true
-            });
-        };
+        let bump = |tx: &watch::Sender<u64>| tx.send_modify(|v| *v = index);
         match nodes {
             Some(nodes) => nodes.iter().filter_map(|n| all.get(n)).for_each(bump),
             None => all.values().for_each(bump),
