@@ -1,5 +1,6 @@
 //! Group commit (issue 9): concurrent submissions share Raft entries on the
-//! leader, and every caller still gets the answer it would have had alone.
+//! leader and forwarded requests on a follower, and every caller still gets
+//! the answer it would have had alone.
 
 #![allow(clippy::unwrap_used, clippy::disallowed_types)]
 
@@ -24,15 +25,49 @@ async fn last_log_index(cluster: &Cluster, id: u64) -> f64 {
     sample(&text, "gantry_raft_last_log_index").unwrap()
 }
 
+/// Forwarded writes the leader has served.
+async fn proposes_served(cluster: &Cluster, id: u64) -> f64 {
+    let (_, text) = http_get(&cluster.replicas[&id].metrics_addr, "/metrics")
+        .await
+        .unwrap();
+    sample(
+        &text,
+        "gantry_grpc_requests_total{method=\"/gantry.internal.v1.RaftService/Propose\"}",
+    )
+    .unwrap_or(0.0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t52_concurrent_submits_share_entries_and_keep_their_own_answers() {
     let cluster = Cluster::start(3, Timings::default()).await.unwrap();
     let leader = cluster.leader().await.unwrap();
-    let client = Arc::new(cluster.client(&[leader]).unwrap());
+    concurrent_submits(&cluster, leader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t52_a_follower_forwards_concurrent_submits_together() {
+    let cluster = Cluster::start(3, Timings::default()).await.unwrap();
+    let leader = cluster.leader().await.unwrap();
+    let follower = *cluster.replicas.keys().find(|id| **id != leader).unwrap();
+    let before = proposes_served(&cluster, leader).await;
+    concurrent_submits(&cluster, follower).await;
+    // 640 + 32 submissions (and a warm-up) reached the follower.
+    let forwarded = proposes_served(&cluster, leader).await - before;
+    assert!(
+        forwarded > 0.0 && forwarded < 673.0,
+        "the follower forwarded {forwarded} requests for 673 submissions: none were combined"
+    );
+}
+
+/// Concurrent submissions through replica `via`: every caller gets its own
+/// job, or, for a shared idempotency key, the one job or a conflict.
+async fn concurrent_submits(cluster: &Cluster, via: u64) {
+    let leader = cluster.leader().await.unwrap();
+    let client = Arc::new(cluster.client(&[via]).unwrap());
     client.submit_jobs(vec![spec("warm-up", "")]).await.unwrap();
 
     // 64 callers at once, 10 single-job requests each: all stored, distinct.
-    let before = last_log_index(&cluster, leader).await;
+    let before = last_log_index(cluster, leader).await;
     let mut calls = Vec::new();
     for c in 0..64 {
         let client = client.clone();
@@ -58,7 +93,7 @@ async fn t52_concurrent_submits_share_entries_and_keep_their_own_answers() {
     for id in ids.iter().take(20) {
         client.get_job(id, false).await.unwrap();
     }
-    let entries = last_log_index(&cluster, leader).await - before;
+    let entries = last_log_index(cluster, leader).await - before;
     assert!(
         entries < 640.0,
         "640 concurrent submissions took {entries} entries: none were combined"

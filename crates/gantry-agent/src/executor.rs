@@ -1,12 +1,12 @@
 //! Runs one attempt as a process in a process group of its own: argv
-//! executed directly (a shell only when the job asks for one), a fresh
-//! working directory, live output in bounded chunks, a timeout, and cancel
+//! executed directly (a shell only when the job asks for one), an empty
+//! working directory of its own (see `scratch`), live output in bounded chunks, a timeout, and cancel
 //! that kills the whole group (SIGTERM, then SIGKILL after a grace period).
 //! A service task with a readiness probe is reported ready when the probe
 //! first passes, and killed if it does not within its warm-up window.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -50,13 +50,14 @@ enum Stop {
 pub struct Execution {
     pub token: AttemptToken,
     pub spec: JobSpec,
-    pub work_root: PathBuf,
+    /// Where attempts whose job names no working directory run.
+    pub scratch: std::sync::Arc<crate::scratch::ScratchDirs>,
     pub kill_grace: Duration,
     pub events: mpsc::Sender<AgentMessage>,
     pub cancel: oneshot::Receiver<String>,
     /// Where to record the attempt's process group once it runs, so that an
     /// agent restarted after a crash can kill what its previous life left.
-    pub record: Option<PathBuf>,
+    pub record: Option<crate::journal::Journal>,
     pub stats: std::sync::Arc<crate::stats::AgentStats>,
     /// The GPUs the attempt may use (node-local NVML indices); `None` on a
     /// node without GPUs, where the environment is left alone.
@@ -93,28 +94,12 @@ fn command_line(spec: &JobSpec) -> Vec<String> {
     }
 }
 
-fn work_dir(root: &Path, token: &AttemptToken) -> PathBuf {
-    // Job ids are UUIDs chosen by the cluster; keep only safe characters anyway.
-    let job: String = token
-        .job_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    root.join(format!("{job}-{}-{}", token.task, token.attempt))
-}
-
 /// Runs the attempt to its end and returns the finished report.
 pub async fn run(exec: Execution) -> AttemptFinished {
     let Execution {
         token,
         spec,
-        work_root,
+        scratch,
         kill_grace,
         events,
         cancel,
@@ -125,71 +110,99 @@ pub async fn run(exec: Execution) -> AttemptFinished {
     stats.attempts_started.fetch_add(1, Ordering::Relaxed);
     stats.running.fetch_add(1, Ordering::Relaxed);
     let _running = Running(&stats);
-    let fresh_dir = spec.working_dir.is_empty();
-    let dir = if fresh_dir {
-        work_dir(&work_root, &token)
-    } else {
-        PathBuf::from(&spec.working_dir)
-    };
-    let readiness = match spec.readiness.as_ref() {
-        None => None,
-        Some(p) => match probe::Probe::from_spec(p, &dir) {
-            Ok(p) => Some(p),
+    let fresh = if spec.working_dir.is_empty() {
+        match scratch.take().await {
+            Ok(s) => Some(s),
             Err(e) => {
                 return finished(
                     &token,
+                    FailureClass::Infra,
+                    format!("cannot create a working directory: {e}"),
+                );
+            }
+        }
+    } else {
+        None
+    };
+    let report = run_in(
+        fresh
+            .as_ref()
+            .map_or(Path::new(&spec.working_dir), |s| &s.path),
+        &token,
+        &spec,
+        kill_grace,
+        &events,
+        cancel,
+        record.as_ref(),
+        &stats,
+        gpus.as_deref(),
+    )
+    .await;
+    if let Some(s) = fresh {
+        scratch.give_back(s).await;
+    }
+    report
+}
+
+/// [`run`] in the working directory `dir`.
+#[allow(clippy::too_many_arguments)]
+async fn run_in(
+    dir: &Path,
+    token: &AttemptToken,
+    spec: &JobSpec,
+    kill_grace: Duration,
+    events: &mpsc::Sender<AgentMessage>,
+    cancel: oneshot::Receiver<String>,
+    record: Option<&crate::journal::Journal>,
+    stats: &std::sync::Arc<crate::stats::AgentStats>,
+    gpus: Option<&[u32]>,
+) -> AttemptFinished {
+    let readiness = match spec.readiness.as_ref() {
+        None => None,
+        Some(p) => match probe::Probe::from_spec(p, dir) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                return finished(
+                    token,
                     FailureClass::Workload,
                     format!("invalid readiness probe: {e}"),
                 );
             }
         },
     };
-    if fresh_dir && let Err(e) = tokio::fs::create_dir_all(&dir).await {
-        return finished(
-            &token,
-            FailureClass::Infra,
-            format!("cannot create the working directory {}: {e}", dir.display()),
-        );
-    }
-    let argv = command_line(&spec);
+    let argv = command_line(spec);
     let Some(program) = argv.first() else {
-        return finished(&token, FailureClass::Workload, "empty argv".into());
+        return finished(token, FailureClass::Workload, "empty argv".into());
     };
     let mut cmd = Command::new(program);
     cmd.args(&argv[1..])
         .envs(&spec.env)
-        .current_dir(&dir)
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own process group, so cancel and timeout reach every child.
         .process_group(0)
         .kill_on_drop(true);
-    if let Some(gpus) = &gpus {
+    if let Some(gpus) = gpus {
         pin_gpus(&mut cmd, gpus);
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             return finished(
-                &token,
+                token,
                 FailureClass::Workload,
                 format!("cannot start {program:?}: {e}"),
             );
         }
     };
     let pgid = child.id().and_then(|p| i32::try_from(p).ok());
-    if let (Some(path), Some(pgid)) = (&record, pgid) {
-        let text = format!(
-            "{}\n{}\n{}\n{pgid}\n",
-            token.job_id, token.task, token.attempt
-        );
-        if let Err(e) = tokio::fs::write(path, text).await {
-            tracing::warn!(path = %path.display(), error = %e, "cannot record the attempt's process group");
-        }
+    if let (Some(journal), Some(pgid)) = (record, pgid) {
+        journal.started(token, pgid);
     }
     send(
-        &events,
+        events,
         Msg::Started(AttemptStarted {
             attempt: Some(token.clone()),
         }),
@@ -205,8 +218,8 @@ pub async fn run(exec: Execution) -> AttemptFinished {
 
     let mut tally = readiness.as_ref().map(probe::Tally::new);
     let (status, stop) = {
-        let ready = become_ready(readiness.as_ref(), tally.as_mut(), &token, &events);
-        wait_or_stop(&mut child, pgid, &spec, cancel, kill_grace, ready).await
+        let ready = become_ready(readiness.as_ref(), tally.as_mut(), token, events);
+        wait_or_stop(&mut child, pgid, spec, cancel, kill_grace, ready).await
     };
     // Whatever the main process left behind in its group goes too.
     if let Some(pgid) = pgid {
@@ -220,10 +233,7 @@ pub async fn run(exec: Execution) -> AttemptFinished {
         Some(h) => h.await.unwrap_or_default(),
         None => String::new(),
     };
-    if fresh_dir {
-        let _ = tokio::fs::remove_dir_all(&dir).await;
-    }
-    let mut report = report(&token, status, stop, &spec);
+    let mut report = report(token, status, stop, spec);
     report.stdout_tail = stdout_tail;
     report.stderr_tail = stderr_tail;
     // Ready or not, the report says what the probe saw.

@@ -52,7 +52,7 @@ async fn execute_on(
     let report = run(Execution {
         token: token(),
         spec,
-        work_root: root.to_owned(),
+        scratch: std::sync::Arc::new(crate::scratch::ScratchDirs::open(root).unwrap()),
         kill_grace: Duration::from_secs(2),
         events,
         cancel,
@@ -135,7 +135,7 @@ async fn t20_cancel_leaves_no_process_behind() {
     let handle = tokio::spawn(run(Execution {
         token: token(),
         spec: s,
-        work_root: dir.path().to_owned(),
+        scratch: std::sync::Arc::new(crate::scratch::ScratchDirs::open(dir.path()).unwrap()),
         kill_grace: Duration::from_secs(2),
         events,
         cancel,
@@ -212,7 +212,7 @@ async fn t30_service_becomes_ready_then_cancels() {
     let handle = tokio::spawn(run(Execution {
         token: token(),
         spec: s,
-        work_root: dir.path().to_owned(),
+        scratch: std::sync::Arc::new(crate::scratch::ScratchDirs::open(dir.path()).unwrap()),
         kill_grace: Duration::from_secs(2),
         events,
         cancel,

@@ -12,7 +12,9 @@ pub mod capacity;
 pub mod executor;
 pub mod gpu;
 pub mod health;
+pub mod journal;
 pub mod probe;
+pub mod scratch;
 pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
@@ -84,6 +86,10 @@ struct Shared {
     unacked: Mutex<BTreeMap<Key, AttemptFinished>>,
     events: mpsc::Sender<AgentMessage>,
     stats: Arc<stats::AgentStats>,
+    /// Which process groups attempts run in, for recovery after a crash.
+    journal: journal::Journal,
+    /// Working directories for attempts that name none.
+    scratch: Arc<scratch::ScratchDirs>,
     /// Where GPU facts come from; the health checks read it every interval.
     gpu_source: Arc<gpu::GpuSource>,
     /// The latest health report and GPU telemetry: the check loop writes it,
@@ -138,13 +144,17 @@ pub async fn run(
     if cfg.node_id.is_empty() {
         return Err(AgentError::Config("node_id: must not be empty".into()));
     }
-    for dir in [cfg.data_dir.join("work"), cfg.data_dir.join("attempts")] {
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            AgentError::Config(format!("data_dir: cannot create {}: {e}", dir.display()))
-        })?;
-    }
+    let work = cfg.data_dir.join("work");
+    let scratch = Arc::new(scratch::ScratchDirs::open(&work).map_err(|e| {
+        AgentError::Config(format!("data_dir: cannot use {}: {e}", work.display()))
+    })?);
     cfg.health.validate().map_err(AgentError::Config)?;
-    let leftovers = recover(&cfg.data_dir.join("attempts"));
+    let (journal, leftovers) = journal::Journal::open(&cfg.data_dir).map_err(|e| {
+        AgentError::Config(format!(
+            "data_dir: cannot write {}: {e}",
+            cfg.data_dir.join(journal::FILE).display()
+        ))
+    })?;
     let gpu_source = Arc::new(gpu::GpuSource::detect(cfg.gpu_inventory.as_deref()));
     let gpus = gpu_source
         .inventory()
@@ -189,6 +199,8 @@ pub async fn run(
         unacked: Mutex::new(leftovers),
         events,
         stats,
+        journal,
+        scratch,
         gpu_source,
         health,
         rtt: Mutex::new(None),
@@ -214,74 +226,6 @@ pub async fn run(
         m.abort();
     }
     Ok(())
-}
-
-fn record_path(data_dir: &std::path::Path, k: &Key) -> PathBuf {
-    let job: String =
-        k.0.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-    data_dir
-        .join("attempts")
-        .join(format!("{job}-{}-{}", k.1, k.2))
-}
-
-/// Attempts a previous run of this agent left behind (it crashed or was
-/// killed): their process groups are killed, and each becomes a finished
-/// report of an infrastructure failure, sent with the next hello. The
-/// cluster accepts it if the attempt is still current, or ignores it
-/// (fencing) if the task has moved on.
-fn recover(dir: &std::path::Path) -> BTreeMap<Key, AttemptFinished> {
-    let mut reports = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return reports;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let mut lines = text.lines();
-        let parsed = (|| {
-            let job_id = lines.next()?.to_owned();
-            let task = lines.next()?.parse().ok()?;
-            let attempt = lines.next()?.parse().ok()?;
-            let pgid: i32 = lines.next()?.parse().ok()?;
-            Some((job_id, task, attempt, pgid))
-        })();
-        let Some((job_id, task, attempt, pgid)) = parsed else {
-            tracing::warn!(path = %path.display(), "unreadable attempt record; removing it");
-            let _ = std::fs::remove_file(&path);
-            continue;
-        };
-        if pgid > 1 {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pgid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        tracing::warn!(%job_id, task, attempt, pgid, "attempt left by a previous agent run: killed its processes");
-        let token = AttemptToken {
-            job_id,
-            task,
-            attempt,
-        };
-        reports.insert(
-            key(&token),
-            AttemptFinished {
-                attempt: Some(token),
-                failure: gantry_proto::v1::FailureClass::Infra as i32,
-                message: "the agent restarted while the attempt ran; its processes were killed"
-                    .into(),
-                ..AttemptFinished::default()
-            },
-        );
-    }
-    reports
 }
 
 /// A graceful exit: the node drains (no new tasks), running attempts get
@@ -480,7 +424,7 @@ async fn handle(shared: &Arc<Shared>, msg: Option<ServerMsg>) {
             if let Some(token) = a.attempt {
                 let k = key(&token);
                 shared.unacked.lock().await.remove(&k);
-                let _ = tokio::fs::remove_file(record_path(&shared.cfg.data_dir, &k)).await;
+                shared.journal.ended(k);
             }
         }
         Some(ServerMsg::Pong(p)) => {
@@ -510,11 +454,11 @@ async fn start(
     let exec = executor::Execution {
         token: token.clone(),
         spec,
-        work_root: shared.cfg.data_dir.join("work"),
+        scratch: shared.scratch.clone(),
         kill_grace: shared.cfg.kill_grace,
         events: shared.events.clone(),
         cancel,
-        record: Some(record_path(&shared.cfg.data_dir, &k)),
+        record: Some(shared.journal.clone()),
         stats: shared.stats.clone(),
         // A node without GPUs leaves CUDA's environment as the job set it.
         gpus: (!shared.gpus.is_empty()).then_some(gpus),

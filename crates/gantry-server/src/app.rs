@@ -118,6 +118,7 @@ pub async fn start_on(
     bootstrap(&raft, &config).await?;
 
     let (submit_queue, submit_batches) = crate::group_commit::queue();
+    let (forward_queue, forward_batches) = crate::group_commit::queue();
     let replica = Arc::new(Replica {
         id: config.id,
         raft,
@@ -134,6 +135,7 @@ pub async fn start_on(
         write_latency: crate::metrics::write_latency_histogram(),
         wakeups: Default::default(),
         submits: submit_queue,
+        forwards: forward_queue,
         config: Arc::new(config),
     });
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -142,7 +144,16 @@ pub async fn start_on(
         tokio::spawn(crate::leader::report_sessions(replica.clone())),
         tokio::spawn(crate::health::probe_loop(replica.clone(), health_reporter)),
         tokio::spawn(crate::dispatch::wake_touched(replica.clone())),
-        tokio::spawn(crate::group_commit::run(replica.clone(), submit_batches)),
+        tokio::spawn(crate::group_commit::run(
+            replica.clone(),
+            crate::group_commit::Route::Raft,
+            submit_batches,
+        )),
+        tokio::spawn(crate::group_commit::run(
+            replica.clone(),
+            crate::group_commit::Route::Leader,
+            forward_batches,
+        )),
     ];
     let grpc_counters = crate::metrics::GrpcCounters::default();
     let metrics_addr = match replica.config.metrics_listen {

@@ -1,8 +1,15 @@
-//! Group commit on the leader: submissions that arrive while earlier ones
-//! are being committed share one Raft entry. Each entry costs a log append,
+//! Group commit: submissions that arrive while earlier ones are being
+//! committed share one Raft entry. Each entry costs a log append,
 //! replication to every follower, an apply and a share of the next
 //! snapshot, whatever its size; 64 clients sending one job each used to
 //! make 64 entries.
+//!
+//! Every replica batches: the leader into entries ([`Route::Raft`]), a
+//! follower into forwarded requests ([`Route::Leader`]). A follower used to
+//! forward each submission as its own `Propose` call, so the leader paid
+//! TLS, HTTP/2 and decoding per submission for the two thirds of the load
+//! that reached it through followers; a follower's batch is one call, and
+//! the leader batches it again with what else is waiting.
 //!
 //! Applying a combined entry is the same as applying its parts one after
 //! another (the state decides a whole batch before changing anything, and
@@ -18,6 +25,17 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::replica::{Replica, Try};
+
+/// Where a replica's batches go.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Route {
+    /// Proposed as Raft entries: the leader's batches.
+    Raft,
+    /// Forwarded to the leader as one request: a follower's batches. If this
+    /// replica turns out to lead, every part gets [`Try::Again`] and is
+    /// proposed here on the caller's next try.
+    Leader,
+}
 
 /// Combined entries being committed at once; while all are in flight, new
 /// submissions queue and form the next, larger, batch.
@@ -39,7 +57,7 @@ pub(crate) fn queue() -> (Queue, mpsc::Receiver<Pending>) {
 }
 
 /// Forms batches from the queue until the replica shuts down.
-pub(crate) async fn run(replica: Arc<Replica>, mut rx: mpsc::Receiver<Pending>) {
+pub(crate) async fn run(replica: Arc<Replica>, route: Route, mut rx: mpsc::Receiver<Pending>) {
     let permits = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut carried: Option<Pending> = None;
     loop {
@@ -66,16 +84,29 @@ pub(crate) async fn run(replica: Arc<Replica>, mut rx: mpsc::Receiver<Pending>) 
         }
         let replica = replica.clone();
         tokio::spawn(async move {
-            commit(&replica, batch).await;
+            commit(&replica, route, batch).await;
             drop(permit);
         });
     }
 }
 
-async fn commit(replica: &Replica, mut batch: Vec<Pending>) {
+/// Commits `cmd` the way `route` says.
+async fn propose(
+    replica: &Replica,
+    route: Route,
+    cmd: Command,
+    deadline: Instant,
+) -> Result<(Outcome, u64), Try> {
+    match route {
+        Route::Raft => replica.propose_raw(cmd, deadline).await,
+        Route::Leader => replica.forward_to_leader(&cmd, deadline).await,
+    }
+}
+
+async fn commit(replica: &Replica, route: Route, mut batch: Vec<Pending>) {
     if batch.len() == 1 {
         let p = batch.remove(0);
-        alone(replica, p).await;
+        alone(replica, route, p).await;
         return;
     }
     let now_ms = batch.iter().map(|p| p.now_ms).max().unwrap_or_default();
@@ -85,9 +116,13 @@ async fn commit(replica: &Replica, mut batch: Vec<Pending>) {
         .max()
         .unwrap_or_else(Instant::now);
     let jobs: Vec<NewJob> = batch.iter().flat_map(|p| p.jobs.iter().cloned()).collect();
-    let result = replica
-        .propose_raw(Command::SubmitJobs { now_ms, jobs }, deadline)
-        .await;
+    let result = propose(
+        replica,
+        route,
+        Command::SubmitJobs { now_ms, jobs },
+        deadline,
+    )
+    .await;
     match result {
         Ok((Outcome::Submitted(Ok(mut all)), index)) => {
             for p in batch {
@@ -99,7 +134,7 @@ async fn commit(replica: &Replica, mut batch: Vec<Pending>) {
         Ok((Outcome::Submitted(Err(_)), _)) => {
             // Nothing of the combined entry was stored: one at a time.
             for p in batch {
-                alone(replica, p).await;
+                alone(replica, route, p).await;
             }
         }
         other => {
@@ -110,10 +145,10 @@ async fn commit(replica: &Replica, mut batch: Vec<Pending>) {
     }
 }
 
-async fn alone(replica: &Replica, p: Pending) {
+async fn alone(replica: &Replica, route: Route, p: Pending) {
     let cmd = Command::SubmitJobs {
         now_ms: p.now_ms,
         jobs: p.jobs,
     };
-    let _ = p.reply.send(replica.propose_raw(cmd, p.deadline).await);
+    let _ = p.reply.send(propose(replica, route, cmd, p.deadline).await);
 }

@@ -69,6 +69,8 @@ pub struct Replica {
     pub wakeups: crate::dispatch::Wakeups,
     /// Submissions waiting to share a Raft entry (see `group_commit`).
     pub(crate) submits: crate::group_commit::Queue,
+    /// Submissions waiting to share one request forwarded to the leader.
+    pub(crate) forwards: crate::group_commit::Queue,
 }
 
 fn unavailable_no_leader(waited: Duration) -> Status {
@@ -106,10 +108,13 @@ impl Replica {
     pub async fn write(&self, cmd: Command, deadline: Instant) -> Result<(Outcome, u64), Status> {
         loop {
             let (leader, addr) = self.leader(deadline).await?;
-            let result = if leader == self.id {
-                self.propose_local(cmd.clone(), deadline).await
-            } else {
-                self.forward(leader, &addr, &cmd, deadline).await
+            let result = match (&cmd, leader == self.id) {
+                (_, true) => self.propose_local(cmd.clone(), deadline).await,
+                (Command::SubmitJobs { now_ms, jobs }, false) => {
+                    let queue = &self.forwards;
+                    Self::batched(queue, *now_ms, jobs.clone(), deadline).await
+                }
+                (_, false) => self.forward(leader, &addr, &cmd, deadline).await,
             };
             match result {
                 Ok(v) => return Ok(v),
@@ -129,31 +134,41 @@ impl Replica {
     async fn propose_local(&self, cmd: Command, deadline: Instant) -> Result<(Outcome, u64), Try> {
         match cmd {
             Command::SubmitJobs { now_ms, jobs } => {
-                let (reply, answer) = tokio::sync::oneshot::channel();
-                let pending = crate::group_commit::Pending {
-                    now_ms,
-                    jobs,
-                    deadline,
-                    reply,
-                };
-                if self.submits.send(pending).await.is_err() {
-                    return Err(Try::Fail(Status::unavailable(
-                        "the replica is shutting down",
-                    )));
-                }
-                match tokio::time::timeout_at(deadline, answer).await {
-                    Ok(Ok(result)) => result,
-                    Ok(Err(_)) => Err(Try::Fail(Status::unavailable(
-                        "the replica shut down during the write; its outcome is unknown, retry with \
-                         the same idempotency key",
-                    ))),
-                    Err(_) => Err(Try::Fail(Status::unavailable(
-                        "the write was not committed before the deadline (no quorum?); its outcome is \
-                         unknown, retry with the same idempotency key",
-                    ))),
-                }
+                Self::batched(&self.submits, now_ms, jobs, deadline).await
             }
             cmd => self.propose_raw(cmd, deadline).await,
+        }
+    }
+
+    /// Queues a submission for `queue`'s next batch and waits for its own answer.
+    async fn batched(
+        queue: &crate::group_commit::Queue,
+        now_ms: u64,
+        jobs: Vec<gantry_core::NewJob>,
+        deadline: Instant,
+    ) -> Result<(Outcome, u64), Try> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let pending = crate::group_commit::Pending {
+            now_ms,
+            jobs,
+            deadline,
+            reply,
+        };
+        if queue.send(pending).await.is_err() {
+            return Err(Try::Fail(Status::unavailable(
+                "the replica is shutting down",
+            )));
+        }
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Try::Fail(Status::unavailable(
+                "the replica shut down during the write; its outcome is unknown, retry with \
+                 the same idempotency key",
+            ))),
+            Err(_) => Err(Try::Fail(Status::unavailable(
+                "the write was not committed before the deadline (no quorum?); its outcome is \
+                 unknown, retry with the same idempotency key",
+            ))),
         }
     }
 
@@ -187,6 +202,20 @@ impl Replica {
             Err(Try::Again) => Err(ForwardError::NotLeader),
             Err(Try::Fail(s)) => Err(ForwardError::Failed(s.message().to_owned())),
         }
+    }
+
+    /// Forwards `cmd` to whichever replica leads now; [`Try::Again`] if
+    /// that is this one (the caller proposes it here on its next try).
+    pub(crate) async fn forward_to_leader(
+        &self,
+        cmd: &Command,
+        deadline: Instant,
+    ) -> Result<(Outcome, u64), Try> {
+        let (leader, addr) = self.leader(deadline).await.map_err(Try::Fail)?;
+        if leader == self.id {
+            return Err(Try::Again);
+        }
+        self.forward(leader, &addr, cmd, deadline).await
     }
 
     async fn forward(
