@@ -32,6 +32,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // No generated `connect` constructors: channels come from
         // `transport::Transport`, and AgentService has an RPC named Connect.
         .build_transport(false)
+        // prost's codec with smaller starting buffers (see src/codec.rs).
+        .codec_path("crate::codec::GantryCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -17,4 +17,5 @@ pub mod internal {
 /// The encoded `FileDescriptorSet` of every Gantry proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("gantry_descriptor");
 
+pub mod codec;
 pub mod transport;

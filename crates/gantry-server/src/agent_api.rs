@@ -21,7 +21,6 @@ use gantry_proto::v1::{
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth;
@@ -132,7 +131,7 @@ impl AgentService for AgentApi {
         replica.sessions.open(&node_id, &session.id).await;
         tracing::info!(node = %node_id, session = %session.id, "agent connected");
 
-        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let (tx, rx) = Outbound::channel(OUTBOUND_QUEUE);
         let welcome = Welcome {
             session_id: session.id.clone(),
             heartbeat_interval_ms: HEARTBEAT_INTERVAL.as_millis() as u64,
@@ -164,7 +163,7 @@ impl AgentService for AgentApi {
             )
             .await;
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(rx)))
     }
 }
 
@@ -229,11 +228,21 @@ async fn run_session(
                 (a, AttemptEvent::Ready { diagnostics })
             }),
             Some(AgentMsg::Leaving(l)) => {
-                leaving(&replica, &node_id, &session_id, l.grace_ms).await;
+                Box::pin(leaving(&replica, &node_id, &session_id, l.grace_ms)).await;
                 continue;
             }
             Some(AgentMsg::Heartbeat(hb)) => {
-                heartbeat(&replica, &node_id, &session_id, hb, &tx, &health_writer).await;
+                // Boxed, like the other rare big futures here: the session
+                // task lives as long as the stream.
+                Box::pin(heartbeat(
+                    &replica,
+                    &node_id,
+                    &session_id,
+                    hb,
+                    &tx,
+                    &health_writer,
+                ))
+                .await;
                 continue;
             }
             Some(AgentMsg::Hello(_)) | None => {

@@ -24,7 +24,48 @@ use crate::clock::now_ms;
 use crate::convert::{spec_to_api, token_to_api};
 use crate::replica::Replica;
 
-pub type Outbound = mpsc::Sender<Result<ServerMessage, Status>>;
+/// What goes down one agent's stream.
+pub type Outgoing = Result<ServerMessage, Status>;
+
+/// The queue of messages towards one agent. Messages travel boxed: a tokio
+/// queue allocates its slots 32 at a time, and an unboxed `Outgoing` is
+/// about 480 bytes, so every held stream kept 15 KiB for a queue that is
+/// almost always empty.
+#[derive(Clone)]
+pub struct Outbound(mpsc::Sender<Box<Outgoing>>);
+
+/// The agent's stream is gone.
+#[derive(Debug)]
+pub struct Closed;
+
+impl Outbound {
+    /// A queue of `capacity` messages and the stream that drains it.
+    pub fn channel(
+        capacity: usize,
+    ) -> (
+        Outbound,
+        impl futures::Stream<Item = Outgoing> + Send + 'static,
+    ) {
+        use tokio_stream::StreamExt;
+        let (tx, rx) = mpsc::channel(capacity);
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|m: Box<Outgoing>| *m);
+        (Outbound(tx), stream)
+    }
+
+    /// Waits for room in the queue.
+    pub async fn send(&self, m: Outgoing) -> Result<(), Closed> {
+        self.0.send(Box::new(m)).await.map_err(|_| Closed)
+    }
+
+    /// Queues `m` unless the queue is full.
+    pub fn try_send(&self, m: Outgoing) -> Result<(), Closed> {
+        self.0.try_send(Box::new(m)).map_err(|_| Closed)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+}
 
 /// How often a dispatcher re-checks its node without being woken.
 pub const RESYNC_EVERY: Duration = Duration::from_secs(2);
@@ -148,19 +189,22 @@ impl Dispatcher {
     pub async fn run(mut self, opened_at_index: u64) -> Ended {
         // Until this replica has applied the session's own entry it may not
         // yet know assignments the agent already runs: reconcile only after.
-        let applied = self
-            .replica
-            .raft
-            .wait(None)
-            .applied_index_at_least(Some(opened_at_index), "session open applied")
-            .await;
+        // Big futures that run now and then are boxed, so the idle
+        // dispatcher (one per held stream) is small.
+        let applied = Box::pin(
+            self.replica
+                .raft
+                .wait(None)
+                .applied_index_at_least(Some(opened_at_index), "session open applied"),
+        )
+        .await;
         if applied.is_err() {
             return Ended::ShuttingDown;
         }
         let mut woken = self.replica.wakeups.subscribe(&self.info.id).await;
         loop {
             woken.borrow_and_update();
-            if let Err(ended) = self.sync().await {
+            if let Err(ended) = Box::pin(self.sync()).await {
                 if matches!(ended, Ended::Replaced) {
                     // End this stream: the agent lives on another session now
                     // (or will reconnect and register again).

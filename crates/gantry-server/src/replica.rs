@@ -106,6 +106,18 @@ impl Replica {
     /// Commits `cmd` through the leader, wherever it is, by `deadline`.
     /// Returns the outcome of applying it and its log index.
     pub async fn write(&self, cmd: Command, deadline: Instant) -> Result<(Outcome, u64), Status> {
+        // Boxed: the write path (forwarding over tonic, openraft's client
+        // write) is a future of several KiB, and the long-lived tasks that
+        // write now and then (three per agent session) would otherwise
+        // carry all of it while they wait for something else.
+        Box::pin(self.write_unboxed(cmd, deadline)).await
+    }
+
+    async fn write_unboxed(
+        &self,
+        cmd: Command,
+        deadline: Instant,
+    ) -> Result<(Outcome, u64), Status> {
         loop {
             let (leader, addr) = self.leader(deadline).await?;
             let result = match (&cmd, leader == self.id) {
