@@ -362,8 +362,34 @@ impl Cluster {
         for id in ids {
             cluster.spawn(id)?;
         }
-        cluster.leader().await?;
+        if let Err(e) = cluster.leader().await {
+            // Say why, so a failure on a busy machine can be told apart
+            // from a replica that never came up.
+            return Err(e.context(cluster.diagnose()));
+        }
         Ok(cluster)
+    }
+
+    /// Each replica's state for an error message: whether its process
+    /// exited, and the end of its log.
+    pub fn diagnose(&mut self) -> String {
+        let mut out = String::from("replicas:");
+        for r in self.replicas.values_mut() {
+            let state = match r.child.as_mut().map(|c| c.try_wait()) {
+                None => "not started".to_owned(),
+                Some(Ok(None)) => "running".to_owned(),
+                Some(Ok(Some(status))) => format!("exited ({status})"),
+                Some(Err(e)) => format!("unknown ({e})"),
+            };
+            let log = std::fs::read_to_string(&r.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(12)..].join("\n    ");
+            out.push_str(&format!(
+                "\n  replica {} at {}: {state}; last log lines:\n    {tail}",
+                r.id, r.addr
+            ));
+        }
+        out
     }
 
     pub fn dir(&self) -> &Path {
