@@ -239,6 +239,20 @@ impl RaftNetworkV2<SimConfig> for SimPeer {
             .map_err(remote_err)
     }
 
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<SimConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<SimConfig>, RPCError<SimConfig>> {
+        self.net
+            .call(self.from, self.to, option.hard_ttl(), |r| async move {
+                r.raft().pre_vote(rpc).await
+            })
+            .await
+            .map_err(rpc_err)?
+            .map_err(remote_err)
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: Vote,

@@ -42,6 +42,8 @@ pub fn raft_config() -> Arc<openraft::Config> {
         max_in_snapshot_log_to_keep: 50,
         purge_batch_size: 50,
         allow_log_reversion: Some(true),
+        // As in production (gantry-server's config).
+        enable_pre_vote: Some(true),
         ..Default::default()
     };
     Arc::new(c.validate().unwrap_or_default())

@@ -257,6 +257,10 @@ impl ServerConfig {
             // up by snapshot; without this openraft's leader treats the
             // follower's shorter log as a bug and stops.
             allow_log_reversion: Some(true),
+            // A replica that cannot win an election (restarted with an old
+            // log, or cut off and back) asks first instead of raising the
+            // term and forcing the cluster into an election.
+            enable_pre_vote: Some(true),
             ..Default::default()
         }
         .validate()

@@ -93,6 +93,12 @@ impl RaftService for InternalService {
         payload(&self.replica.raft.vote(rpc).await)
     }
 
+    async fn pre_vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        auth::require(&self.replica, &req, auth::SERVER, "pre_vote")?;
+        let rpc = decode(&req.into_inner().data).map_err(bad_payload)?;
+        payload(&self.replica.raft.pre_vote(rpc).await)
+    }
+
     async fn transfer_leader(
         &self,
         req: Request<RaftPayload>,

@@ -143,6 +143,29 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .await
     }
 
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let timeout = option.hard_ttl();
+        // A replica from before pre-vote (during a rolling upgrade) does not
+        // know the call: it counts as granting, as openraft does for a
+        // network without it, so a mixed cluster can still elect.
+        let granted: Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>> =
+            Ok(VoteResponse::new(rpc.vote.clone(), None, true));
+        let fallback = encode(&granted).map_err(net_err)?;
+        self.unary(&rpc, timeout, |mut c, r| async move {
+            match c.pre_vote(r).await {
+                Err(s) if s.code() == tonic::Code::Unimplemented => {
+                    Ok(tonic::Response::new(RaftPayload { data: fallback }))
+                }
+                other => other,
+            }
+        })
+        .await
+    }
+
     async fn transfer_leader(
         &mut self,
         req: TransferLeaderRequest<TypeConfig>,
