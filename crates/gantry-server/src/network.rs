@@ -153,7 +153,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         // know the call: it counts as granting, as openraft does for a
         // network without it, so a mixed cluster can still elect.
         let granted: Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>> =
-            Ok(VoteResponse::new(rpc.vote.clone(), None, true));
+            Ok(VoteResponse::new(rpc.vote, None, true));
         let fallback = encode(&granted).map_err(net_err)?;
         self.unary(&rpc, timeout, |mut c, r| async move {
             match c.pre_vote(r).await {
