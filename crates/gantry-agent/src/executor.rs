@@ -6,7 +6,7 @@
 //! first passes, and killed if it does not within its warm-up window.
 
 use std::collections::VecDeque;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -96,26 +96,17 @@ fn command_line(spec: &JobSpec) -> Vec<String> {
 
 /// Runs the attempt to its end and returns the finished report.
 pub async fn run(exec: Execution) -> AttemptFinished {
-    let Execution {
-        token,
-        spec,
-        scratch,
-        kill_grace,
-        events,
-        cancel,
-        record,
-        stats,
-        gpus,
-    } = exec;
+    let stats = exec.stats.clone();
     stats.attempts_started.fetch_add(1, Ordering::Relaxed);
     stats.running.fetch_add(1, Ordering::Relaxed);
     let _running = Running(&stats);
-    let fresh = if spec.working_dir.is_empty() {
+    let scratch = exec.scratch.clone();
+    let fresh = if exec.spec.working_dir.is_empty() {
         match scratch.take().await {
             Ok(s) => Some(s),
             Err(e) => {
                 return finished(
-                    &token,
+                    &exec.token,
                     FailureClass::Infra,
                     format!("cannot create a working directory: {e}"),
                 );
@@ -124,20 +115,10 @@ pub async fn run(exec: Execution) -> AttemptFinished {
     } else {
         None
     };
-    let report = run_in(
-        fresh
-            .as_ref()
-            .map_or(Path::new(&spec.working_dir), |s| &s.path),
-        &token,
-        &spec,
-        kill_grace,
-        &events,
-        cancel,
-        record.as_ref(),
-        &stats,
-        gpus.as_deref(),
-    )
-    .await;
+    let dir = fresh
+        .as_ref()
+        .map_or_else(|| PathBuf::from(&exec.spec.working_dir), |s| s.path.clone());
+    let report = run_in(&dir, exec).await;
     if let Some(s) = fresh {
         scratch.give_back(s).await;
     }
@@ -145,34 +126,34 @@ pub async fn run(exec: Execution) -> AttemptFinished {
 }
 
 /// [`run`] in the working directory `dir`.
-#[allow(clippy::too_many_arguments)]
-async fn run_in(
-    dir: &Path,
-    token: &AttemptToken,
-    spec: &JobSpec,
-    kill_grace: Duration,
-    events: &mpsc::Sender<AgentMessage>,
-    cancel: oneshot::Receiver<String>,
-    record: Option<&crate::journal::Journal>,
-    stats: &std::sync::Arc<crate::stats::AgentStats>,
-    gpus: Option<&[u32]>,
-) -> AttemptFinished {
+async fn run_in(dir: &Path, exec: Execution) -> AttemptFinished {
+    let Execution {
+        token,
+        spec,
+        scratch: _,
+        kill_grace,
+        events,
+        cancel,
+        record,
+        stats,
+        gpus,
+    } = exec;
     let readiness = match spec.readiness.as_ref() {
         None => None,
         Some(p) => match probe::Probe::from_spec(p, dir) {
             Ok(p) => Some(p),
             Err(e) => {
                 return finished(
-                    token,
+                    &token,
                     FailureClass::Workload,
                     format!("invalid readiness probe: {e}"),
                 );
             }
         },
     };
-    let argv = command_line(spec);
+    let argv = command_line(&spec);
     let Some(program) = argv.first() else {
-        return finished(token, FailureClass::Workload, "empty argv".into());
+        return finished(&token, FailureClass::Workload, "empty argv".into());
     };
     let mut cmd = Command::new(program);
     cmd.args(&argv[1..])
@@ -184,25 +165,25 @@ async fn run_in(
         // Its own process group, so cancel and timeout reach every child.
         .process_group(0)
         .kill_on_drop(true);
-    if let Some(gpus) = gpus {
+    if let Some(gpus) = &gpus {
         pin_gpus(&mut cmd, gpus);
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             return finished(
-                token,
+                &token,
                 FailureClass::Workload,
                 format!("cannot start {program:?}: {e}"),
             );
         }
     };
     let pgid = child.id().and_then(|p| i32::try_from(p).ok());
-    if let (Some(journal), Some(pgid)) = (record, pgid) {
-        journal.started(token, pgid);
+    if let (Some(journal), Some(pgid)) = (&record, pgid) {
+        journal.started(&token, pgid);
     }
     send(
-        events,
+        &events,
         Msg::Started(AttemptStarted {
             attempt: Some(token.clone()),
         }),
@@ -218,8 +199,8 @@ async fn run_in(
 
     let mut tally = readiness.as_ref().map(probe::Tally::new);
     let (status, stop) = {
-        let ready = become_ready(readiness.as_ref(), tally.as_mut(), token, events);
-        wait_or_stop(&mut child, pgid, spec, cancel, kill_grace, ready).await
+        let ready = become_ready(readiness.as_ref(), tally.as_mut(), &token, &events);
+        wait_or_stop(&mut child, pgid, &spec, cancel, kill_grace, ready).await
     };
     // Whatever the main process left behind in its group goes too.
     if let Some(pgid) = pgid {
@@ -233,7 +214,7 @@ async fn run_in(
         Some(h) => h.await.unwrap_or_default(),
         None => String::new(),
     };
-    let mut report = report(token, status, stop, spec);
+    let mut report = report(&token, status, stop, &spec);
     report.stdout_tail = stdout_tail;
     report.stderr_tail = stderr_tail;
     // Ready or not, the report says what the probe saw.

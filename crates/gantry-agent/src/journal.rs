@@ -55,7 +55,8 @@ impl Journal {
             open.entry(key).or_insert(pgid);
         }
         let mut reports = BTreeMap::new();
-        for ((job_id, task, attempt), pgid) in &open {
+        for (key, pgid) in &open {
+            let (job_id, task, attempt) = key;
             if *pgid > 1 {
                 let _ = nix::sys::signal::killpg(
                     nix::unistd::Pid::from_raw(*pgid),
@@ -69,7 +70,7 @@ impl Journal {
                 attempt: *attempt,
             };
             reports.insert(
-                crate::key(&token),
+                key.clone(),
                 AttemptFinished {
                     attempt: Some(token),
                     failure: FailureClass::Infra as i32,

@@ -123,8 +123,7 @@ impl Replica {
             let result = match (&cmd, leader == self.id) {
                 (_, true) => self.propose_local(cmd.clone(), deadline).await,
                 (Command::SubmitJobs { now_ms, jobs }, false) => {
-                    let queue = &self.forwards;
-                    Self::batched(queue, *now_ms, jobs.clone(), deadline).await
+                    Self::batched(&self.forwards, *now_ms, jobs.clone(), deadline).await
                 }
                 (_, false) => self.forward(leader, &addr, &cmd, deadline).await,
             };
