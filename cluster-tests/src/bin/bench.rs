@@ -78,6 +78,9 @@ enum Scenario {
         /// Skip the etcd rows even if etcd is installed.
         #[arg(long)]
         no_etcd: bool,
+        /// Run only this row (gantry's and etcd's), for profiling one of them.
+        #[arg(long, value_enum)]
+        only: Option<SubmitRow>,
     },
     /// Submit -> assigned -> simulated agent's no-op -> result committed.
     E2e {
@@ -114,6 +117,17 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         hold_s: u64,
     },
+}
+
+/// One row of `bench submit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SubmitRow {
+    /// 1 client, 1 job per request.
+    Single,
+    /// 64 clients, 1 job per request.
+    Clients,
+    /// 64 clients, 100 jobs per request.
+    Batched,
 }
 
 fn spec() -> api::JobSpec {
@@ -294,7 +308,12 @@ async fn start(cli: &Cli) -> anyhow::Result<Cluster> {
     Cluster::start_with_options(3, cli.profile.timings(), !cli.plaintext, env).await
 }
 
-async fn submit(cli: &Cli, requests: usize, no_etcd: bool) -> anyhow::Result<()> {
+async fn submit(
+    cli: &Cli,
+    requests: usize,
+    no_etcd: bool,
+    only: Option<SubmitRow>,
+) -> anyhow::Result<()> {
     preamble(
         cli,
         "committed submissions (the reply comes after the Raft commit and apply)",
@@ -303,6 +322,7 @@ async fn submit(cli: &Cli, requests: usize, no_etcd: bool) -> anyhow::Result<()>
     gantry_submits(&cluster, 4, 20, 1).await?; // warm up connections and the leader
     let rows = [
         (
+            SubmitRow::Single,
             "1 client, 1 job/request",
             1,
             requests * 10,
@@ -310,6 +330,7 @@ async fn submit(cli: &Cli, requests: usize, no_etcd: bool) -> anyhow::Result<()>
             "etcd 3.4 here: 1,150 puts/s, p99 1.9 ms",
         ),
         (
+            SubmitRow::Clients,
             "64 clients, 1 job/request",
             64,
             requests,
@@ -317,6 +338,7 @@ async fn submit(cli: &Cli, requests: usize, no_etcd: bool) -> anyhow::Result<()>
             "etcd 3.4 here: 8,900 puts/s, p99 17 ms",
         ),
         (
+            SubmitRow::Batched,
             "64 clients, 100 jobs/request",
             64,
             (requests / 10).max(1),
@@ -326,17 +348,28 @@ async fn submit(cli: &Cli, requests: usize, no_etcd: bool) -> anyhow::Result<()>
     ];
     println!("\n{}", header());
     let mut single = 0.0;
-    for (name, n, reqs, batch, baseline) in rows {
+    let mut entries = Vec::new();
+    for (row, name, n, reqs, batch, baseline) in rows {
+        if only.is_some_and(|o| o != row) {
+            continue;
+        }
+        let before = leader_log_index(&cluster).await?;
         let l = gantry_submits(&cluster, n, reqs, batch).await?;
+        let took = leader_log_index(&cluster).await? - before;
+        entries.push((name, (n * reqs * batch) as f64 / took.max(1.0)));
         if n == 64 && batch == 1 {
             single = l.per_s;
         }
-        let baseline = if batch > 1 {
+        let baseline = if batch > 1 && single > 0.0 {
             format!("{baseline}: {:.1}x", l.per_s / single)
         } else {
             baseline.to_owned()
         };
         println!("{}", l.row(&format!("gantry: {name}"), "jobs/s", &baseline));
+    }
+    println!();
+    for (name, per_entry) in entries {
+        println!("jobs per Raft entry, {name}: {per_entry:.1} (group commit)");
     }
     println!();
     print!("{}", usage_table(&replica_processes(&cluster)));
@@ -353,7 +386,14 @@ async fn submit(cli: &Cli, requests: usize, no_etcd: bool) -> anyhow::Result<()>
         "\nthe same load against a 3-member etcd on loopback (plaintext), one put per request:"
     );
     println!("{}", header());
-    for (name, n, reqs) in [("1 client", 1, requests * 10), ("64 clients", 64, requests)] {
+    let rows = [
+        (SubmitRow::Single, "1 client", 1, requests * 10),
+        (SubmitRow::Clients, "64 clients", 64, requests),
+    ];
+    for (row, name, n, reqs) in rows {
+        if only.is_some_and(|o| o != row) {
+            continue;
+        }
         let l = etcd_puts(&etcd, n, reqs).await?;
         println!(
             "{}",
@@ -547,6 +587,14 @@ async fn real(cli: &Cli, agents: usize, jobs: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The leader's last Raft log index, from its metrics.
+async fn leader_log_index(cluster: &Cluster) -> anyhow::Result<f64> {
+    let leader = cluster.leader().await?;
+    let (_, text) = http_get(&cluster.replicas[&leader].metrics_addr, "/metrics").await?;
+    sample(&text, "gantry_raft_last_log_index")
+        .context("no gantry_raft_last_log_index in the leader's metrics")
+}
+
 /// The leader's current Raft term, from its metrics.
 async fn leader_term(cluster: &Cluster) -> anyhow::Result<f64> {
     let leader = cluster.leader().await?;
@@ -730,7 +778,11 @@ async fn main() -> anyhow::Result<()> {
     let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
     nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)?;
     match &cli.scenario {
-        Scenario::Submit { requests, no_etcd } => submit(&cli, *requests, *no_etcd).await,
+        Scenario::Submit {
+            requests,
+            no_etcd,
+            only,
+        } => submit(&cli, *requests, *no_etcd, *only).await,
         Scenario::E2e {
             agents,
             jobs,

@@ -191,13 +191,14 @@ impl Client {
     }
 
     /// Submits jobs in one request (one log entry). Jobs without an
-    /// idempotency key get a fresh one so the request can be retried safely.
+    /// idempotency key get a fresh one so the request can be retried safely
+    /// (time-ordered, UUIDv7: the cluster's key index grows at its end).
     pub async fn submit_jobs(
         &self,
         mut jobs: Vec<JobSpec>,
     ) -> Result<SubmitJobsResponse, ClientError> {
         for job in jobs.iter_mut().filter(|j| j.idempotency_key.is_empty()) {
-            job.idempotency_key = uuid::Uuid::new_v4().to_string();
+            job.idempotency_key = uuid::Uuid::now_v7().to_string();
         }
         let req = SubmitJobsRequest { jobs };
         self.with_retry(|ch| {

@@ -255,14 +255,16 @@ impl State {
             }
             // The same id with the same spec is a replay of this very command
             // (a forwarded write retried after a lost reply): answer as before.
-            if let Some(existing) = self.jobs.get(&new.id).filter(|j| j.spec == spec) {
+            // One lookup in the job index per job: it is the largest map.
+            let same_id = self.jobs.get(&new.id);
+            if let Some(existing) = same_id.filter(|j| j.spec == spec) {
                 results.push(Submitted {
                     job_id: existing.id.clone(),
                     existing: true,
                 });
                 continue;
             }
-            if self.jobs.contains_key(&new.id) || !batch_ids.insert(&new.id) {
+            if same_id.is_some() || !batch_ids.insert(&new.id) {
                 return Err(SubmitError::DuplicateId {
                     position,
                     id: new.id.clone(),

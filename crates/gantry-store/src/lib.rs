@@ -3,6 +3,7 @@
 //! data directory; the state machine ([`gantry_core::State`]) lives in
 //! memory and is rebuilt on start from the last snapshot plus the log.
 
+mod flusher;
 mod log_store;
 mod state_machine;
 

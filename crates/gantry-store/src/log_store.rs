@@ -7,7 +7,9 @@ use std::ops::{Bound, RangeBounds};
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 
+use crate::flusher::Flusher;
 use crate::{Durability, Entry, LogId, StoreConfig, TypeConfig, Vote, to_io};
 
 const VOTE: &[u8] = b"vote";
@@ -17,20 +19,20 @@ const LAST_PURGED: &[u8] = b"last_purged";
 /// The log store. Clones share the same sled trees, so a reader handed out
 /// before an append sees the appended entries.
 pub struct LogStore<C = TypeConfig> {
-    db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
-    durability: Durability,
+    /// Makes writes durable ([`Durability::Fsync`]); `None` when they only
+    /// need to reach sled's cache ([`Durability::Process`]).
+    flusher: Option<Arc<Flusher>>,
     config: PhantomData<fn() -> C>,
 }
 
 impl<C> Clone for LogStore<C> {
     fn clone(&self) -> Self {
         Self {
-            db: self.db.clone(),
             log: self.log.clone(),
             meta: self.meta.clone(),
-            durability: self.durability,
+            flusher: self.flusher.clone(),
             config: PhantomData,
         }
     }
@@ -52,11 +54,14 @@ fn encode<T: serde::Serialize>(value: &T) -> io::Result<Vec<u8>> {
 
 impl<C> LogStore<C> {
     pub(crate) fn new(db: &sled::Db, durability: Durability) -> io::Result<Self> {
+        let flusher = match durability {
+            Durability::Fsync => Some(Arc::new(Flusher::start(db)?)),
+            Durability::Process => None,
+        };
         Ok(Self {
-            db: db.clone(),
             log: db.open_tree("log").map_err(to_io)?,
             meta: db.open_tree("log_meta").map_err(to_io)?,
-            durability,
+            flusher,
             config: PhantomData,
         })
     }
@@ -74,10 +79,10 @@ impl<C> LogStore<C> {
     }
 
     async fn flush(&self) -> io::Result<()> {
-        if self.durability == Durability::Fsync {
-            self.db.flush_async().await.map_err(to_io)?;
+        match &self.flusher {
+            Some(f) => f.flush().await,
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -145,20 +150,22 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        // One batch and one flush for everything openraft hands us at once:
-        // with many requests in flight that is one fsync for many entries.
+        // One batch for everything openraft hands us at once, and one
+        // fsync for every append waiting when the flusher next runs: this
+        // returns as soon as the entries are in sled's buffers, and
+        // openraft counts them as stored only when `callback` is called.
         let mut batch = sled::Batch::default();
         for entry in entries {
             batch.insert(&key(entry.log_id.index), encode(&entry)?);
         }
         self.log.apply_batch(batch).map_err(to_io)?;
-        let flushed = self.flush().await;
-        let reply = flushed
-            .as_ref()
-            .map(|_| ())
-            .map_err(|e| io::Error::new(e.kind(), e.to_string()));
-        callback.io_completed(reply);
-        flushed
+        match &self.flusher {
+            Some(f) => f.after_flush(move |r| {
+                callback.io_completed(r.clone().map_err(|(kind, e)| io::Error::new(kind, e)));
+            }),
+            None => callback.io_completed(Ok(())),
+        }
+        Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
