@@ -3,10 +3,10 @@
 //!
 //! Appending used to await `flush_async` before returning, so openraft
 //! could not hand over the next entries until the disk had answered, and
-//! every append paid for its own flush. sled's `flush_async` runs `flush`
-//! on sled's I/O pool, and every job given to that pool wakes all of its
-//! idle threads (seven per process) to let one of them take it: under 64
-//! clients that was four of every five context switches of a replica.
+//! every append paid for its own flush. `flush_async` also runs `flush` as
+//! a job on sled's I/O pool, and every job given to that pool wakes all of
+//! its idle threads (seven per process) for one of them to take it; sled's
+//! own flush gives the pool one more job (the buffer write), which remains.
 //!
 //! Now an append writes its entries into sled's buffers and returns; the
 //! flusher calls openraft's callback once a flush that began after the
