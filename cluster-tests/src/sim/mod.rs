@@ -530,7 +530,7 @@ async fn simulate(seed: u64, opts: Options) -> Report {
                 }
                 let same = applied.windows(2).all(|w| w[0] == w[1]);
                 let done = l
-                    .read_state(|s, _| s.jobs_changed_after(0).all(|j| j.state.is_terminal()))
+                    .read_state(|s, _| s.jobs().all(|j| j.state.is_terminal()))
                     .await;
                 (same && done).then_some(l)
             }
@@ -653,7 +653,7 @@ fn describe(s: &gantry_core::State) -> Vec<String> {
             )
         })
         .collect();
-    for j in s.jobs_changed_after(0).filter(|j| !j.state.is_terminal()) {
+    for j in s.jobs().filter(|j| !j.state.is_terminal()) {
         for t in &j.tasks {
             out.push(format!(
                 "job {} task {}: {:?} not before {} attempts {:?}",

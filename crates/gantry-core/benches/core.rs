@@ -156,5 +156,22 @@ fn scheduler(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, apply, scheduler);
+/// What a job watcher asks on every entry applied: the jobs the last entry
+/// changed, with 100,000 jobs held (it read all of them until 2026-12-01).
+fn watch(c: &mut Criterion) {
+    let mut g = c.benchmark_group("watch");
+    let (mut s, mut index) = cluster(10, 100_000, 1000);
+    index += 1;
+    s.apply(index, &jobs(100_000, 10, 1000));
+    g.bench_function("jobs changed by the last entry, 100,000 jobs held", |b| {
+        b.iter(|| {
+            let changed = s.jobs_changed_after(index - 1);
+            assert_eq!(changed.len(), 10);
+            black_box(changed.len())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, apply, scheduler, watch);
 criterion_main!(benches);

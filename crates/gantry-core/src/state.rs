@@ -37,41 +37,89 @@ pub struct State {
     /// Pending tasks in scheduling order: (-priority, job seq, task index).
     pending: BTreeSet<PendingKey>,
     /// Which nodes recent entries changed, for the replicas' dispatchers.
-    touched: Touched,
+    touched: Recent,
+    /// Which jobs recent entries changed, for watchers.
+    changed: Recent,
 }
 
-/// Recent (index, node) changes: what a node should run, its cancels, its
-/// session or status. A replica wakes only the dispatchers of the nodes an
-/// entry changed instead of all of them. Derived, never serialised, and
-/// left out of equality (two replicas agree on state, not on this history).
+/// Recent (index, key) changes, newest last. `touched`: the nodes whose
+/// dispatch view an entry changed (what they should run, their cancels,
+/// session or status), so a replica wakes only those dispatchers. `changed`:
+/// the jobs an entry changed, so a watcher finds them without reading every
+/// job. Derived, never serialised, and left out of equality (two replicas
+/// agree on state, not on this history).
 #[derive(Clone, Debug, Default)]
-struct Touched {
-    log: std::collections::VecDeque<(u64, NodeId)>,
+struct Recent {
+    log: std::collections::VecDeque<(u64, String)>,
     /// Changes at or below this index may be missing from `log`.
     floor: u64,
 }
 
-/// Changes [`State::nodes_touched_after`] can answer for.
+/// Node changes [`State::nodes_touched_after`] can answer for.
 const TOUCHED_KEPT: usize = 65_536;
+/// Job changes [`State::jobs_changed_after`] answers from its log (older
+/// cursors read every job): 128 entries of 1,000 jobs, or many more small ones.
+const CHANGED_KEPT: usize = 131_072;
 
-impl Touched {
-    fn push(&mut self, index: u64, node_id: &str) {
-        self.log.push_back((index, node_id.to_owned()));
-        if self.log.len() > TOUCHED_KEPT
+impl Recent {
+    fn push(&mut self, kept: usize, index: u64, key: &str) {
+        if self
+            .log
+            .back()
+            .is_some_and(|(i, k)| *i == index && k == key)
+        {
+            return;
+        }
+        self.log.push_back((index, key.to_owned()));
+        if self.log.len() > kept
             && let Some((i, _)) = self.log.pop_front()
         {
             self.floor = self.floor.max(i);
         }
     }
+
+    /// Everything may have changed up to `index`.
+    fn forget(&mut self, index: u64) {
+        self.log.clear();
+        self.floor = self.floor.max(index);
+    }
+
+    /// Keys changed after `after`; `None` when that history is not kept.
+    fn after(&self, after: u64) -> Option<BTreeSet<&str>> {
+        if after < self.floor {
+            return None;
+        }
+        Some(
+            self.log
+                .iter()
+                .rev()
+                .take_while(|(i, _)| *i > after)
+                .map(|(_, k)| k.as_str())
+                .collect(),
+        )
+    }
 }
 
-impl PartialEq for Touched {
+impl PartialEq for Recent {
     fn eq(&self, _: &Self) -> bool {
         true
     }
 }
 
-impl Eq for Touched {}
+impl Eq for Recent {}
+
+/// The job `id`, to be changed by the entry at `index`, which is noted in
+/// `changed` for watchers (a job noted but left unchanged costs a lookup).
+fn job_mut<'a>(
+    jobs: &'a mut BTreeMap<JobId, Arc<Job>>,
+    changed: &mut Recent,
+    index: u64,
+    id: &str,
+) -> Option<&'a mut Job> {
+    let job = jobs.get_mut(id)?;
+    changed.push(CHANGED_KEPT, index, id);
+    Some(Arc::make_mut(job))
+}
 
 /// Scheduling order of a pending task: higher priority first, then older jobs.
 pub(crate) type PendingKey = (i64, u64, u32);
@@ -333,6 +381,7 @@ impl State {
                 trace_parent,
             };
             self.index_job(&job);
+            self.changed.push(CHANGED_KEPT, index, &id);
             self.jobs.insert(id, Arc::new(job));
         }
         Ok(results)
@@ -345,10 +394,7 @@ impl State {
         id: &str,
         reason: &str,
     ) -> Result<Job, CancelError> {
-        let job = self
-            .jobs
-            .get_mut(id)
-            .map(Arc::make_mut)
+        let job = job_mut(&mut self.jobs, &mut self.changed, index, id)
             .ok_or_else(|| CancelError::NotFound(id.to_owned()))?;
         let mut nodes = Vec::new();
         // Cancelling a finished job is a no-op, like Nomad's stop on a dead job.
@@ -408,30 +454,19 @@ impl State {
 
     /// Records that the entry at `index` changed what `node_id` should run.
     pub(crate) fn touch(&mut self, index: u64, node_id: &str) {
-        self.touched.push(index, node_id);
+        self.touched.push(TOUCHED_KEPT, index, node_id);
     }
 
     /// Everything may have changed up to `index` (a snapshot was installed).
     pub fn touch_all(&mut self, index: u64) {
-        self.touched.log.clear();
-        self.touched.floor = self.touched.floor.max(index);
+        self.touched.forget(index);
+        self.changed.forget(index);
     }
 
     /// Nodes that entries after `after` changed; `None` when that history
     /// is no longer kept (every node may have changed).
     pub fn nodes_touched_after(&self, after: u64) -> Option<BTreeSet<&str>> {
-        if after < self.touched.floor {
-            return None;
-        }
-        Some(
-            self.touched
-                .log
-                .iter()
-                .rev()
-                .take_while(|(i, _)| *i > after)
-                .map(|(_, n)| n.as_str())
-                .collect(),
-        )
+        self.touched.after(after)
     }
 
     /// Adds `job` to the derived indexes.
@@ -464,12 +499,27 @@ impl State {
         self.jobs.get(id).map(|j| &**j)
     }
 
-    /// Jobs changed by entries after `index` (in id order).
-    pub fn jobs_changed_after(&self, index: u64) -> impl Iterator<Item = &Job> {
-        self.jobs
-            .values()
-            .map(|j| &**j)
-            .filter(move |j| j.modify_index > index)
+    /// Jobs changed by entries after `index` (in id order). From the log of
+    /// recent changes when it reaches back that far, else by reading every
+    /// job: a watcher used to read every job on every entry applied.
+    pub fn jobs_changed_after(&self, index: u64) -> Vec<&Job> {
+        match self.changed.after(index) {
+            Some(ids) => ids
+                .into_iter()
+                .filter_map(|id| self.job(id))
+                .filter(|j| j.modify_index > index)
+                .collect(),
+            None => self.jobs_changed_after_by_scan(index),
+        }
+    }
+
+    fn jobs_changed_after_by_scan(&self, index: u64) -> Vec<&Job> {
+        self.jobs().filter(|j| j.modify_index > index).collect()
+    }
+
+    /// Every job, in id order.
+    pub fn jobs(&self) -> impl Iterator<Item = &Job> {
+        self.jobs.values().map(|j| &**j)
     }
 
     pub fn job_count(&self) -> usize {
@@ -548,6 +598,9 @@ impl State {
             state.index_job(&job);
             state.jobs.insert(job.id.clone(), Arc::new(job));
         }
+        // Changes up to the snapshot are in it, not in the log of changes.
+        let newest = state.jobs().map(|j| j.modify_index).max().unwrap_or(0);
+        state.changed.forget(newest);
         Ok(state)
     }
 }

@@ -313,6 +313,37 @@ proptest! {
         prop_assert_eq!(a.to_snapshot().unwrap(), b.to_snapshot().unwrap());
     }
 
+    // Invariant: the log of recent job changes finds what reading every job
+    // finds, for every cursor, also in a state restored from a snapshot
+    // (whose changes up to then are in no log) that goes on applying.
+    #[test]
+    fn t30_jobs_changed_after_finds_what_reading_every_job_finds(
+        before in prop::collection::vec(arb_command(), 0..40),
+        after in prop::collection::vec(arb_command(), 0..20),
+    ) {
+        fn ids(jobs: Vec<&Job>) -> Vec<String> {
+            jobs.iter().map(|j| j.id.clone()).collect()
+        }
+        fn check(s: &State, upto: u64) -> Result<(), TestCaseError> {
+            for k in 0..=upto {
+                prop_assert_eq!(ids(s.jobs_changed_after(k)), ids(s.jobs_changed_after_by_scan(k)));
+            }
+            Ok(())
+        }
+        let mut s = State::default();
+        for (i, c) in before.iter().enumerate() {
+            s.apply(i as u64 + 1, c);
+            check(&s, i as u64 + 1)?;
+        }
+        let mut restored = State::from_snapshot(&s.to_snapshot().unwrap()).unwrap();
+        check(&restored, before.len() as u64)?;
+        for (i, c) in after.iter().enumerate() {
+            let index = (before.len() + i) as u64 + 1;
+            restored.apply(index, c);
+            check(&restored, index)?;
+        }
+    }
+
     // A snapshot encoded from a copy (while the state moves on) is the
     // snapshot of the state at the time of the copy.
     #[test]

@@ -156,7 +156,7 @@ pub async fn render(replica: &Replica, grpc: &GrpcCounters) -> String {
     let (received, pending, stale, unhealthy, blacklisted) = replica
         .state
         .read(|s, _| {
-            for j in s.jobs_changed_after(0) {
+            for j in s.jobs() {
                 jobs.get_or_create(&StateLabels {
                     state: job_state(j.state).into(),
                 })

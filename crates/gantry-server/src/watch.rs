@@ -40,7 +40,10 @@ pub async fn watch_jobs(
                     job: Some(job_to_api(j, true)),
                 };
                 let mut changed: Vec<JobEvent> = if job_id.is_empty() {
-                    s.jobs_changed_after(cursor).map(event).collect()
+                    s.jobs_changed_after(cursor)
+                        .into_iter()
+                        .map(event)
+                        .collect()
                 } else {
                     s.job(&job_id)
                         .filter(|j| j.modify_index > cursor)

@@ -12,7 +12,7 @@ impl Invariant for AllTerminal {
 
     fn finish(&mut self, end: &End<'_>) -> Vec<Violation> {
         end.state
-            .jobs_changed_after(0)
+            .jobs()
             .filter(|j| !j.state.is_terminal())
             .map(|j| {
                 violation(

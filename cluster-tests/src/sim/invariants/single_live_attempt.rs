@@ -14,7 +14,7 @@ impl Invariant for SingleLiveAttempt {
     }
 
     fn observe(&mut self, o: &Observation<'_>) {
-        for job in o.state.jobs_changed_after(0) {
+        for job in o.state.jobs() {
             for t in &job.tasks {
                 let live = t.attempts.iter().filter(|a| a.state.is_live()).count();
                 if live > 1 {

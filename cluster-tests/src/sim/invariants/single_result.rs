@@ -23,7 +23,7 @@ impl Invariant for SingleResult {
     }
 
     fn observe(&mut self, o: &Observation<'_>) {
-        for job in o.state.jobs_changed_after(0) {
+        for job in o.state.jobs() {
             for t in &job.tasks {
                 for a in t.attempts.iter().filter(|a| !a.state.is_live()) {
                     let key = (job.id.clone(), t.index, a.number);

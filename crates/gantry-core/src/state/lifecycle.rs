@@ -1,9 +1,8 @@
 //! Nodes and attempts: sessions, placement, reports, loss and retries.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
-use super::{State, pending_key};
+use super::{State, job_mut, pending_key};
 use crate::command::{AttemptEvent, AttemptReport, NodeError, Outcome, Placement};
 use crate::job::{
     AttemptRef, AttemptState, Exit, FailureClass, Job, JobSpec, JobState, Resources, TaskState,
@@ -342,7 +341,7 @@ impl State {
         }
         let live: Vec<AttemptRef> = self.live_attempts(node_id).cloned().collect();
         for r in live {
-            if let Some(job) = self.jobs.get_mut(&r.job_id).map(Arc::make_mut)
+            if let Some(job) = job_mut(&mut self.jobs, &mut self.changed, index, &r.job_id)
                 && let Some(task) = job.tasks.get_mut(r.task as usize)
                 && let Some(a) = task.attempts.last_mut().filter(|a| a.number == r.attempt)
             {
@@ -442,7 +441,7 @@ impl State {
         }
         let key = pending_key(job, task.index);
         let gpus = usage.pick_gpus(&node.info, &job.spec).unwrap_or_default();
-        let Some(job) = self.jobs.get_mut(&p.attempt.job_id).map(Arc::make_mut) else {
+        let Some(job) = job_mut(&mut self.jobs, &mut self.changed, index, &p.attempt.job_id) else {
             return false;
         };
         let Some(task) = job.tasks.get_mut(p.attempt.task as usize) else {
@@ -510,7 +509,8 @@ impl State {
         }
         match &r.event {
             AttemptEvent::Started => {
-                if let Some(job) = self.jobs.get_mut(&r.attempt.job_id).map(Arc::make_mut)
+                if let Some(job) =
+                    job_mut(&mut self.jobs, &mut self.changed, index, &r.attempt.job_id)
                     && let Some(task) = job.tasks.get_mut(r.attempt.task as usize)
                     && let Some(a) = task.attempts.last_mut()
                     && a.state == AttemptState::Assigned
@@ -524,7 +524,8 @@ impl State {
                 }
             }
             AttemptEvent::Ready { diagnostics } => {
-                if let Some(job) = self.jobs.get_mut(&r.attempt.job_id).map(Arc::make_mut)
+                if let Some(job) =
+                    job_mut(&mut self.jobs, &mut self.changed, index, &r.attempt.job_id)
                     && let Some(task) = job.tasks.get_mut(r.attempt.task as usize)
                     && let Some(a) = task.attempts.last_mut()
                     && a.ready_at_ms == 0
@@ -570,7 +571,7 @@ impl State {
         state: AttemptState,
         exit: Exit,
     ) {
-        let Some(job) = self.jobs.get_mut(&r.job_id).map(Arc::make_mut) else {
+        let Some(job) = job_mut(&mut self.jobs, &mut self.changed, index, &r.job_id) else {
             return;
         };
         let max_attempts = job.spec.max_attempts;
@@ -580,7 +581,8 @@ impl State {
         let Some(attempt) = task.attempts.last_mut().filter(|a| a.number == r.attempt) else {
             return;
         };
-        self.touched.push(index, &attempt.node_id);
+        self.touched
+            .push(super::TOUCHED_KEPT, index, &attempt.node_id);
         if let Some(live) = self.live.get_mut(&attempt.node_id) {
             live.remove(r, &job.spec.resources, &attempt.gpus);
             // An index rebuilt from a snapshot has no empty entries: keep
