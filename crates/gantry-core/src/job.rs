@@ -12,8 +12,9 @@ pub type JobId = String;
 /// The default number of attempts for workload failures when a spec says 0.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
-/// What a task needs from a node.
+/// What a task needs from a node. A missing field reads as its default.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Resources {
     /// Thousandths of a CPU core.
     pub cpu_millis: u64,
@@ -22,7 +23,14 @@ pub struct Resources {
 }
 
 /// What the user asked for. Immutable once submitted.
+///
+/// Every field missing from an encoded spec reads as its default (the
+/// fields added later always did). Entries are still written with every
+/// field, so that replicas of earlier versions read them during a rolling
+/// upgrade; once every replica reads specs this way, a later version can
+/// leave default-valued fields out (about a third of a log entry's JSON).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
 pub struct JobSpec {
     pub name: String,
     pub argv: Vec<String>,
@@ -46,17 +54,13 @@ pub struct JobSpec {
     pub shell: bool,
     /// Placement: spread tasks over nodes instead of bin-packing them.
     pub spread: bool,
-    // Added later (all `serde(default)`: older entries decode without them).
+    // Added later: older entries decode without them.
     /// Only GPUs whose model contains this (case-insensitive); empty: any.
-    #[serde(default)]
     pub gpu_model: String,
     /// Only GPUs with at least this much memory; 0: any.
-    #[serde(default)]
     pub gpu_min_memory_mib: u64,
-    #[serde(default)]
     pub placement: PlacementPolicy,
     /// A service task is ready only once this passes.
-    #[serde(default)]
     pub readiness: Option<Probe>,
 }
 
@@ -355,5 +359,33 @@ impl Job {
             }
         }
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A spec that leaves out default-valued fields (what a later version
+    // may write) reads as the full spec; one with every field still does.
+    #[test]
+    fn t10_a_spec_without_default_fields_reads_as_the_full_spec() {
+        let full = JobSpec {
+            argv: vec!["/bin/true".into()],
+            max_attempts: 1,
+            resources: Resources {
+                cpu_millis: 500,
+                ..Resources::default()
+            },
+            ..JobSpec::default()
+        };
+        let compact = r#"{"argv":["/bin/true"],"max_attempts":1,"resources":{"cpu_millis":500}}"#;
+        let read: JobSpec = serde_json::from_str(compact).unwrap();
+        assert_eq!(read, full);
+        let round: JobSpec = serde_json::from_slice(&serde_json::to_vec(&full).unwrap()).unwrap();
+        assert_eq!(round, full);
+        // Written in full, for replicas of earlier versions.
+        let written = serde_json::to_string(&full).unwrap();
+        assert!(written.contains(r#""name":"""#), "{written}");
     }
 }
