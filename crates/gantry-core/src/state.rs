@@ -37,9 +37,9 @@ pub struct State {
     /// Pending tasks in scheduling order: (-priority, job seq, task index).
     pending: BTreeSet<PendingKey>,
     /// Which nodes recent entries changed, for the replicas' dispatchers.
-    touched: Recent,
+    touched: Recent<TOUCHED_KEPT>,
     /// Which jobs recent entries changed, for watchers.
-    changed: Recent,
+    changed: Recent<CHANGED_KEPT>,
 }
 
 /// Recent (index, key) changes, newest last. `touched`: the nodes whose
@@ -49,7 +49,7 @@ pub struct State {
 /// job. Derived, never serialised, and left out of equality (two replicas
 /// agree on state, not on this history).
 #[derive(Clone, Debug, Default)]
-struct Recent {
+struct Recent<const KEPT: usize> {
     log: std::collections::VecDeque<(u64, String)>,
     /// Changes at or below this index may be missing from `log`.
     floor: u64,
@@ -61,8 +61,8 @@ const TOUCHED_KEPT: usize = 65_536;
 /// cursors read every job): 128 entries of 1,000 jobs, or many more small ones.
 const CHANGED_KEPT: usize = 131_072;
 
-impl Recent {
-    fn push(&mut self, kept: usize, index: u64, key: &str) {
+impl<const KEPT: usize> Recent<KEPT> {
+    fn push(&mut self, index: u64, key: &str) {
         if self
             .log
             .back()
@@ -71,7 +71,7 @@ impl Recent {
             return;
         }
         self.log.push_back((index, key.to_owned()));
-        if self.log.len() > kept
+        if self.log.len() > KEPT
             && let Some((i, _)) = self.log.pop_front()
         {
             self.floor = self.floor.max(i);
@@ -100,24 +100,24 @@ impl Recent {
     }
 }
 
-impl PartialEq for Recent {
+impl<const KEPT: usize> PartialEq for Recent<KEPT> {
     fn eq(&self, _: &Self) -> bool {
         true
     }
 }
 
-impl Eq for Recent {}
+impl<const KEPT: usize> Eq for Recent<KEPT> {}
 
 /// The job `id`, to be changed by the entry at `index`, which is noted in
 /// `changed` for watchers (a job noted but left unchanged costs a lookup).
 fn job_mut<'a>(
     jobs: &'a mut BTreeMap<JobId, Arc<Job>>,
-    changed: &mut Recent,
+    changed: &mut Recent<CHANGED_KEPT>,
     index: u64,
     id: &str,
 ) -> Option<&'a mut Job> {
     let job = jobs.get_mut(id)?;
-    changed.push(CHANGED_KEPT, index, id);
+    changed.push(index, id);
     Some(Arc::make_mut(job))
 }
 
@@ -181,7 +181,7 @@ pub struct SnapshotCopy {
 }
 
 impl SnapshotCopy {
-    /// The same bytes [`State::to_snapshot`] gives for the state copied.
+    /// The snapshot of the state as it was when copied ([`State::to_snapshot`]'s bytes).
     pub fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
         let mut jobs: Vec<&Job> = self.jobs.iter().map(|j| &**j).collect();
         jobs.sort_unstable_by_key(|j| j.seq);
@@ -381,7 +381,7 @@ impl State {
                 trace_parent,
             };
             self.index_job(&job);
-            self.changed.push(CHANGED_KEPT, index, &id);
+            self.changed.push(index, &id);
             self.jobs.insert(id, Arc::new(job));
         }
         Ok(results)
@@ -454,7 +454,7 @@ impl State {
 
     /// Records that the entry at `index` changed what `node_id` should run.
     pub(crate) fn touch(&mut self, index: u64, node_id: &str) {
-        self.touched.push(TOUCHED_KEPT, index, node_id);
+        self.touched.push(index, node_id);
     }
 
     /// Everything may have changed up to `index` (a snapshot was installed).
@@ -549,14 +549,7 @@ impl State {
 
     /// Serialises the state for a Raft snapshot.
     pub fn to_snapshot(&self) -> Result<Vec<u8>, SnapshotError> {
-        let out = SnapshotOut {
-            version: SNAPSHOT_VERSION,
-            next_seq: self.next_seq,
-            stale_reports: self.stale_reports,
-            jobs: self.jobs_in_seq_order().collect(),
-            nodes: self.nodes.values().collect(),
-        };
-        Ok(serde_json::to_vec(&out)?)
+        self.snapshot_copy().encode()
     }
 
     /// A copy of what [`State::to_snapshot`] writes (the derived indexes
@@ -572,10 +565,6 @@ impl State {
             jobs: self.jobs.values().cloned().collect(),
             nodes: self.nodes.values().cloned().collect(),
         }
-    }
-
-    fn jobs_in_seq_order(&self) -> impl Iterator<Item = &Job> {
-        self.by_seq.values().filter_map(|id| self.job(id))
     }
 
     /// Rebuilds a state from [`State::to_snapshot`]'s bytes.

@@ -100,24 +100,23 @@ pub fn open_with<C: StoreConfig>(
     durability: Durability,
 ) -> io::Result<(LogStore<C>, StateMachineStore<C>)> {
     std::fs::create_dir_all(dir)?;
-    let db = sled::Config::new()
-        .path(dir.join("raft.sled"))
-        // Durability comes from explicit flushes where Raft needs them
-        // (append, vote), never from a timer.
-        .flush_every_ms(None)
-        .cache_capacity(LOG_CACHE_BYTES)
-        .open()
-        .map_err(to_io)?;
-    let snapshots = sled::Config::new()
-        .path(dir.join("snapshot.sled"))
-        .flush_every_ms(None)
-        .cache_capacity(SNAPSHOT_CACHE_BYTES)
-        .open()
-        .map_err(to_io)?;
+    let db = open_db(&dir.join("raft.sled"), LOG_CACHE_BYTES)?;
+    let snapshots = open_db(&dir.join("snapshot.sled"), SNAPSHOT_CACHE_BYTES)?;
     let log = LogStore::new(&db, durability)?;
     // Snapshots of replicas older than the split are in the log's database.
     let sm = StateMachineStore::new(&snapshots, Some(&db), durability)?;
     Ok((log, sm))
+}
+
+fn open_db(path: &Path, cache_bytes: u64) -> io::Result<sled::Db> {
+    sled::Config::new()
+        .path(path)
+        // Durability comes from explicit flushes where Raft needs them
+        // (append, vote, snapshot), never from a timer.
+        .flush_every_ms(None)
+        .cache_capacity(cache_bytes)
+        .open()
+        .map_err(to_io)
 }
 
 /// sled's page cache for the log: replication and apply read recent

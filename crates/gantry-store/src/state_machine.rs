@@ -207,12 +207,7 @@ impl<C: StoreConfig> RaftSnapshotBuilder<C> for StateMachineStore<C> {
                 splice_snapshot(meta.last_log_id, &meta.last_membership, &state)
             }
         };
-        let data = match self.durability {
-            // Off the runtime's workers, which go on serving and applying.
-            Durability::Fsync => tokio::task::spawn_blocking(encode).await.map_err(to_io)??,
-            // The simulation keeps time deterministic: no other threads.
-            Durability::Process => encode()?,
-        };
+        let data = off_runtime(self.durability, encode).await?;
         self.save(&meta, &data).await?;
         tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "built snapshot");
         Ok(Snapshot {
@@ -227,19 +222,29 @@ impl<C> StateMachineStore<C> {
         let mut batch = sled::Batch::default();
         batch.insert(SNAPSHOT_META, serde_json::to_vec(meta).map_err(to_io)?);
         batch.insert(SNAPSHOT_DATA, data);
-        match self.durability {
-            // Writing and syncing hundreds of MiB: not on a runtime worker.
-            Durability::Fsync => {
-                let (tree, db) = (self.snapshots.clone(), self.db.clone());
-                tokio::task::spawn_blocking(move || {
-                    tree.apply_batch(batch).map_err(to_io)?;
-                    db.flush().map_err(to_io).map(|_| ())
-                })
-                .await
-                .map_err(to_io)?
+        let (tree, db, durability) = (self.snapshots.clone(), self.db.clone(), self.durability);
+        off_runtime(durability, move || {
+            tree.apply_batch(batch).map_err(to_io)?;
+            if durability == Durability::Fsync {
+                db.flush().map_err(to_io)?;
             }
-            Durability::Process => self.snapshots.apply_batch(batch).map_err(to_io),
-        }
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Runs a snapshot's heavy synchronous work (encoding, writing and syncing
+/// hundreds of MiB) off the runtime's workers, which go on serving and
+/// applying; in the simulation ([`Durability::Process`]) inline, so that no
+/// other thread makes its time depend on the machine.
+async fn off_runtime<T: Send + 'static>(
+    durability: Durability,
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    match durability {
+        Durability::Fsync => tokio::task::spawn_blocking(work).await.map_err(to_io)?,
+        Durability::Process => work(),
     }
 }
 

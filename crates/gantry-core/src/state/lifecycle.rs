@@ -581,8 +581,7 @@ impl State {
         let Some(attempt) = task.attempts.last_mut().filter(|a| a.number == r.attempt) else {
             return;
         };
-        self.touched
-            .push(super::TOUCHED_KEPT, index, &attempt.node_id);
+        self.touched.push(index, &attempt.node_id);
         if let Some(live) = self.live.get_mut(&attempt.node_id) {
             live.remove(r, &job.spec.resources, &attempt.gpus);
             // An index rebuilt from a snapshot has no empty entries: keep
