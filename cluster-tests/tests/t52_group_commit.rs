@@ -25,16 +25,23 @@ async fn last_log_index(cluster: &Cluster, id: u64) -> f64 {
     sample(&text, "gantry_raft_last_log_index").unwrap()
 }
 
-/// Forwarded writes the leader has served.
-async fn proposes_served(cluster: &Cluster, id: u64) -> f64 {
+/// Calls of `RaftService/{method}` replica `id` has served.
+async fn raft_calls_served(cluster: &Cluster, id: u64, method: &str) -> f64 {
     let (_, text) = http_get(&cluster.replicas[&id].metrics_addr, "/metrics")
         .await
         .unwrap();
     sample(
         &text,
-        "gantry_grpc_requests_total{method=\"/gantry.internal.v1.RaftService/Propose\"}",
+        &format!(
+            "gantry_grpc_requests_total{{method=\"/gantry.internal.v1.RaftService/{method}\"}}"
+        ),
     )
     .unwrap_or(0.0)
+}
+
+/// Forwarded writes the leader has served.
+async fn proposes_served(cluster: &Cluster, id: u64) -> f64 {
+    raft_calls_served(cluster, id, "Propose").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,4 +137,99 @@ async fn concurrent_submits(cluster: &Cluster, via: u64) {
     // Whichever spec was stored first, the callers with the other one conflict.
     let expected = if winner == "same" { 4 } else { 28 };
     assert_eq!(conflicts, expected, "stored spec {winner}");
+}
+
+/// A follower names the leader in its reply to a write; the client sends
+/// its next calls there (when the address is one of its own), so later
+/// writes skip the forwarding hop. With `follow_leader` off it stays put.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t52_the_client_follows_the_leader_a_follower_names() {
+    let cluster = Cluster::start(3, Timings::default()).await.unwrap();
+    let leader = cluster.leader().await.unwrap();
+    let follower = *cluster.replicas.keys().find(|id| **id != leader).unwrap();
+    let (leader_addr, follower_addr) = (
+        cluster.replicas[&leader].addr.clone(),
+        cluster.replicas[&follower].addr.clone(),
+    );
+
+    let client = cluster.client(&[follower, leader]).unwrap();
+    assert_eq!(client.current_server(), follower_addr);
+    client.submit_jobs(vec![spec("first", "")]).await.unwrap();
+    assert_eq!(
+        client.current_server(),
+        leader_addr,
+        "the follower's reply named the leader"
+    );
+    let before = proposes_served(&cluster, leader).await;
+    for r in 0..5 {
+        client
+            .submit_jobs(vec![spec(&format!("then-{r}"), "")])
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        proposes_served(&cluster, leader).await - before,
+        0.0,
+        "later writes went to the leader itself, none were forwarded"
+    );
+
+    let opts = gantry_client::ClientOptions {
+        follow_leader: false,
+        ..cluster.client_options().unwrap()
+    };
+    let stays = gantry_client::Client::new(&[follower_addr.clone(), leader_addr], opts).unwrap();
+    stays.submit_jobs(vec![spec("stays", "")]).await.unwrap();
+    assert_eq!(stays.current_server(), follower_addr);
+
+    // A leader the client was not given is not followed.
+    let only_follower = cluster.client(&[follower]).unwrap();
+    only_follower
+        .submit_jobs(vec![spec("alone", "")])
+        .await
+        .unwrap();
+    assert_eq!(only_follower.current_server(), follower_addr);
+}
+
+/// The leader replicates over pipelined `StreamAppend` streams, not one
+/// `AppendEntries` call per batch: followers serve streams and no unary
+/// append, and every write is still committed on all three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t52_replication_goes_over_append_streams() {
+    let cluster = Cluster::start(3, Timings::default()).await.unwrap();
+    let leader = cluster.leader().await.unwrap();
+    let client = Arc::new(cluster.client(&[leader]).unwrap());
+    let mut calls = Vec::new();
+    for c in 0..16 {
+        let client = client.clone();
+        calls.push(tokio::spawn(async move {
+            for r in 0..10 {
+                client
+                    .submit_jobs(vec![spec(&format!("{c}-{r}"), "")])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for c in calls {
+        c.await.unwrap();
+    }
+    let index = last_log_index(&cluster, leader).await;
+    for id in cluster.replicas.keys().filter(|id| **id != leader) {
+        assert!(
+            raft_calls_served(&cluster, *id, "StreamAppend").await > 0.0,
+            "follower {id} served no append stream"
+        );
+        assert_eq!(
+            raft_calls_served(&cluster, *id, "AppendEntries").await,
+            0.0,
+            "follower {id} was sent unary appends"
+        );
+        cluster_tests::wait_for(
+            "the follower's log to reach the leader's",
+            std::time::Duration::from_secs(10),
+            || async { (last_log_index(&cluster, *id).await >= index).then_some(()) },
+        )
+        .await
+        .unwrap();
+    }
 }

@@ -219,14 +219,20 @@ where
     })
 }
 
-/// Clients spread over the replicas (most requests are forwarded, as etcd's are).
-fn clients(cluster: &Cluster, n: usize) -> anyhow::Result<Vec<Client>> {
+/// Clients spread over the replicas, as etcd's are. With `follow` each
+/// moves to the leader the first follower's reply names; without, two
+/// requests in three are forwarded by a follower.
+fn clients(cluster: &Cluster, n: usize, follow: bool) -> anyhow::Result<Vec<Client>> {
     let addrs = cluster.live_addrs();
     (0..n)
         .map(|c| {
             let mut order = addrs.clone();
             order.rotate_left(c % addrs.len());
-            Ok(Client::new(&order, cluster.client_options()?)?)
+            let opts = ClientOptions {
+                follow_leader: follow,
+                ..cluster.client_options()?
+            };
+            Ok(Client::new(&order, opts)?)
         })
         .collect()
 }
@@ -236,8 +242,9 @@ async fn gantry_submits(
     n: usize,
     requests: usize,
     batch: usize,
+    follow: bool,
 ) -> anyhow::Result<Latencies> {
-    let cs = Arc::new(clients(cluster, n)?);
+    let cs = Arc::new(clients(cluster, n, follow)?);
     concurrent(n, requests, batch, move |i| {
         let cs = cs.clone();
         async move {
@@ -319,7 +326,8 @@ async fn submit(
         "committed submissions (the reply comes after the Raft commit and apply)",
     );
     let cluster = start(cli).await?;
-    gantry_submits(&cluster, 4, 20, 1).await?; // warm up connections and the leader
+    gantry_submits(&cluster, 4, 20, 1, true).await?; // warm up connections and the leader
+    // (row, name, clients, requests each, jobs per request, follow the leader, baseline)
     let rows = [
         (
             SubmitRow::Single,
@@ -327,6 +335,7 @@ async fn submit(
             1,
             requests * 10,
             1,
+            true,
             "etcd 3.4 here: 1,150 puts/s, p99 1.9 ms",
         ),
         (
@@ -335,7 +344,17 @@ async fn submit(
             64,
             requests,
             1,
+            true,
             "etcd 3.4 here: 8,900 puts/s, p99 17 ms",
+        ),
+        (
+            SubmitRow::Clients,
+            "64 clients, not following the leader",
+            64,
+            requests,
+            1,
+            false,
+            "the row above",
         ),
         (
             SubmitRow::Batched,
@@ -343,24 +362,26 @@ async fn submit(
             64,
             (requests / 10).max(1),
             100,
+            true,
             "the 1-job row above",
         ),
     ];
     println!("\n{}", header());
     let mut single = 0.0;
     let mut entries = Vec::new();
-    for (row, name, n, reqs, batch, baseline) in rows {
+    for (row, name, n, reqs, batch, follow, baseline) in rows {
         if only.is_some_and(|o| o != row) {
             continue;
         }
         let before = leader_log_index(&cluster).await?;
-        let l = gantry_submits(&cluster, n, reqs, batch).await?;
+        let l = gantry_submits(&cluster, n, reqs, batch, follow).await?;
         let took = leader_log_index(&cluster).await? - before;
         entries.push((name, (n * reqs * batch) as f64 / took.max(1.0)));
-        if n == 64 && batch == 1 {
+        let compared = batch > 1 || !follow;
+        if n == 64 && !compared {
             single = l.per_s;
         }
-        let baseline = if batch > 1 && single > 0.0 {
+        let baseline = if compared && single > 0.0 {
             format!("{baseline}: {:.1}x", l.per_s / single)
         } else {
             baseline.to_owned()
@@ -436,7 +457,7 @@ async fn wait_counter(
 async fn submit_batches(cluster: &Cluster, jobs: usize) -> anyhow::Result<u64> {
     let per = jobs.div_ceil(4 * 1000);
     let mut tasks = Vec::new();
-    for client in clients(cluster, 4)? {
+    for client in clients(cluster, 4, true)? {
         tasks.push(tokio::spawn(async move {
             for _ in 0..per {
                 client.submit_jobs(vec![spec(); 1000]).await?;

@@ -3,7 +3,10 @@
 //! Replicas forward writes to the leader themselves, so a client never needs
 //! to know who leads. This client keeps one channel per replica, sticks to
 //! the last replica that answered, and on a transport failure or
-//! `UNAVAILABLE` moves to the next one until its retry deadline. Submits are
+//! `UNAVAILABLE` moves to the next one until its retry deadline. A follower
+//! names the leader in its reply to a write ([`gantry_proto::LEADER_HINT`]);
+//! when that address is one of this client's, later calls go there, which
+//! saves the forwarding hop (turn it off with [`ClientOptions::follow_leader`]). Submits are
 //! made safe to retry by giving every job without an idempotency key a fresh
 //! one, so a retried submit whose first try was committed returns the same job.
 
@@ -66,6 +69,9 @@ pub struct ClientOptions {
     /// How long to keep trying other replicas after failures.
     pub retry_deadline: Duration,
     pub transport: Transport,
+    /// Move to the leader a follower names in its reply to a write (only
+    /// to an address in this client's list). On by default.
+    pub follow_leader: bool,
 }
 
 impl Default for ClientOptions {
@@ -76,6 +82,7 @@ impl Default for ClientOptions {
             // Tests and tools set their own; the CLI refuses to run without
             // TLS files or an explicit --insecure.
             transport: Transport::insecure(),
+            follow_leader: true,
         }
     }
 }
@@ -132,6 +139,29 @@ impl Client {
     /// The addresses this client tries, in order.
     pub fn servers(&self) -> Vec<&str> {
         self.channels.iter().map(|(a, _)| a.as_str()).collect()
+    }
+
+    /// The address the next call goes to first.
+    pub fn current_server(&self) -> &str {
+        let i = self.current.load(Ordering::Relaxed) % self.channels.len();
+        &self.channels[i].0
+    }
+
+    /// Follows a reply's [`gantry_proto::LEADER_HINT`] when the leader it
+    /// names is one of this client's replicas; ignored otherwise.
+    fn follow_hint(&self, metadata: &tonic::metadata::MetadataMap) {
+        if !self.opts.follow_leader {
+            return;
+        }
+        let Some(leader) = metadata
+            .get(gantry_proto::LEADER_HINT)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return;
+        };
+        if let Some(i) = self.channels.iter().position(|(addr, _)| addr == leader) {
+            self.current.store(i, Ordering::Relaxed);
+        }
     }
 
     /// Runs `call` against replicas until one answers with something other
@@ -203,7 +233,11 @@ impl Client {
         let req = SubmitJobsRequest { jobs };
         self.with_retry(|ch| {
             let req = req.clone();
-            async move { Ok(Self::jobs(ch).submit_jobs(req).await?.into_inner()) }
+            async move {
+                let resp = Self::jobs(ch).submit_jobs(req).await?;
+                self.follow_hint(resp.metadata());
+                Ok(resp.into_inner())
+            }
         })
         .await
     }
@@ -240,8 +274,10 @@ impl Client {
         self.with_retry(|ch| {
             let req = req.clone();
             async move {
-                let resp = Self::jobs(ch).cancel_job(req).await?.into_inner();
-                resp.job
+                let resp = Self::jobs(ch).cancel_job(req).await?;
+                self.follow_hint(resp.metadata());
+                resp.into_inner()
+                    .job
                     .ok_or_else(|| Status::internal("server returned no job"))
             }
         })
@@ -313,10 +349,11 @@ impl Client {
         self.with_retry(|ch| {
             let req = req.clone();
             async move {
-                NodeServiceClient::with_interceptor(ch, InjectContext)
+                let resp = NodeServiceClient::with_interceptor(ch, InjectContext)
                     .set_eligibility(req)
-                    .await?
-                    .into_inner()
+                    .await?;
+                self.follow_hint(resp.metadata());
+                resp.into_inner()
                     .node
                     .ok_or_else(|| Status::internal("server returned no node"))
             }
@@ -339,10 +376,11 @@ impl Client {
         self.with_retry(|ch| {
             let req = req.clone();
             async move {
-                NodeServiceClient::with_interceptor(ch, InjectContext)
+                let resp = NodeServiceClient::with_interceptor(ch, InjectContext)
                     .set_blacklist(req)
-                    .await?
-                    .into_inner()
+                    .await?;
+                self.follow_hint(resp.metadata());
+                resp.into_inner()
                     .node
                     .ok_or_else(|| Status::internal("server returned no node"))
             }

@@ -87,6 +87,39 @@ impl RaftService for InternalService {
         payload(&self.replica.raft.append_entries(rpc).await)
     }
 
+    type StreamAppendStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftPayload, Status>> + Send>>;
+
+    /// The follower side of pipelined replication: each request goes to
+    /// openraft as it arrives, each result comes back in order. A request
+    /// that does not decode ends the stream after the results before it
+    /// (the leader starts a new one from what was acknowledged).
+    async fn stream_append(
+        &self,
+        req: Request<Streaming<RaftPayload>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        auth::require(&self.replica, &req, auth::SERVER, "stream_append")?;
+        let input = req.into_inner().scan((), |_, msg| {
+            let rpc = match msg {
+                Ok(p) => decode::<openraft::raft::AppendEntriesRequest<gantry_store::TypeConfig>>(
+                    &p.data,
+                )
+                .map_err(|e| tracing::warn!(error = %e, "undecodable append in a replication stream; ending it")),
+                Err(status) => {
+                    tracing::debug!(error = %status, "replication stream from the leader ended");
+                    Err(())
+                }
+            };
+            std::future::ready(rpc.ok())
+        });
+        let output = self.replica.raft.stream_append(input).map(|result| {
+            encode(&result)
+                .map(|data| RaftPayload { data })
+                .map_err(|e| Status::internal(format!("encoding an append result: {e}")))
+        });
+        Ok(Response::new(Box::pin(output)))
+    }
+
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         auth::require(&self.replica, &req, auth::SERVER, "vote")?;
         let rpc = decode(&req.into_inner().data).map_err(bad_payload)?;

@@ -136,16 +136,19 @@ impl JobService for JobApi {
             return Err(error::unexpected_outcome("SubmitJobs"));
         };
         let submitted = result.map_err(error::submit)?;
-        Ok(Response::new(SubmitJobsResponse {
-            jobs: submitted
-                .into_iter()
-                .map(|s| SubmittedJob {
-                    job_id: s.job_id,
-                    existing: s.existing,
-                })
-                .collect(),
-            commit_index: index,
-        }))
+        Ok(crate::forward::write_reply(
+            &self.replica,
+            SubmitJobsResponse {
+                jobs: submitted
+                    .into_iter()
+                    .map(|s| SubmittedJob {
+                        job_id: s.job_id,
+                        existing: s.existing,
+                    })
+                    .collect(),
+                commit_index: index,
+            },
+        ))
     }
 
     async fn get_job(
@@ -229,8 +232,11 @@ impl JobService for JobApi {
             return Err(error::unexpected_outcome("CancelJob"));
         };
         let job = result.map_err(error::cancel)?;
-        Ok(Response::new(CancelJobResponse {
-            job: Some(job_to_api(&job, true)),
-        }))
+        Ok(crate::forward::write_reply(
+            &self.replica,
+            CancelJobResponse {
+                job: Some(job_to_api(&job, true)),
+            },
+        ))
     }
 }

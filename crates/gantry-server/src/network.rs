@@ -2,9 +2,22 @@
 //!
 //! Requests and responses are openraft's own serde types, encoded as JSON
 //! inside `RaftPayload` bytes (see proto/gantry/internal/v1/raft.proto).
+//! Replication is pipelined over one `StreamAppend` call per openraft
+//! replication session: the leader sends each new batch of entries as a
+//! message without waiting for the answer to the previous one (one unary
+//! `AppendEntries` call per batch, each waiting on the follower's fsync, is
+//! the fallback for replicas that do not know the call).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use openraft::base::{BoxFuture, BoxStream};
+use openraft::errors::Fatal;
+use openraft::network::stream_append_sequential;
+use openraft::raft::StreamAppendResult;
+use tokio::time::Instant;
 
 use gantry_proto::internal::v1::{RaftPayload, SnapshotChunk};
 use gantry_store::{ReplicaId, Snapshot, TypeConfig, Vote};
@@ -49,6 +62,9 @@ pub struct PeerClient {
     peers: Peers,
     target: ReplicaId,
     addr: String,
+    /// Whether the target takes `StreamAppend`; a replica from before it
+    /// answers UNIMPLEMENTED once and is sent one `AppendEntries` at a time.
+    streaming: bool,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -59,6 +75,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             peers: self.peers.clone(),
             target,
             addr: node.addr.clone(),
+            streaming: true,
         }
     }
 }
@@ -118,8 +135,159 @@ impl PeerClient {
     }
 }
 
+/// What is left of a pipelined replication stream: the target's answers,
+/// and when each request still unanswered was sent.
+struct Answers {
+    responses: tonic::Streaming<RaftPayload>,
+    sent: tokio::sync::mpsc::UnboundedReceiver<Instant>,
+    unanswered: VecDeque<Instant>,
+    timeout: Duration,
+    target: ReplicaId,
+    done: bool,
+}
+
+impl Answers {
+    /// The next answer, in request order. A request unanswered for `timeout`
+    /// fails the stream (a target that stopped answering without closing the
+    /// connection); an idle stream, with nothing to answer, waits for the
+    /// leader's next request as long as it takes.
+    async fn next(
+        &mut self,
+    ) -> Option<Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            while let Ok(t) = self.sent.try_recv() {
+                self.unanswered.push_back(t);
+            }
+            let deadline = self.unanswered.front().map(|t| *t + self.timeout);
+            let overdue = async move {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let message = tokio::select! {
+                m = self.responses.message() => m,
+                Some(t) = self.sent.recv() => {
+                    self.unanswered.push_back(t);
+                    continue;
+                }
+                () = overdue => {
+                    self.done = true;
+                    return Some(Err(net_err(format!(
+                        "replica {} did not answer an append within {:?}",
+                        self.target, self.timeout
+                    ))));
+                }
+            };
+            let answer = match message {
+                Ok(Some(p)) => {
+                    self.unanswered.pop_front();
+                    let decoded: Result<
+                        Result<StreamAppendResult<TypeConfig>, Fatal<TypeConfig>>,
+                        _,
+                    > = decode(&p.data);
+                    match decoded {
+                        Ok(Ok(result)) => Ok(result),
+                        Ok(Err(fatal)) => {
+                            Err(net_err(format!("replica {} refused: {fatal}", self.target)))
+                        }
+                        Err(e) => Err(net_err(format!(
+                            "replica {} sent an undecodable append result: {e}",
+                            self.target
+                        ))),
+                    }
+                }
+                Ok(None) => return None,
+                Err(status) => Err(to_rpc_error(status)),
+            };
+            self.done = answer.is_err();
+            return Some(answer);
+        }
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for PeerClient {
     type SnapshotData = Vec<u8>;
+
+    /// Pipelined replication over one `StreamAppend` call: requests go out
+    /// as openraft makes them, without waiting for earlier answers.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        if !self.streaming {
+            return stream_append_sequential(self, input, option);
+        }
+        Box::pin(async move {
+            let timeout = option.hard_ttl().max(MIN_RPC_TIMEOUT);
+            let mut client = self
+                .peers
+                .raft_client(&self.addr)
+                .await
+                .map_err(to_rpc_error)?;
+            let (sent_tx, sent) = tokio::sync::mpsc::unbounded_channel();
+            let target = self.target;
+            let requests = input.scan((), move |_, req| {
+                let msg = match encode(&req) {
+                    Ok(data) => {
+                        let _ = sent_tx.send(Instant::now());
+                        Some(RaftPayload { data })
+                    }
+                    Err(e) => {
+                        tracing::error!(target_replica = target, error = %e, "could not encode an append; ending the stream");
+                        None
+                    }
+                };
+                std::future::ready(msg)
+            });
+            let responses = match tokio::time::timeout(timeout, client.stream_append(requests))
+                .await
+            {
+                Ok(Ok(r)) => r.into_inner(),
+                Ok(Err(s)) if s.code() == Code::Unimplemented => {
+                    tracing::info!(
+                        target_replica = target,
+                        "replica does not take StreamAppend (an older version); replicating one AppendEntries at a time"
+                    );
+                    self.streaming = false;
+                    return Err(RPCError::Unreachable(Unreachable::new(&s)));
+                }
+                Ok(Err(s)) => return Err(to_rpc_error(s)),
+                Err(_) => {
+                    return Err(net_err(format!(
+                        "replica {target} at {} did not open a replication stream within {timeout:?}",
+                        self.addr
+                    )));
+                }
+            };
+            let answers = Answers {
+                responses,
+                sent,
+                unanswered: VecDeque::new(),
+                timeout,
+                target,
+                done: false,
+            };
+            let stream = futures::stream::unfold(answers, |mut a| async move {
+                let item = a.next().await?;
+                Some((item, a))
+            });
+            Ok(Box::pin(stream) as BoxStream<'s, _>)
+        })
+    }
 
     async fn append_entries(
         &mut self,
@@ -225,5 +393,66 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 self.target
             )))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use gantry_proto::transport::Transport;
+
+    fn heartbeat() -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: vec![],
+        }
+    }
+
+    /// A replica from before `StreamAppend` (here: a server without the Raft
+    /// service at all) answers UNIMPLEMENTED: the first stream fails as
+    /// unreachable, so openraft backs off and tries again, and every later
+    /// one goes out as unary `AppendEntries` calls instead.
+    #[tokio::test]
+    async fn t20_a_replica_without_stream_append_is_sent_unary_appends() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (_health, service) = tonic_health::server::health_reporter();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let mut client = PeerClient {
+            peers: Peers::new(Transport::insecure(), None),
+            target: 2,
+            addr,
+            streaming: true,
+        };
+        let option = RPCOption::new(Duration::from_secs(5));
+        let first = match client
+            .stream_append(futures::stream::iter(vec![heartbeat()]), option.clone())
+            .await
+        {
+            Ok(_) => "a stream".to_owned(),
+            Err(RPCError::Unreachable(_)) => "unreachable".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(first, "unreachable");
+        assert!(!client.streaming, "the replica is marked as not streaming");
+
+        // Now sequential: the unary AppendEntries call is what fails here.
+        let mut answers = client
+            .stream_append(futures::stream::iter(vec![heartbeat()]), option)
+            .await
+            .unwrap();
+        let answer = answers.next().await.unwrap();
+        assert!(
+            matches!(&answer, Err(RPCError::Network(e)) if e.to_string().contains("not implemented")),
+            "{answer:?}"
+        );
     }
 }

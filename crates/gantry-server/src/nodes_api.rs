@@ -85,9 +85,11 @@ impl NodeService for NodeApi {
             Outcome::Node(Err(e)) => return Err(Status::not_found(e.to_string())),
             _ => return Err(crate::error::unexpected_outcome("SetEligibility")),
         }
-        Ok(Response::new(SetEligibilityResponse {
-            node: self.node_after(&req.node_id, index, deadline).await,
-        }))
+        let node = self.node_after(&req.node_id, index, deadline).await;
+        Ok(crate::forward::write_reply(
+            &self.replica,
+            SetEligibilityResponse { node },
+        ))
     }
 
     async fn set_blacklist(
@@ -110,9 +112,11 @@ impl NodeService for NodeApi {
             Outcome::Node(Err(e)) => return Err(Status::not_found(e.to_string())),
             _ => return Err(crate::error::unexpected_outcome("SetBlacklist")),
         }
-        Ok(Response::new(SetBlacklistResponse {
-            node: self.node_after(&req.node_id, index, deadline).await,
-        }))
+        let node = self.node_after(&req.node_id, index, deadline).await;
+        Ok(crate::forward::write_reply(
+            &self.replica,
+            SetBlacklistResponse { node },
+        ))
     }
 }
 
