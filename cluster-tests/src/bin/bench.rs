@@ -349,7 +349,7 @@ async fn submit(
         ),
         (
             SubmitRow::Clients,
-            "64 clients, not following the leader",
+            "64 clients, leader hint off",
             64,
             requests,
             1,
