@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod etcd;
+pub mod load;
 
 use std::time::Duration;
 

@@ -147,21 +147,19 @@ impl Client {
         &self.channels[i].0
     }
 
-    /// Follows a reply's [`gantry_proto::LEADER_HINT`] when the leader it
-    /// names is one of this client's replicas; ignored otherwise.
-    fn follow_hint(&self, metadata: &tonic::metadata::MetadataMap) {
-        if !self.opts.follow_leader {
-            return;
-        }
-        let Some(leader) = metadata
+    /// A write's reply, after following its [`gantry_proto::LEADER_HINT`]
+    /// when the leader it names is one of this client's replicas.
+    fn followed<T>(&self, reply: tonic::Response<T>) -> T {
+        let leader = reply
+            .metadata()
             .get(gantry_proto::LEADER_HINT)
-            .and_then(|v| v.to_str().ok())
-        else {
-            return;
-        };
-        if let Some(i) = self.channels.iter().position(|(addr, _)| addr == leader) {
+            .and_then(|v| v.to_str().ok());
+        if self.opts.follow_leader
+            && let Some(i) = leader.and_then(|l| self.channels.iter().position(|(a, _)| a == l))
+        {
             self.current.store(i, Ordering::Relaxed);
         }
+        reply.into_inner()
     }
 
     /// Runs `call` against replicas until one answers with something other
@@ -233,11 +231,7 @@ impl Client {
         let req = SubmitJobsRequest { jobs };
         self.with_retry(|ch| {
             let req = req.clone();
-            async move {
-                let resp = Self::jobs(ch).submit_jobs(req).await?;
-                self.follow_hint(resp.metadata());
-                Ok(resp.into_inner())
-            }
+            async move { Ok(self.followed(Self::jobs(ch).submit_jobs(req).await?)) }
         })
         .await
     }
@@ -274,10 +268,8 @@ impl Client {
         self.with_retry(|ch| {
             let req = req.clone();
             async move {
-                let resp = Self::jobs(ch).cancel_job(req).await?;
-                self.follow_hint(resp.metadata());
-                resp.into_inner()
-                    .job
+                let resp = self.followed(Self::jobs(ch).cancel_job(req).await?);
+                resp.job
                     .ok_or_else(|| Status::internal("server returned no job"))
             }
         })
@@ -352,8 +344,7 @@ impl Client {
                 let resp = NodeServiceClient::with_interceptor(ch, InjectContext)
                     .set_eligibility(req)
                     .await?;
-                self.follow_hint(resp.metadata());
-                resp.into_inner()
+                self.followed(resp)
                     .node
                     .ok_or_else(|| Status::internal("server returned no node"))
             }
@@ -379,8 +370,7 @@ impl Client {
                 let resp = NodeServiceClient::with_interceptor(ch, InjectContext)
                     .set_blacklist(req)
                     .await?;
-                self.follow_hint(resp.metadata());
-                resp.into_inner()
+                self.followed(resp)
                     .node
                     .ok_or_else(|| Status::internal("server returned no node"))
             }

@@ -301,6 +301,15 @@ fn arb_command() -> impl Strategy<Value = Command> {
     ]
 }
 
+/// A state that applied `cmds` at indexes 1, 2, ...
+fn applied(cmds: &[Command]) -> State {
+    let mut s = State::default();
+    for (i, c) in cmds.iter().enumerate() {
+        s.apply(i as u64 + 1, c);
+    }
+    s
+}
+
 proptest! {
     #[test]
     fn t30_apply_is_deterministic(cmds in prop::collection::vec(arb_command(), 0..40)) {
@@ -351,10 +360,7 @@ proptest! {
         before in prop::collection::vec(arb_command(), 0..30),
         after in prop::collection::vec(arb_command(), 0..10),
     ) {
-        let mut s = State::default();
-        for (i, c) in before.iter().enumerate() {
-            s.apply(i as u64 + 1, c);
-        }
+        let mut s = applied(&before);
         let expected = s.to_snapshot().unwrap();
         let copy = s.snapshot_copy();
         for (i, c) in after.iter().enumerate() {
@@ -368,10 +374,7 @@ proptest! {
         before in prop::collection::vec(arb_command(), 0..30),
         after in prop::collection::vec(arb_command(), 0..10),
     ) {
-        let mut s = State::default();
-        for (i, c) in before.iter().enumerate() {
-            s.apply(i as u64 + 1, c);
-        }
+        let mut s = applied(&before);
         let mut restored = State::from_snapshot(&s.to_snapshot().unwrap()).unwrap();
         prop_assert_eq!(&restored, &s);
         for (i, c) in after.iter().enumerate() {

@@ -44,19 +44,11 @@ pub(crate) async fn leader_channel<T>(
 /// not lead (the write went through the leader, so a leader is known).
 pub(crate) fn write_reply<T>(replica: &Replica, msg: T) -> tonic::Response<T> {
     let mut resp = tonic::Response::new(msg);
-    let addr = {
-        let rx = replica.raft.metrics();
-        let m = openraft::async_runtime::WatchReceiver::borrow_watched(&rx);
-        match m.current_leader {
-            Some(id) if id != replica.id => m
-                .membership_config
-                .membership()
-                .get_node(&id)
-                .map(|n| n.addr.clone()),
-            _ => None,
-        }
-    };
-    if let Some(value) = addr.and_then(|a| a.parse().ok()) {
+    let hint = replica
+        .known_leader()
+        .filter(|(id, _)| *id != replica.id)
+        .and_then(|(_, addr)| addr.parse().ok());
+    if let Some(value) = hint {
         resp.metadata_mut().insert(gantry_proto::LEADER_HINT, value);
     }
     resp

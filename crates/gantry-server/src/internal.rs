@@ -99,18 +99,16 @@ impl RaftService for InternalService {
         req: Request<Streaming<RaftPayload>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
         auth::require(&self.replica, &req, auth::SERVER, "stream_append")?;
-        let input = req.into_inner().scan((), |_, msg| {
-            let rpc = match msg {
-                Ok(p) => decode::<openraft::raft::AppendEntriesRequest<gantry_store::TypeConfig>>(
-                    &p.data,
-                )
-                .map_err(|e| tracing::warn!(error = %e, "undecodable append in a replication stream; ending it")),
-                Err(status) => {
-                    tracing::debug!(error = %status, "replication stream from the leader ended");
-                    Err(())
-                }
-            };
-            std::future::ready(rpc.ok())
+        let input = tokio_stream::StreamExt::map_while(req.into_inner(), |msg| {
+            match msg {
+            Ok(p) => decode::<openraft::raft::AppendEntriesRequest<gantry_store::TypeConfig>>(&p.data)
+                .map_err(|e| tracing::warn!(error = %e, "undecodable append in a replication stream; ending it"))
+                .ok(),
+            Err(status) => {
+                tracing::debug!(error = %status, "replication stream from the leader ended");
+                None
+            }
+        }
         });
         let output = self.replica.raft.stream_append(input).map(|result| {
             encode(&result)

@@ -187,16 +187,7 @@ pub async fn report_sessions(replica: Arc<Replica>) {
         if nodes.is_empty() {
             continue;
         }
-        let leader = {
-            let rx = replica.raft.metrics();
-            let m = rx.borrow_watched();
-            m.current_leader.and_then(|id| {
-                m.membership_config
-                    .membership()
-                    .get_node(&id)
-                    .map(|n| (id, n.addr.clone()))
-            })
-        };
+        let leader = replica.known_leader();
         // A leader this replica has not reported to gets all the telemetry.
         let new_leader = leader.as_ref().map(|(id, _)| *id) != reported_to;
         reported_to = leader.as_ref().map(|(id, _)| *id);

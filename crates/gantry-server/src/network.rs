@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::Fatal;
 use openraft::network::stream_append_sequential;
@@ -240,8 +240,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 .map_err(to_rpc_error)?;
             let (sent_tx, sent) = tokio::sync::mpsc::unbounded_channel();
             let target = self.target;
-            let requests = input.scan((), move |_, req| {
-                let msg = match encode(&req) {
+            let requests = tokio_stream::StreamExt::map_while(input, move |req| {
+                match encode(&req) {
                     Ok(data) => {
                         let _ = sent_tx.send(Instant::now());
                         Some(RaftPayload { data })
@@ -250,8 +250,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                         tracing::error!(target_replica = target, error = %e, "could not encode an append; ending the stream");
                         None
                     }
-                };
-                std::future::ready(msg)
+                }
             });
             let responses = match tokio::time::timeout(timeout, client.stream_append(requests))
                 .await
@@ -401,6 +400,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use futures::StreamExt;
     use gantry_proto::transport::Transport;
 
     fn heartbeat() -> AppendEntriesRequest<TypeConfig> {

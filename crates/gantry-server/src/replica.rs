@@ -82,18 +82,23 @@ fn unavailable_no_leader(waited: Duration) -> Status {
 // === impl Replica ===
 
 impl Replica {
+    /// The leader this replica knows of now, and its address; `None` while
+    /// there is none (an election) or its address is not in the membership.
+    pub fn known_leader(&self) -> Option<(ReplicaId, String)> {
+        let rx = self.raft.metrics();
+        let m = rx.borrow_watched();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?;
+        Some((id, node.addr.clone()))
+    }
+
     /// The current leader and its address, waiting for one until `deadline`.
     pub async fn leader(&self, deadline: Instant) -> Result<(ReplicaId, String), Status> {
         let started = Instant::now();
         let mut rx = self.raft.metrics();
         loop {
-            {
-                let m = rx.borrow_watched();
-                if let Some(id) = m.current_leader
-                    && let Some(node) = m.membership_config.membership().get_node(&id)
-                {
-                    return Ok((id, node.addr.clone()));
-                }
+            if let Some(leader) = self.known_leader() {
+                return Ok(leader);
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => {}
