@@ -154,6 +154,7 @@ impl AgentService for AgentApi {
         }
         let dispatcher =
             Dispatcher::new(replica.clone(), info, session.clone(), running, tx.clone());
+        let outbound = replica.until_stopped(rx);
         tokio::spawn(async move {
             // Counted for as long as the session runs.
             let _counted = counted;
@@ -163,7 +164,7 @@ impl AgentService for AgentApi {
             )
             .await;
         });
-        Ok(Response::new(Box::pin(rx)))
+        Ok(Response::new(Box::pin(outbound)))
     }
 }
 

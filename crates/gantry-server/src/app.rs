@@ -50,6 +50,9 @@ pub enum StartError {
 
 /// How often TLS files are checked for renewal.
 const TLS_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a stopping replica waits for calls in flight (unary calls
+/// finishing; streams end at once) before it stops without them.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A running replica.
 pub struct ServerHandle {
@@ -136,6 +139,7 @@ pub async fn start_on(
         wakeups: Default::default(),
         submits: submit_queue,
         forwards: forward_queue,
+        stopping: Default::default(),
         config: Arc::new(config),
     });
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -277,28 +281,50 @@ async fn bootstrap(raft: &Raft, config: &ServerConfig) -> Result<(), StartError>
     }
 }
 
+/// How a replica stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every call in flight ended by itself.
+    Gracefully,
+    /// Calls were still open after the grace period and were cut.
+    CallsCut,
+}
+
 // === impl ServerHandle ===
 
 impl ServerHandle {
     /// Stops serving and shuts Raft down.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(mut self) -> Stopped {
         // A leader hands over first, so writes pause for one hand-off
         // instead of an election timeout.
         hand_off_leadership(&self.replica).await;
         for task in self.background.drain(..) {
             task.abort();
         }
+        // Long-lived streams end first (agents reconnect elsewhere, a
+        // leader's replication stream is cut): graceful shutdown waits for
+        // every open stream.
+        self.replica.stopping.cancel();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Err(e) = self.replica.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
-        match (&mut self.serve).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "server stopped with an error"),
-            Err(e) => tracing::warn!(error = %e, "server task failed"),
+        match tokio::time::timeout(STOP_GRACE, &mut self.serve).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server stopped with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+            Err(_) => {
+                tracing::warn!(
+                    grace_s = STOP_GRACE.as_secs(),
+                    "calls still open after the grace period; stopping without them"
+                );
+                self.serve.abort();
+                return Stopped::CallsCut;
+            }
         }
+        Stopped::Gracefully
     }
 
     /// Waits until the server stops by itself (it does not, unless it fails).

@@ -115,7 +115,7 @@ impl RaftService for InternalService {
                 .map(|data| RaftPayload { data })
                 .map_err(|e| Status::internal(format!("encoding an append result: {e}")))
         });
-        Ok(Response::new(Box::pin(output)))
+        Ok(Response::new(Box::pin(self.replica.until_stopped(output))))
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
@@ -228,9 +228,9 @@ impl RaftService for InternalService {
         let tail = self.replica.output.tail(&r.node_id, attempt).await;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(crate::watch::stream_tail(tail, r.follow, tx));
-        Ok(Response::new(Box::pin(
+        Ok(Response::new(Box::pin(self.replica.until_stopped(
             tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        ))))
     }
 
     async fn report_sessions(

@@ -63,9 +63,9 @@ impl JobService for JobApi {
             req.from_index,
             tx,
         ));
-        Ok(Response::new(Box::pin(
+        Ok(Response::new(Box::pin(self.replica.until_stopped(
             tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        ))))
     }
 
     async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
@@ -83,9 +83,9 @@ impl JobService for JobApi {
                 let _ = err_tx.send(Err(e)).await;
             }
         });
-        Ok(Response::new(Box::pin(
+        Ok(Response::new(Box::pin(self.replica.until_stopped(
             tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        ))))
     }
 
     async fn submit_jobs(

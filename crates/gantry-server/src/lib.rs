@@ -32,7 +32,7 @@ mod sessions;
 mod snapshot_api;
 mod watch;
 
-pub use app::{ServerHandle, StartError, start, start_on};
+pub use app::{ServerHandle, StartError, Stopped, start, start_on};
 pub use config::{ConfigError, RaftTimings, ServerConfig, parse_peers};
 pub use jobs::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use replica::Replica;

@@ -71,6 +71,9 @@ pub struct Replica {
     pub(crate) submits: crate::group_commit::Queue,
     /// Submissions waiting to share one request forwarded to the leader.
     pub(crate) forwards: crate::group_commit::Queue,
+    /// Cancelled when the replica begins to stop: ends its long-lived
+    /// streams (see `until_stopped`).
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 fn unavailable_no_leader(waited: Duration) -> Status {
@@ -81,7 +84,37 @@ fn unavailable_no_leader(waited: Duration) -> Status {
 
 // === impl Replica ===
 
+/// What a stream this replica serves ends with when the replica stops.
+fn stopped_status() -> Status {
+    Status::unavailable("the replica is shutting down; connect to another replica")
+}
+
 impl Replica {
+    /// `stream`, ending with UNAVAILABLE when this replica begins to stop.
+    /// Every long-lived stream it serves (agent sessions, replication, watch
+    /// and log follows) goes through this: graceful shutdown waits for open
+    /// streams, and a peer that keeps one open (a leader replicating, an
+    /// agent) would otherwise hold the replica up for ever.
+    pub fn until_stopped<T, S>(
+        &self,
+        stream: S,
+    ) -> impl futures::Stream<Item = Result<T, Status>> + Send + 'static
+    where
+        T: Send + 'static,
+        S: futures::Stream<Item = Result<T, Status>> + Send + 'static,
+    {
+        use futures::StreamExt;
+        let token = self.stopping.clone();
+        futures::stream::unfold(Some((Box::pin(stream), token)), |state| async move {
+            let (mut stream, token) = state?;
+            tokio::select! {
+                biased;
+                () = token.cancelled() => Some((Err(stopped_status()), None)),
+                item = stream.next() => item.map(|item| (item, Some((stream, token)))),
+            }
+        })
+    }
+
     /// The leader this replica knows of now, and its address; `None` while
     /// there is none (an election) or its address is not in the membership.
     pub fn known_leader(&self) -> Option<(ReplicaId, String)> {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use gantry_client::{Client, ClientOptions, api};
-use gantry_server::{RaftTimings, ServerConfig, ServerHandle, start_on};
+use gantry_server::{RaftTimings, ServerConfig, ServerHandle, Stopped, start_on};
 use openraft::async_runtime::WatchReceiver;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -209,6 +209,38 @@ async fn t30_leader_stop_elects_a_new_leader_and_keeps_the_job() {
     assert_eq!(down.role, "unreachable");
     for h in cluster.handles.into_values() {
         h.shutdown().await;
+    }
+}
+
+/// A follower holds streams it does not own: the leader's replication
+/// stream and a client's watch. Stopping it must end them, not wait for the
+/// peers to let go (they never do), and a watcher learns why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t30_a_follower_stops_gracefully_with_streams_open_to_it() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.leader().await;
+    let follower = cluster.follower(leader);
+    let client = cluster.client(follower, ClientOptions::default());
+    // A committed write: the leader has replicated to the follower.
+    client
+        .submit_jobs(vec![spec(&["/bin/true"])])
+        .await
+        .unwrap();
+    let mut watch = client.watch("", 0).await.unwrap();
+    assert!(
+        watch.message().await.unwrap().is_some(),
+        "the submitted job"
+    );
+    let stopped = cluster.handles.remove(&follower).unwrap().shutdown().await;
+    assert_eq!(stopped, Stopped::Gracefully, "no call outlived the stop");
+    let end = watch.message().await.unwrap_err();
+    assert_eq!(end.code(), tonic::Code::Unavailable, "{end}");
+    assert!(end.message().contains("shutting down"), "{end}");
+    // The other two still commit.
+    let c2 = cluster.client(leader, ClientOptions::default());
+    c2.submit_jobs(vec![spec(&["/bin/true"])]).await.unwrap();
+    for h in cluster.handles.into_values() {
+        assert_eq!(h.shutdown().await, Stopped::Gracefully);
     }
 }
 
