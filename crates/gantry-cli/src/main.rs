@@ -18,6 +18,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use gantry_client::{Client, ClientError, ClientOptions};
 
+/// jemalloc instead of the system allocator: a replica's request path
+/// allocates and frees many small buffers across threads (HTTP/2 frames, TLS
+/// records, decoded messages, log entries); see docs/benchmarks.md for what
+/// it changed.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exit codes, after sysexits.h.
 pub const EXIT_USAGE: u8 = 64;
 pub const EXIT_UNAVAILABLE: u8 = 69;

@@ -17,8 +17,8 @@ pub struct NewJob {
     pub spec: JobSpec,
     /// The W3C `traceparent` of the request that submitted it ("" if none):
     /// the job's life is one trace under it. Added later: older entries
-    /// decode with none.
-    #[serde(default)]
+    /// decode with none, and none is not written.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub trace_parent: String,
 }
 

@@ -12,55 +12,81 @@ pub type JobId = String;
 /// The default number of attempts for workload failures when a spec says 0.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
-/// What a task needs from a node. A missing field reads as its default.
+/// Whether `v` is its type's default: such fields are not written.
+pub(crate) fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// What a task needs from a node. A missing field reads as its default, and
+/// a default-valued one is not written.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Resources {
     /// Thousandths of a CPU core.
+    #[serde(skip_serializing_if = "is_default")]
     pub cpu_millis: u64,
+    #[serde(skip_serializing_if = "is_default")]
     pub memory_mib: u64,
+    #[serde(skip_serializing_if = "is_default")]
     pub gpus: u32,
 }
 
 /// What the user asked for. Immutable once submitted.
 ///
-/// Every field missing from an encoded spec reads as its default (the
-/// fields added later always did). Entries are still written with every
-/// field, so that replicas of earlier versions read them during a rolling
-/// upgrade; once every replica reads specs this way, a later version can
-/// leave default-valued fields out (about a third of a log entry's JSON).
+/// Every field missing from an encoded spec reads as its default, and
+/// default-valued fields are left out when one is written (a log entry's
+/// JSON is about a third smaller). Replicas since commit 168d458 read specs
+/// this way; a replica from before it is upgraded to one from between the
+/// two first (docs/operations.md, "Upgrade").
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default)]
 pub struct JobSpec {
+    #[serde(skip_serializing_if = "is_default")]
     pub name: String,
+    #[serde(skip_serializing_if = "is_default")]
     pub argv: Vec<String>,
+    #[serde(skip_serializing_if = "is_default")]
     pub env: BTreeMap<String, String>,
     /// Empty: a fresh directory per attempt.
+    #[serde(skip_serializing_if = "is_default")]
     pub working_dir: String,
+    #[serde(skip_serializing_if = "is_default")]
     pub resources: Resources,
     /// Node labels that must all equal these values.
+    #[serde(skip_serializing_if = "is_default")]
     pub constraints: BTreeMap<String, String>,
     /// Number of tasks; 0 is normalised to 1 by [`JobSpec::normalized`].
+    #[serde(skip_serializing_if = "is_default")]
     pub count: u32,
+    #[serde(skip_serializing_if = "is_default")]
     pub priority: i32,
     /// 0: no timeout.
+    #[serde(skip_serializing_if = "is_default")]
     pub timeout_ms: u64,
     /// 0 is normalised to [`DEFAULT_MAX_ATTEMPTS`].
+    #[serde(skip_serializing_if = "is_default")]
     pub max_attempts: u32,
     /// Empty: no idempotency.
+    #[serde(skip_serializing_if = "is_default")]
     pub idempotency_key: String,
     /// Run `argv[0]` as a script with `sh -c` (argv[1..] become $0, $1, ...).
     /// Without it argv is executed directly, never through a shell.
+    #[serde(skip_serializing_if = "is_default")]
     pub shell: bool,
     /// Placement: spread tasks over nodes instead of bin-packing them.
+    #[serde(skip_serializing_if = "is_default")]
     pub spread: bool,
     // Added later: older entries decode without them.
     /// Only GPUs whose model contains this (case-insensitive); empty: any.
+    #[serde(skip_serializing_if = "is_default")]
     pub gpu_model: String,
     /// Only GPUs with at least this much memory; 0: any.
+    #[serde(skip_serializing_if = "is_default")]
     pub gpu_min_memory_mib: u64,
+    #[serde(skip_serializing_if = "is_default")]
     pub placement: PlacementPolicy,
     /// A service task is ready only once this passes.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub readiness: Option<Probe>,
 }
 
@@ -366,10 +392,10 @@ impl Job {
 mod tests {
     use super::*;
 
-    // A spec that leaves out default-valued fields (what a later version
-    // may write) reads as the full spec; one with every field still does.
+    // A spec is written without its default-valued fields and reads back as
+    // the full spec; so does one with every field set.
     #[test]
-    fn t10_a_spec_without_default_fields_reads_as_the_full_spec() {
+    fn t10_a_spec_is_written_without_default_fields_and_reads_back_whole() {
         let full = JobSpec {
             argv: vec!["/bin/true".into()],
             max_attempts: 1,
@@ -379,13 +405,46 @@ mod tests {
             },
             ..JobSpec::default()
         };
-        let compact = r#"{"argv":["/bin/true"],"max_attempts":1,"resources":{"cpu_millis":500}}"#;
+        let compact = r#"{"argv":["/bin/true"],"resources":{"cpu_millis":500},"max_attempts":1}"#;
         let read: JobSpec = serde_json::from_str(compact).unwrap();
         assert_eq!(read, full);
         let round: JobSpec = serde_json::from_slice(&serde_json::to_vec(&full).unwrap()).unwrap();
         assert_eq!(round, full);
-        // Written in full, for replicas of earlier versions.
-        let written = serde_json::to_string(&full).unwrap();
-        assert!(written.contains(r#""name":"""#), "{written}");
+        // Written without its default-valued fields.
+        assert_eq!(serde_json::to_string(&full).unwrap(), compact);
+        // A spec with every field set is written and read back whole.
+        let every = JobSpec {
+            name: "n".into(),
+            argv: vec!["a".into()],
+            env: [("K".to_owned(), "V".to_owned())].into(),
+            working_dir: "/w".into(),
+            resources: Resources {
+                cpu_millis: 1,
+                memory_mib: 2,
+                gpus: 3,
+            },
+            constraints: [("zone".to_owned(), "a".to_owned())].into(),
+            count: 4,
+            priority: -5,
+            timeout_ms: 6,
+            max_attempts: 7,
+            idempotency_key: "k".into(),
+            shell: true,
+            spread: true,
+            gpu_model: "H200".into(),
+            gpu_min_memory_mib: 8,
+            placement: PlacementPolicy::Strict,
+            readiness: Some(Probe {
+                check: ProbeCheck::Tcp {
+                    host: "h".into(),
+                    port: 9,
+                },
+                warmup_ms: 10,
+                interval_ms: 11,
+                timeout_ms: 12,
+            }),
+        };
+        let back: JobSpec = serde_json::from_slice(&serde_json::to_vec(&every).unwrap()).unwrap();
+        assert_eq!(back, every);
     }
 }
