@@ -4,6 +4,8 @@
 // Tests may unwrap; synchronous helpers poll with std's clock.
 #![allow(clippy::unwrap_used, clippy::disallowed_types)]
 
+use std::collections::BTreeMap;
+
 use gantry_core::{Command, JobSpec, NewJob};
 use gantry_store::{Entry, LogId, Vote};
 use openraft::entry::RaftEntry;
@@ -139,4 +141,119 @@ async fn t20_a_snapshot_in_the_old_place_is_moved_and_loaded() {
         db.open_tree("snapshot").unwrap().is_empty(),
         "moved, not copied"
     );
+}
+
+fn log_id_in(term: u64, index: u64) -> LogId {
+    LogId::new(CommittedLeaderId { term, node_id: 1 }, index)
+}
+
+async fn append(log: &mut gantry_store::LogStore, entries: Vec<Entry>) {
+    let (flushed, on_disk) = gantry_store::TypeConfig::oneshot();
+    log.append(entries, IOFlushed::signal(flushed))
+        .await
+        .unwrap();
+    on_disk.await.unwrap().unwrap();
+}
+
+/// A short account of entries for a failed assertion: the first and last
+/// log ids and how many.
+fn summary(entries: &[Entry]) -> String {
+    match (entries.first(), entries.last()) {
+        (Some(a), Some(b)) => format!("{} entries, {} ..= {}", entries.len(), a.log_id, b.log_id),
+        _ => "none".into(),
+    }
+}
+
+fn check(got: Vec<Entry>, want: Vec<Entry>, what: &str, range: &str) {
+    assert!(
+        got == want,
+        "{what}: {range}: read {}, the log holds {}",
+        summary(&got),
+        summary(&want)
+    );
+}
+
+/// Every read of `log` against the entries it should hold: ranges that
+/// start and end before, inside and after them.
+async fn reads_match(log: &mut gantry_store::LogStore, model: &BTreeMap<u64, Entry>, what: &str) {
+    let last = model.keys().next_back().copied().unwrap_or(0);
+    let points = [
+        0,
+        1,
+        2,
+        10,
+        last / 2,
+        last.saturating_sub(1),
+        last,
+        last + 1,
+        last + 5,
+    ];
+    for &a in &points {
+        for &b in &points {
+            if a > b {
+                continue;
+            }
+            let want = model.range(a..b).map(|(_, e)| e.clone()).collect();
+            let got = log.try_get_log_entries(a..b).await.unwrap();
+            check(got, want, what, &format!("{a}..{b}"));
+            let want = model.range(a..=b).map(|(_, e)| e.clone()).collect();
+            let got = log.try_get_log_entries(a..=b).await.unwrap();
+            check(got, want, what, &format!("{a}..={b}"));
+        }
+        let want = model.range(a..).map(|(_, e)| e.clone()).collect();
+        let got = log.try_get_log_entries(a..).await.unwrap();
+        check(got, want, what, &format!("{a}.."));
+    }
+}
+
+// Reads return what the log holds, through appends in batches of varied
+// sizes, a truncation, appends of a later term, a purge and a reopen.
+#[tokio::test]
+async fn t20_reads_return_what_the_log_holds_through_truncation_purge_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = BTreeMap::new();
+    let entry = |term: u64, i: u64| {
+        Entry::new_normal(log_id_in(term, i), submit(&format!("job-{term}-{i}")))
+    };
+    {
+        let (mut log, _sm) = gantry_store::open(dir.path()).unwrap();
+        reads_match(&mut log, &model, "empty").await;
+        let total = 700;
+        let mut next = 1;
+        for size in [1, 7, 100, 300].into_iter().cycle() {
+            if next > total {
+                break;
+            }
+            let batch: Vec<Entry> = (next..(next + size).min(total + 1))
+                .map(|i| entry(1, i))
+                .collect();
+            next += batch.len() as u64;
+            for e in &batch {
+                model.insert(e.log_id.index, e.clone());
+            }
+            append(&mut log, batch).await;
+        }
+        reads_match(&mut log, &model, "appended").await;
+        // A new leader's entries replace the last ones.
+        let cut = total - 50;
+        log.truncate_after(Some(log_id_in(1, cut))).await.unwrap();
+        model.retain(|i, _| *i <= cut);
+        reads_match(&mut log, &model, "truncated").await;
+        let batch: Vec<Entry> = (cut + 1..=cut + 20).map(|i| entry(2, i)).collect();
+        for e in &batch {
+            model.insert(e.log_id.index, e.clone());
+        }
+        append(&mut log, batch).await;
+        reads_match(&mut log, &model, "appended after the truncation").await;
+        log.purge(log_id_in(1, 10)).await.unwrap();
+        model.retain(|i, _| *i > 10);
+        reads_match(&mut log, &model, "purged").await;
+    }
+    let (mut log, _sm) = gantry_store::open(dir.path()).unwrap();
+    reads_match(&mut log, &model, "reopened").await;
+    let last = *model.keys().next_back().unwrap();
+    let batch = vec![entry(3, last + 1)];
+    model.insert(last + 1, batch[0].clone());
+    append(&mut log, batch).await;
+    reads_match(&mut log, &model, "appended after the reopen").await;
 }
