@@ -13,7 +13,7 @@ pub type JobId = String;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
 /// Whether `v` is its type's default: such fields are not written.
-pub(crate) fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
 

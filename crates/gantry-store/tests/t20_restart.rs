@@ -16,13 +16,20 @@ use openraft::type_config::TypeConfigExt;
 use openraft::vote::leader_id_adv::CommittedLeaderId;
 
 fn log_id(index: u64) -> LogId {
-    LogId::new(
-        CommittedLeaderId {
-            term: 1,
-            node_id: 1,
-        },
-        index,
-    )
+    log_id_in(1, index)
+}
+
+fn log_id_in(term: u64, index: u64) -> LogId {
+    LogId::new(CommittedLeaderId { term, node_id: 1 }, index)
+}
+
+/// Appends `entries` and waits until they are on disk.
+async fn append(log: &mut gantry_store::LogStore, entries: Vec<Entry>) {
+    let (flushed, on_disk) = gantry_store::TypeConfig::oneshot();
+    log.append(entries, IOFlushed::signal(flushed))
+        .await
+        .unwrap();
+    on_disk.await.unwrap().unwrap();
 }
 
 fn submit(id: &str) -> Command {
@@ -48,13 +55,7 @@ async fn t20_reopen_recovers_vote_log_and_snapshot() {
     {
         let (mut log, mut sm) = gantry_store::open(dir.path()).unwrap();
         log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
-        // The append returns once the entries are written; the callback
-        // says when they are on disk.
-        let (flushed, on_disk) = gantry_store::TypeConfig::oneshot();
-        log.append(entries.clone(), IOFlushed::signal(flushed))
-            .await
-            .unwrap();
-        on_disk.await.unwrap().unwrap();
+        append(&mut log, entries.clone()).await;
         let stream = futures::stream::iter(entries.clone().into_iter().map(|e| Ok((e, None))));
         sm.apply(stream).await.unwrap();
         let snap = sm
@@ -143,16 +144,16 @@ async fn t20_a_snapshot_in_the_old_place_is_moved_and_loaded() {
     );
 }
 
-fn log_id_in(term: u64, index: u64) -> LogId {
-    LogId::new(CommittedLeaderId { term, node_id: 1 }, index)
-}
-
-async fn append(log: &mut gantry_store::LogStore, entries: Vec<Entry>) {
-    let (flushed, on_disk) = gantry_store::TypeConfig::oneshot();
-    log.append(entries, IOFlushed::signal(flushed))
-        .await
-        .unwrap();
-    on_disk.await.unwrap().unwrap();
+/// Appends `entries` to the log and to the model of what it should hold.
+async fn append_both(
+    log: &mut gantry_store::LogStore,
+    model: &mut BTreeMap<u64, Entry>,
+    entries: Vec<Entry>,
+) {
+    for e in &entries {
+        model.insert(e.log_id.index, e.clone());
+    }
+    append(log, entries).await;
 }
 
 /// A short account of entries for a failed assertion: the first and last
@@ -228,10 +229,7 @@ async fn t20_reads_return_what_the_log_holds_through_truncation_purge_and_reopen
                 .map(|i| entry(1, i))
                 .collect();
             next += batch.len() as u64;
-            for e in &batch {
-                model.insert(e.log_id.index, e.clone());
-            }
-            append(&mut log, batch).await;
+            append_both(&mut log, &mut model, batch).await;
         }
         reads_match(&mut log, &model, "appended").await;
         // A new leader's entries replace the last ones.
@@ -239,11 +237,8 @@ async fn t20_reads_return_what_the_log_holds_through_truncation_purge_and_reopen
         log.truncate_after(Some(log_id_in(1, cut))).await.unwrap();
         model.retain(|i, _| *i <= cut);
         reads_match(&mut log, &model, "truncated").await;
-        let batch: Vec<Entry> = (cut + 1..=cut + 20).map(|i| entry(2, i)).collect();
-        for e in &batch {
-            model.insert(e.log_id.index, e.clone());
-        }
-        append(&mut log, batch).await;
+        let batch = (cut + 1..=cut + 20).map(|i| entry(2, i)).collect();
+        append_both(&mut log, &mut model, batch).await;
         reads_match(&mut log, &model, "appended after the truncation").await;
         log.purge(log_id_in(1, 10)).await.unwrap();
         model.retain(|i, _| *i > 10);
@@ -252,8 +247,6 @@ async fn t20_reads_return_what_the_log_holds_through_truncation_purge_and_reopen
     let (mut log, _sm) = gantry_store::open(dir.path()).unwrap();
     reads_match(&mut log, &model, "reopened").await;
     let last = *model.keys().next_back().unwrap();
-    let batch = vec![entry(3, last + 1)];
-    model.insert(last + 1, batch[0].clone());
-    append(&mut log, batch).await;
+    append_both(&mut log, &mut model, vec![entry(3, last + 1)]).await;
     reads_match(&mut log, &model, "appended after the reopen").await;
 }
