@@ -132,3 +132,46 @@ fn t90_a_planted_stale_read_is_caught() {
         .count();
     assert!(caught > 0, "20 seeds with stale reads planted, none caught");
 }
+
+#[test]
+fn t90_a_leader_killed_mid_flush_and_back_at_once_keeps_the_replicas_agreed() {
+    // Leaders are killed while followers hold appends they have not flushed
+    // (a killed process loses those) and are restarted before an election
+    // can end. openraft's default restores such a leader in its old term,
+    // where it gives new entries the lost ones' log ids; followers keep
+    // theirs, and the replicas diverge. Gantry turns restoring off: the
+    // leader stands for election and a new term gives new log ids.
+    let schedule = Options {
+        crash_leaders_mid_flush: true,
+        ..Options::default()
+    };
+    let planted = Options {
+        plant: Some(sim::Plant::LeaderRestore),
+        ..schedule.clone()
+    };
+    let seeds = 0..12u64;
+    let caught = seeds
+        .clone()
+        .map(|seed| sim::run(seed, &planted))
+        .filter(|r| {
+            r.violations
+                .iter()
+                .any(|v| v.invariant == "replicas diverged")
+        })
+        .count();
+    assert!(
+        caught > 0,
+        "12 seeds with leaders restored in their old term, no divergence caught"
+    );
+    let mut lost = 0;
+    for seed in seeds {
+        let r = sim::run(seed, &schedule);
+        assert!(r.violations.is_empty(), "{r}: {:#?}", r.violations);
+        lost += r
+            .faults
+            .iter()
+            .filter(|f| f.contains("unflushed entries lost"))
+            .count();
+    }
+    assert!(lost > 0, "no crash lost an unflushed append");
+}

@@ -8,12 +8,14 @@
 //! replays exactly; [`Report::fingerprint`] proves it.
 //!
 //! What is simulated rather than real: gRPC (the network is in-process
-//! calls with delays), the agent's processes (a timer), disk durability (a
-//! crash keeps what the process wrote, as SIGKILL does). The real-process
-//! tests (t80) cover those.
+//! calls with delays), the agent's processes (a timer), the disk (an
+//! append is flushed after a drawn latency, and a crash loses the appends
+//! not yet flushed, as SIGKILL does: [`disk`]). The real-process tests
+//! (t80) cover those.
 
 pub mod agent;
 mod client;
+pub mod disk;
 pub mod invariants;
 pub mod net;
 pub mod replica;
@@ -86,6 +88,10 @@ pub struct Options {
     pub settle_ms: u64,
     /// A bug to plant, to show the checkers catch it.
     pub plant: Option<Plant>,
+    /// Half the faults crash the leader, each at a moment when a follower
+    /// holds appends the leader has not flushed yet (waiting up to a second
+    /// for one), and restart it before an election can end.
+    pub crash_leaders_mid_flush: bool,
 }
 
 /// Bugs the simulation can plant in its replicas.
@@ -94,6 +100,10 @@ pub enum Plant {
     /// Reads are served from the replica's local state without a read
     /// barrier: a partitioned or lagging replica returns old versions.
     StaleReads,
+    /// A restarted leader takes up its old term again without an election
+    /// (openraft's default): one that lost unflushed appends reuses their
+    /// log ids (see [`Options::crash_leaders_mid_flush`]).
+    LeaderRestore,
 }
 
 impl Default for Options {
@@ -102,6 +112,7 @@ impl Default for Options {
             fault_ms: 12_000,
             settle_ms: 90_000,
             plant: None,
+            crash_leaders_mid_flush: false,
         }
     }
 }
@@ -246,7 +257,7 @@ fn api_state(s: JobState) -> i32 {
 type AgentSlot = (Option<JoinHandle<()>>, Arc<Mutex<Disk>>, u64);
 
 struct World {
-    stale_reads: bool,
+    plant: Option<Plant>,
     net: Net,
     dbs: BTreeMap<u64, sled::Db>,
     replicas: BTreeMap<u64, Arc<Replica>>,
@@ -261,16 +272,23 @@ impl World {
             .dbs
             .get(&id)
             .ok_or_else(|| format!("no data for replica {id}"))?;
-        let r = Replica::start(id, db, &self.net, self.stale_reads).await?;
+        let disk_seed = self.rng.random();
+        let r = Replica::start(id, db, &self.net, self.plant, disk_seed).await?;
         self.net.set_up(id, Some(r.clone())).await;
         self.replicas.insert(id, r);
         Ok(())
     }
 
-    async fn crash_replica(&mut self, id: u64) {
-        if let Some(r) = self.replicas.remove(&id) {
-            self.net.set_up(id, None).await;
-            r.crash().await;
+    /// Kills replica `id`; says what its log lost.
+    async fn crash_replica(&mut self, id: u64) -> String {
+        let Some(r) = self.replicas.remove(&id) else {
+            return String::new();
+        };
+        self.net.set_up(id, None).await;
+        match r.crash().await {
+            Ok(0) => String::new(),
+            Ok(n) => format!(" ({n} unflushed entries lost)"),
+            Err(e) => format!(" (losing its unflushed entries failed: {e})"),
         }
     }
 
@@ -337,7 +355,7 @@ async fn simulate(seed: u64, opts: Options) -> Report {
         }
     }
     let mut world = World {
-        stale_reads: opts.plant == Some(Plant::StaleReads),
+        plant: opts.plant,
         net: net.clone(),
         dbs,
         replicas: BTreeMap::new(),
@@ -424,18 +442,43 @@ async fn simulate(seed: u64, opts: Options) -> Report {
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..1_500))).await;
         let at = start.elapsed().as_millis();
         let leader = world.leader().await.map(|l| l.id);
-        let pick = rng.random_range(0..100);
+        let mid_flush = opts.crash_leaders_mid_flush;
+        let pick = if mid_flush && rng.random_bool(0.5) {
+            0
+        } else {
+            rng.random_range(0..100)
+        };
         let what = match pick {
             0..=19 if down.len() < minority => {
                 let up: Vec<u64> = ids.iter().copied().filter(|i| !down.contains(i)).collect();
-                let victim = if rng.random_bool(0.5) {
+                let victim = if mid_flush || rng.random_bool(0.5) {
                     leader.unwrap_or(up[0])
                 } else {
                     up[rng.random_range(0..up.len())]
                 };
-                world.crash_replica(victim).await;
-                down.push(victim);
-                format!("crash replica {victim}")
+                if mid_flush && let Some(r) = world.replicas.get(&victim) {
+                    // Kill it when followers hold appends it has not flushed,
+                    // if that happens within a second.
+                    for _ in 0..1_000 {
+                        if r.followers_hold_unflushed().await {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+                let lost = world.crash_replica(victim).await;
+                if mid_flush && leader == Some(victim) {
+                    // Back before the others' election timeouts end.
+                    let ms = rng.random_range(20..250);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    match world.start_replica(victim).await {
+                        Ok(()) => format!("crash leader {victim}{lost}, restart it {ms} ms later"),
+                        Err(e) => format!("restart replica {victim} failed: {e}"),
+                    }
+                } else {
+                    down.push(victim);
+                    format!("crash replica {victim}{lost}")
+                }
             }
             0..=34 if !down.is_empty() => {
                 let id = down.remove(rng.random_range(0..down.len()));

@@ -20,8 +20,9 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::disk::Disk;
 use super::net::{Net, NetError, SimNetwork};
-use super::{SimConfig, SimRaft, now_ms, spawn};
+use super::{Plant, SimConfig, SimRaft, now_ms, spawn};
 
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// How long a replica keeps an agent's session without a heartbeat.
@@ -31,7 +32,9 @@ pub const NODE_GRACE: Duration = Duration::from_secs(4);
 const SESSION_REPORT_INTERVAL: Duration = Duration::from_millis(500);
 const SCHEDULER_TICK: Duration = Duration::from_millis(200);
 
-pub fn raft_config() -> Arc<openraft::Config> {
+/// `leader_restore`: a planted bug (tests of the checkers only), openraft's
+/// default of restoring a restarted leader without an election.
+pub fn raft_config(leader_restore: bool) -> Arc<openraft::Config> {
     let c = openraft::Config {
         cluster_name: "gantry-sim".into(),
         heartbeat_interval: 100,
@@ -44,6 +47,7 @@ pub fn raft_config() -> Arc<openraft::Config> {
         allow_log_reversion: Some(true),
         // As in production (gantry-server's config).
         enable_pre_vote: Some(true),
+        enable_leader_restore: Some(leader_restore),
         ..Default::default()
     };
     Arc::new(c.validate().unwrap_or_default())
@@ -55,6 +59,7 @@ pub type SimResult<T> = Result<T, String>;
 pub struct Replica {
     pub id: u64,
     raft: SimRaft,
+    disk: Arc<Disk>,
     reader: StateReader,
     net: Net,
     /// Agent sessions held here: node → (its info, the session, last heartbeat).
@@ -69,31 +74,37 @@ pub struct Replica {
 
 impl Replica {
     /// Starts a replica over `db` (its data, kept across simulated crashes).
+    /// `disk_seed` draws its simulated fsync latencies; `plant` is a bug to
+    /// plant (tests of the checkers only).
     pub async fn start(
         id: u64,
         db: &sled::Db,
         net: &Net,
-        stale_reads: bool,
+        plant: Option<Plant>,
+        disk_seed: u64,
     ) -> SimResult<Arc<Self>> {
         let (log, sm): (_, StateMachineStore<SimConfig>) =
             gantry_store::from_db(db, Durability::Process).map_err(|e| e.to_string())?;
+        let disk = Disk::new(log, disk_seed);
         let reader = sm.reader();
         let network = SimNetwork {
             net: net.clone(),
             from: id,
         };
-        let raft = SimRaft::new(id, raft_config(), network, log, sm)
+        let leader_restore = plant == Some(Plant::LeaderRestore);
+        let raft = SimRaft::new(id, raft_config(leader_restore), network, disk.log(), sm)
             .await
             .map_err(|e| e.to_string())?;
         let replica = Arc::new(Replica {
             id,
             raft,
+            disk,
             reader,
             net: net.clone(),
             sessions: Mutex::default(),
             liveness: Mutex::default(),
             loops: Mutex::default(),
-            stale_reads,
+            stale_reads: plant == Some(Plant::StaleReads),
         });
         let mut loops = replica.loops.lock().await;
         loops.push(spawn(supervise(replica.clone())));
@@ -112,12 +123,28 @@ impl Replica {
         self.raft.initialize(nodes).await.map_err(|e| e.to_string())
     }
 
-    /// A crash: every loop stops and Raft shuts down; the data stays.
-    pub async fn crash(&self) {
+    /// A crash: every loop stops and Raft shuts down; what was flushed
+    /// stays, and appends that were not are lost. Returns how many entries
+    /// the log lost (or why the loss could not be applied).
+    pub async fn crash(&self) -> SimResult<u64> {
         for l in self.loops.lock().await.drain(..) {
             l.abort();
         }
         let _ = self.raft.shutdown().await;
+        self.disk.kill().await.map_err(|e| e.to_string())
+    }
+
+    /// Whether a follower holds an entry that is not yet flushed here (a
+    /// crash now loses it from this log only).
+    pub async fn followers_hold_unflushed(&self) -> bool {
+        let Some(first) = self.disk.first_unflushed().await else {
+            return false;
+        };
+        let m = self.raft.metrics().borrow_watched().clone();
+        m.replication.is_some_and(|r| {
+            r.iter()
+                .any(|(id, matched)| *id != self.id && matched.is_some_and(|l| l.index >= first))
+        })
     }
 
     pub fn raft(&self) -> &SimRaft {

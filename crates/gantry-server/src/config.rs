@@ -261,6 +261,13 @@ impl ServerConfig {
             // log, or cut off and back) asks first instead of raising the
             // term and forcing the cluster into an election.
             enable_pre_vote: Some(true),
+            // A leader killed before its last appends were flushed comes
+            // back with a shorter log. Restored as leader in the same term
+            // (openraft's default), it would give new entries the log ids
+            // of the lost ones, which followers already hold with other
+            // contents: they keep theirs, and the replicas diverge. It
+            // stands for election instead; a new term gives new log ids.
+            enable_leader_restore: Some(false),
             ..Default::default()
         }
         .validate()
