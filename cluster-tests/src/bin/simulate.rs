@@ -10,7 +10,7 @@ use cluster_tests::sim::{self, Options, Report};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: simulate [--seed N | --seeds N [--start S]] [--threads T] [--fault-ms MS] [--verbose] [--plant-stale-reads]"
+        "usage: simulate [--seed N | --seeds N [--start S]] [--threads T] [--fault-ms MS] [--verbose] [--plant-stale-reads] [--crash-leaders-mid-flush [--plant-leader-restore]]"
     );
     std::process::exit(64)
 }
@@ -34,6 +34,8 @@ fn main() {
             "--fault-ms" => opts.fault_ms = num(args.next()),
             "--verbose" => verbose = true,
             "--plant-stale-reads" => opts.plant = Some(sim::Plant::StaleReads),
+            "--crash-leaders-mid-flush" => opts.crash_leaders_mid_flush = true,
+            "--plant-leader-restore" => opts.plant = Some(sim::Plant::LeaderRestore),
             _ => usage(),
         }
     }
