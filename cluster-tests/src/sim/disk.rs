@@ -31,17 +31,18 @@ use super::{SimConfig, spawn};
 type Entry = EntryOf<SimConfig>;
 type LogId = LogIdOf<SimConfig>;
 
-/// Appends written to sled but not yet flushed, oldest first: the first
-/// index each wrote, and openraft's callback.
+/// Appends written to sled but not yet flushed, oldest first: the order
+/// it was written in, the first index it wrote, and openraft's callback.
 #[derive(Default)]
 struct Unflushed {
-    appends: VecDeque<(u64, IOFlushed<SimConfig>)>,
+    appends: VecDeque<(u64, u64, IOFlushed<SimConfig>)>,
+    written: u64,
 }
 
 impl Unflushed {
     /// A flush that makes every queued append durable (a vote or a truncation).
     fn flush_all(&mut self) {
-        for (_, done) in self.appends.drain(..) {
+        for (_, _, done) in self.appends.drain(..) {
             done.io_completed(Ok(()));
         }
     }
@@ -84,7 +85,7 @@ impl Disk {
     /// The first index written but not yet flushed.
     pub async fn first_unflushed(&self) -> Option<u64> {
         let u = self.unflushed.lock().await;
-        u.appends.iter().map(|(first, _)| *first).min()
+        u.appends.iter().map(|(_, first, _)| *first).min()
     }
 
     /// The process is killed: appends not yet flushed are gone, and so is
@@ -94,7 +95,7 @@ impl Disk {
         self.flusher.abort();
         let lost_from = {
             let mut u = self.unflushed.lock().await;
-            let from = u.appends.iter().map(|(first, _)| *first).min();
+            let from = u.appends.iter().map(|(_, first, _)| *first).min();
             // Their callbacks never fire.
             u.appends.clear();
             from
@@ -128,15 +129,18 @@ impl Disk {
 }
 
 /// Flushes in batches, each taking a drawn latency (mostly a few
-/// milliseconds, sometimes tens), and answers the appends that were queued
-/// when it began, in order.
+/// milliseconds, sometimes tens), and answers the appends written before
+/// it began, in order.
 async fn flush_loop(unflushed: Arc<Mutex<Unflushed>>, wake: Arc<Notify>, mut rng: StdRng) {
     loop {
-        let queued = unflushed.lock().await.appends.len();
-        if queued == 0 {
+        let upto = {
+            let u = unflushed.lock().await;
+            u.appends.back().map(|(written, _, _)| *written)
+        };
+        let Some(upto) = upto else {
             wake.notified().await;
             continue;
-        }
+        };
         let ms = if rng.random_bool(0.1) {
             rng.random_range(10..=60)
         } else {
@@ -144,10 +148,12 @@ async fn flush_loop(unflushed: Arc<Mutex<Unflushed>>, wake: Arc<Notify>, mut rng
         };
         tokio::time::sleep(Duration::from_millis(ms)).await;
         let mut u = unflushed.lock().await;
-        // A vote or truncation meanwhile may have flushed some already.
-        let n = queued.min(u.appends.len());
-        for (_, done) in u.appends.drain(..n) {
-            done.io_completed(Ok(()));
+        // A vote or truncation meanwhile may have flushed some already;
+        // what was written after this flush began waits for the next.
+        while u.appends.front().is_some_and(|(w, _, _)| *w <= upto) {
+            if let Some((_, _, done)) = u.appends.pop_front() {
+                done.io_completed(Ok(()));
+            }
         }
     }
 }
@@ -219,12 +225,11 @@ impl RaftLogStorage<SimConfig> for SimLog {
         };
         // Into sled's buffers (the store's own callback fires at once here).
         self.store.append(entries, IOFlushed::noop()).await?;
-        self.disk
-            .unflushed
-            .lock()
-            .await
-            .appends
-            .push_back((first, callback));
+        let mut u = self.disk.unflushed.lock().await;
+        u.written += 1;
+        let written = u.written;
+        u.appends.push_back((written, first, callback));
+        drop(u);
         self.disk.wake.notify_one();
         Ok(())
     }
