@@ -114,6 +114,14 @@ fn t90_a_seed_replays_exactly() {
     assert_ne!(a.fingerprint, c.fingerprint);
 }
 
+/// How many of `seeds` violate `invariant` with `opts`.
+fn seeds_violating(seeds: std::ops::Range<u64>, opts: &Options, invariant: &str) -> usize {
+    seeds
+        .map(|seed| sim::run(seed, opts))
+        .filter(|r| r.violations.iter().any(|v| v.invariant == invariant))
+        .count()
+}
+
 #[test]
 fn t90_a_planted_stale_read_is_caught() {
     // Replicas that skip the read barrier serve stale versions from
@@ -122,14 +130,7 @@ fn t90_a_planted_stale_read_is_caught() {
         plant: Some(sim::Plant::StaleReads),
         ..Options::default()
     };
-    let caught = (0..20u64)
-        .map(|seed| sim::run(seed, &opts))
-        .filter(|r| {
-            r.violations
-                .iter()
-                .any(|v| v.invariant == "not linearizable")
-        })
-        .count();
+    let caught = seeds_violating(0..20, &opts, "not linearizable");
     assert!(caught > 0, "20 seeds with stale reads planted, none caught");
 }
 
@@ -150,15 +151,7 @@ fn t90_a_leader_killed_mid_flush_and_back_at_once_keeps_the_replicas_agreed() {
         ..schedule.clone()
     };
     let seeds = 0..12u64;
-    let caught = seeds
-        .clone()
-        .map(|seed| sim::run(seed, &planted))
-        .filter(|r| {
-            r.violations
-                .iter()
-                .any(|v| v.invariant == "replicas diverged")
-        })
-        .count();
+    let caught = seeds_violating(seeds.clone(), &planted, "replicas diverged");
     assert!(
         caught > 0,
         "12 seeds with leaders restored in their old term, no divergence caught"

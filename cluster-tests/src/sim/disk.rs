@@ -40,6 +40,11 @@ struct Unflushed {
 }
 
 impl Unflushed {
+    /// The first index written but not yet flushed.
+    fn first(&self) -> Option<u64> {
+        self.appends.iter().map(|(_, first, _)| *first).min()
+    }
+
     /// A flush that makes every queued append durable (a vote or a truncation).
     fn flush_all(&mut self) {
         for (_, _, done) in self.appends.drain(..) {
@@ -84,8 +89,7 @@ impl Disk {
 
     /// The first index written but not yet flushed.
     pub async fn first_unflushed(&self) -> Option<u64> {
-        let u = self.unflushed.lock().await;
-        u.appends.iter().map(|(_, first, _)| *first).min()
+        self.unflushed.lock().await.first()
     }
 
     /// The process is killed: appends not yet flushed are gone, and so is
@@ -95,7 +99,7 @@ impl Disk {
         self.flusher.abort();
         let lost_from = {
             let mut u = self.unflushed.lock().await;
-            let from = u.appends.iter().map(|(_, first, _)| *first).min();
+            let from = u.first();
             // Their callbacks never fire.
             u.appends.clear();
             from
@@ -168,6 +172,7 @@ impl Drop for Disk {
 /// durable only once the simulated flush has run.
 #[derive(Clone)]
 pub struct SimLog {
+    /// Gantry's log store (its methods take `&mut self`; clones share the trees).
     store: LogStore<SimConfig>,
     disk: Arc<Disk>,
 }

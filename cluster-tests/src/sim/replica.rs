@@ -140,8 +140,9 @@ impl Replica {
         let Some(first) = self.disk.first_unflushed().await else {
             return false;
         };
-        let m = self.raft.metrics().borrow_watched().clone();
-        m.replication.is_some_and(|r| {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        m.replication.as_ref().is_some_and(|r| {
             r.iter()
                 .any(|(id, matched)| *id != self.id && matched.is_some_and(|l| l.index >= first))
         })
