@@ -71,6 +71,60 @@ pub fn rss_now(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// Each process's CPU seconds so far (0 for one that is gone), in order.
+pub fn cpu_seconds(processes: &[(String, u32)]) -> Vec<f64> {
+    processes
+        .iter()
+        .map(|(_, pid)| process_usage(*pid).map_or(0.0, |(c, _)| c))
+        .collect()
+}
+
+/// CPU per operation, by process, between two [`cpu_seconds`] readings:
+/// a header naming the processes, then one line per row, in microseconds.
+/// /proc counts in 10 ms ticks, so a row needs some seconds of load to
+/// read well.
+pub struct CpuPerOp {
+    names: Vec<String>,
+    lines: Vec<String>,
+}
+
+impl CpuPerOp {
+    /// `names`: one short column name per process (ten characters).
+    pub fn new(names: Vec<String>) -> Self {
+        Self {
+            names,
+            lines: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, row: &str, before: &[f64], after: &[f64], ops: usize) {
+        let per: Vec<f64> = before
+            .iter()
+            .zip(after)
+            .map(|(b, a)| (a - b) * 1e6 / ops.max(1) as f64)
+            .collect();
+        let mut line = format!("{row:<38}");
+        for v in &per {
+            line.push_str(&format!(" {v:>10.0}"));
+        }
+        line.push_str(&format!(" {:>10.0}", per.iter().sum::<f64>()));
+        self.lines.push(line);
+    }
+
+    pub fn table(&self, unit: &str) -> String {
+        let mut out = format!("{:<38}", format!("CPU µs per {unit}, by process"));
+        for n in &self.names {
+            out.push_str(&format!(" {n:>10}"));
+        }
+        out.push_str(&format!(" {:>10}\n", "all"));
+        for l in &self.lines {
+            out.push_str(l);
+            out.push('\n');
+        }
+        out
+    }
+}
+
 /// One line per process: CPU seconds and peak RSS, and their totals.
 pub fn usage_table(processes: &[(String, u32)]) -> String {
     let mut out = String::from("process              CPU s   peak RSS MiB\n");

@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use cluster_tests::bench::agents::{AgentStats, SimAgents};
 use cluster_tests::bench::etcd::{self, Etcd, EtcdClient};
 use cluster_tests::bench::load::{Latencies, concurrent, header};
-use cluster_tests::bench::{machine, usage_table};
+use cluster_tests::bench::{CpuPerOp, cpu_seconds, machine, usage_table};
 use cluster_tests::{Cluster, Timings, http_get, sample, wait_for};
 use gantry_client::{Client, ClientOptions, api};
 use tokio::time::Instant;
@@ -288,12 +288,31 @@ async fn submit(
     println!("\n{}", header());
     let mut single = 0.0;
     let mut entries = Vec::new();
+    let processes = replica_processes(&cluster);
+    let leader = format!("replica {}", cluster.leader().await?);
+    let mut cpu = CpuPerOp::new(
+        processes
+            .iter()
+            .map(|(name, _)| match name.strip_prefix("replica ") {
+                Some(id) if *name == leader => format!("r{id} leader"),
+                Some(id) => format!("r{id}"),
+                None => "load gen".to_owned(),
+            })
+            .collect(),
+    );
     for (row, name, n, reqs, batch, follow, baseline) in rows {
         if only.is_some_and(|o| o != row) {
             continue;
         }
         let before = leader_log_index(&cluster).await?;
+        let cpu_before = cpu_seconds(&processes);
         let l = gantry_submits(&cluster, n, reqs, batch, follow).await?;
+        cpu.add(
+            name,
+            &cpu_before,
+            &cpu_seconds(&processes),
+            n * reqs * batch,
+        );
         let took = leader_log_index(&cluster).await? - before;
         entries.push((name, (n * reqs * batch) as f64 / took.max(1.0)));
         let compared = batch > 1 || !follow;
@@ -311,8 +330,8 @@ async fn submit(
     for (name, per_entry) in entries {
         println!("jobs per Raft entry, {name}: {per_entry:.1} (group commit)");
     }
-    println!();
-    print!("{}", usage_table(&replica_processes(&cluster)));
+    println!("\n{}", cpu.table("job"));
+    print!("{}", usage_table(&processes));
     drop(cluster);
     if no_etcd {
         return Ok(());
@@ -330,16 +349,32 @@ async fn submit(
         (SubmitRow::Single, "1 client", 1, requests * 10),
         (SubmitRow::Clients, "64 clients", 64, requests),
     ];
+    let mut processes = etcd.pids();
+    processes.push(("bench (load)".into(), std::process::id()));
+    let mut cpu = CpuPerOp::new(
+        processes
+            .iter()
+            .map(|(name, _)| {
+                name.split(" (")
+                    .next()
+                    .unwrap_or(name)
+                    .replace("bench", "load gen")
+            })
+            .collect(),
+    );
     for (row, name, n, reqs) in rows {
         if only.is_some_and(|o| o != row) {
             continue;
         }
+        let cpu_before = cpu_seconds(&processes);
         let l = etcd_puts(&etcd, n, reqs).await?;
+        cpu.add(name, &cpu_before, &cpu_seconds(&processes), n * reqs);
         println!(
             "{}",
             l.row(&format!("etcd: {name}, 1 put/request"), "puts/s", "-")
         );
     }
+    println!("\n{}", cpu.table("put"));
     print!("{}", usage_table(&etcd.pids()));
     Ok(())
 }
