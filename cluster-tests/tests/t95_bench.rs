@@ -46,9 +46,21 @@ fn t95_submit_scenario_reports_every_row_over_mtls() {
         "gantry: 64 clients, 100 jobs/request",
     ] {
         assert!(rate(&out, row) > 0.0, "{out}");
+        // Its CPU per job by process, the leader named.
+        let cpu = row.trim_start_matches("gantry: ");
+        assert!(out.lines().any(|l| l.starts_with(cpu)), "{out}");
     }
+    let header = out
+        .lines()
+        .find(|l| l.starts_with("CPU µs per job, by process"))
+        .unwrap_or_else(|| panic!("no CPU table in\n{out}"));
+    assert!(
+        header.contains("leader") && header.contains("load gen"),
+        "{out}"
+    );
     if cluster_tests::bench::etcd::binary().is_some() {
         assert!(rate(&out, "etcd: 64 clients, 1 put/request") > 0.0, "{out}");
+        assert!(out.contains("CPU µs per put, by process"), "{out}");
     } else {
         assert!(out.contains("etcd is not installed"), "{out}");
     }
