@@ -71,36 +71,37 @@ pub fn rss_now(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// Each process's CPU seconds so far (0 for one that is gone), in order.
-pub fn cpu_seconds(processes: &[(String, u32)]) -> Vec<f64> {
-    processes
-        .iter()
-        .map(|(_, pid)| process_usage(*pid).map_or(0.0, |(c, _)| c))
-        .collect()
-}
-
-/// CPU per operation, by process, between two [`cpu_seconds`] readings:
-/// a header naming the processes, then one line per row, in microseconds.
-/// /proc counts in 10 ms ticks, so a row needs some seconds of load to
-/// read well.
+/// CPU per operation, by process, between two readings of /proc: a header
+/// naming the processes, then one line per row, in microseconds. /proc
+/// counts in 10 ms ticks, so a row needs some seconds of load to read well.
 pub struct CpuPerOp {
-    names: Vec<String>,
+    /// A short column name (ten characters) and the pid, per process.
+    columns: Vec<(String, u32)>,
     lines: Vec<String>,
 }
 
 impl CpuPerOp {
-    /// `names`: one short column name per process (ten characters).
-    pub fn new(names: Vec<String>) -> Self {
+    pub fn new(columns: Vec<(String, u32)>) -> Self {
         Self {
-            names,
+            columns,
             lines: Vec::new(),
         }
     }
 
-    pub fn add(&mut self, row: &str, before: &[f64], after: &[f64], ops: usize) {
-        let per: Vec<f64> = before
+    /// Each process's CPU seconds so far (0 for one that is gone), to pass
+    /// to [`Self::add`] after the row.
+    pub fn mark(&self) -> Vec<f64> {
+        self.columns
             .iter()
-            .zip(after)
+            .map(|(_, pid)| process_usage(*pid).map_or(0.0, |(c, _)| c))
+            .collect()
+    }
+
+    /// The row `row`: `ops` operations since `mark`.
+    pub fn add(&mut self, row: &str, mark: &[f64], ops: usize) {
+        let per: Vec<f64> = mark
+            .iter()
+            .zip(self.mark())
             .map(|(b, a)| (a - b) * 1e6 / ops.max(1) as f64)
             .collect();
         let mut line = format!("{row:<38}");
@@ -113,8 +114,8 @@ impl CpuPerOp {
 
     pub fn table(&self, unit: &str) -> String {
         let mut out = format!("{:<38}", format!("CPU µs per {unit}, by process"));
-        for n in &self.names {
-            out.push_str(&format!(" {n:>10}"));
+        for (name, _) in &self.columns {
+            out.push_str(&format!(" {name:>10}"));
         }
         out.push_str(&format!(" {:>10}\n", "all"));
         for l in &self.lines {

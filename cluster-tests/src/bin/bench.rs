@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use cluster_tests::bench::agents::{AgentStats, SimAgents};
 use cluster_tests::bench::etcd::{self, Etcd, EtcdClient};
 use cluster_tests::bench::load::{Latencies, concurrent, header};
-use cluster_tests::bench::{CpuPerOp, cpu_seconds, machine, usage_table};
+use cluster_tests::bench::{CpuPerOp, machine, usage_table};
 use cluster_tests::{Cluster, Timings, http_get, sample, wait_for};
 use gantry_client::{Client, ClientOptions, api};
 use tokio::time::Instant;
@@ -293,10 +293,13 @@ async fn submit(
     let mut cpu = CpuPerOp::new(
         processes
             .iter()
-            .map(|(name, _)| match name.strip_prefix("replica ") {
-                Some(id) if *name == leader => format!("r{id} leader"),
-                Some(id) => format!("r{id}"),
-                None => "load gen".to_owned(),
+            .map(|(name, pid)| {
+                let column = match name.strip_prefix("replica ") {
+                    Some(id) if *name == leader => format!("r{id} leader"),
+                    Some(id) => format!("r{id}"),
+                    None => "load gen".to_owned(),
+                };
+                (column, *pid)
             })
             .collect(),
     );
@@ -305,14 +308,9 @@ async fn submit(
             continue;
         }
         let before = leader_log_index(&cluster).await?;
-        let cpu_before = cpu_seconds(&processes);
+        let mark = cpu.mark();
         let l = gantry_submits(&cluster, n, reqs, batch, follow).await?;
-        cpu.add(
-            name,
-            &cpu_before,
-            &cpu_seconds(&processes),
-            n * reqs * batch,
-        );
+        cpu.add(name, &mark, n * reqs * batch);
         let took = leader_log_index(&cluster).await? - before;
         entries.push((name, (n * reqs * batch) as f64 / took.max(1.0)));
         let compared = batch > 1 || !follow;
@@ -349,26 +347,16 @@ async fn submit(
         (SubmitRow::Single, "1 client", 1, requests * 10),
         (SubmitRow::Clients, "64 clients", 64, requests),
     ];
-    let mut processes = etcd.pids();
-    processes.push(("bench (load)".into(), std::process::id()));
-    let mut cpu = CpuPerOp::new(
-        processes
-            .iter()
-            .map(|(name, _)| {
-                name.split(" (")
-                    .next()
-                    .unwrap_or(name)
-                    .replace("bench", "load gen")
-            })
-            .collect(),
-    );
+    let mut columns = etcd.pids();
+    columns.push(("load gen".into(), std::process::id()));
+    let mut cpu = CpuPerOp::new(columns);
     for (row, name, n, reqs) in rows {
         if only.is_some_and(|o| o != row) {
             continue;
         }
-        let cpu_before = cpu_seconds(&processes);
+        let mark = cpu.mark();
         let l = etcd_puts(&etcd, n, reqs).await?;
-        cpu.add(name, &cpu_before, &cpu_seconds(&processes), n * reqs);
+        cpu.add(name, &mark, n * reqs);
         println!(
             "{}",
             l.row(&format!("etcd: {name}, 1 put/request"), "puts/s", "-")
