@@ -1,8 +1,11 @@
 //! Helpers shared by the benchmark programs.
 
 pub mod agents;
+pub mod echo;
 pub mod etcd;
 pub mod load;
+pub mod ratio;
+pub mod submits;
 
 use std::time::Duration;
 
@@ -97,13 +100,17 @@ impl CpuPerOp {
             .collect()
     }
 
-    /// The row `row`: `ops` operations since `mark`.
-    pub fn add(&mut self, row: &str, mark: &[f64], ops: usize) {
-        let per: Vec<f64> = mark
-            .iter()
+    /// Each process's CPU microseconds per operation: `ops` since `mark`.
+    pub fn per_op(&self, mark: &[f64], ops: usize) -> Vec<f64> {
+        mark.iter()
             .zip(self.mark())
             .map(|(b, a)| (a - b) * 1e6 / ops.max(1) as f64)
-            .collect();
+            .collect()
+    }
+
+    /// The row `row`: `ops` operations since `mark`.
+    pub fn add(&mut self, row: &str, mark: &[f64], ops: usize) {
+        let per = self.per_op(mark, ops);
         let mut line = format!("{row:<38}");
         for v in &per {
             line.push_str(&format!(" {v:>10.0}"));

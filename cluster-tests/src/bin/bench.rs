@@ -11,6 +11,7 @@
 //!     cargo run --release -p cluster-tests --bin bench -- failover --agents 100
 //!     cargo run --release -p cluster-tests --bin bench -- agents --agents 10000
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -18,11 +19,14 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use cluster_tests::bench::agents::{AgentStats, SimAgents};
-use cluster_tests::bench::etcd::{self, Etcd, EtcdClient};
-use cluster_tests::bench::load::{Latencies, concurrent, header};
+use cluster_tests::bench::echo;
+use cluster_tests::bench::etcd::{self, Etcd};
+use cluster_tests::bench::load::{Latencies, header};
+use cluster_tests::bench::ratio;
+use cluster_tests::bench::submits::{clients, etcd_puts, gantry_submits, spec};
 use cluster_tests::bench::{CpuPerOp, machine, usage_table};
 use cluster_tests::{Cluster, Timings, http_get, sample, wait_for};
-use gantry_client::{Client, ClientOptions, api};
+use gantry_client::{Client, ClientOptions};
 use tokio::time::Instant;
 
 #[derive(Parser)]
@@ -109,6 +113,29 @@ enum Scenario {
         #[arg(long, default_value_t = 300)]
         task_ms: u64,
     },
+    /// The 64-client row against Gantry, etcd and a server that only
+    /// answers (the transport's ceiling), in turn for several rounds: the
+    /// ratio to etcd as the median of each round's own.
+    Ratio {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Requests per client per row.
+        #[arg(long, default_value_t = 300)]
+        requests: usize,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+    },
+    /// Serves `JobService.SubmitJobs` and nothing else, over Gantry's
+    /// transport (started by `ratio`; prints `listening ADDR`).
+    #[command(hide = true)]
+    EchoServer {
+        #[arg(long, requires_all = ["cert", "key"])]
+        ca: Option<PathBuf>,
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
     /// Hold many agent streams; then how fast a dead agent's node is found lost.
     Agents {
         #[arg(long, default_value_t = 10_000)]
@@ -128,68 +155,6 @@ enum SubmitRow {
     Clients,
     /// 64 clients, 100 jobs per request.
     Batched,
-}
-
-fn spec() -> api::JobSpec {
-    api::JobSpec {
-        argv: vec!["/bin/true".into()],
-        max_attempts: 1,
-        ..Default::default()
-    }
-}
-
-/// Clients spread over the replicas, as etcd's are. With `follow` each
-/// moves to the leader the first follower's reply names; without, two
-/// requests in three are forwarded by a follower.
-fn clients(cluster: &Cluster, n: usize, follow: bool) -> anyhow::Result<Vec<Client>> {
-    let addrs = cluster.live_addrs();
-    (0..n)
-        .map(|c| {
-            let mut order = addrs.clone();
-            order.rotate_left(c % addrs.len());
-            let opts = ClientOptions {
-                follow_leader: follow,
-                ..cluster.client_options()?
-            };
-            Ok(Client::new(&order, opts)?)
-        })
-        .collect()
-}
-
-async fn gantry_submits(
-    cluster: &Cluster,
-    n: usize,
-    requests: usize,
-    batch: usize,
-    follow: bool,
-) -> anyhow::Result<Latencies> {
-    let cs = Arc::new(clients(cluster, n, follow)?);
-    concurrent(n, requests, batch, move |i| {
-        let cs = cs.clone();
-        async move {
-            cs[i / requests.max(1) % cs.len()]
-                .submit_jobs(vec![spec(); batch])
-                .await?;
-            Ok(())
-        }
-    })
-    .await
-}
-
-async fn etcd_puts(etcd: &Etcd, n: usize, requests: usize) -> anyhow::Result<Latencies> {
-    let cs: Vec<EtcdClient> = (0..n)
-        .map(|c| EtcdClient::new(&etcd.client_addrs[c % etcd.client_addrs.len()]))
-        .collect::<anyhow::Result<_>>()?;
-    let cs = Arc::new(cs);
-    concurrent(n, requests, 1, move |i| {
-        let cs = cs.clone();
-        async move {
-            cs[i / requests.max(1) % cs.len()]
-                .put(format!("job/{i}").as_bytes())
-                .await
-        }
-    })
-    .await
 }
 
 fn replica_processes(cluster: &Cluster) -> Vec<(String, u32)> {
@@ -733,6 +698,17 @@ async fn hold(cli: &Cli, agents: usize, hold_s: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn ratio_scenario(cli: &Cli, rounds: usize, requests: usize, n: usize) -> anyhow::Result<()> {
+    preamble(
+        cli,
+        &format!(
+            "{n} clients, one job per unary request, {rounds} rounds of Gantry, etcd and the echo server in turn"
+        ),
+    );
+    let cluster = start(cli).await?;
+    ratio::scenario(&cluster, rounds, requests, n).await
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -758,5 +734,17 @@ async fn main() -> anyhow::Result<()> {
             task_ms,
         } => failover(&cli, *agents, *runs, *task_ms).await,
         Scenario::Agents { agents, hold_s } => hold(&cli, *agents, *hold_s).await,
+        Scenario::Ratio {
+            rounds,
+            requests,
+            clients,
+        } => ratio_scenario(&cli, *rounds, *requests, *clients).await,
+        Scenario::EchoServer { ca, cert, key } => {
+            let tls = match (ca, cert, key) {
+                (Some(ca), Some(cert), Some(key)) => Some((ca.clone(), cert.clone(), key.clone())),
+                _ => None,
+            };
+            echo::serve(tls).await
+        }
     }
 }

@@ -50,7 +50,7 @@ openraft::declare_raft_types!(
     /// Gantry's Raft types with a runtime whose random numbers come from the
     /// simulation's seed.
     pub SimConfig:
-        D = gantry_core::Command,
+        D = gantry_store::Payload,
         R = gantry_core::Outcome,
         AsyncRuntime = runtime::SimRuntime,
 );

@@ -199,7 +199,7 @@ impl Replica {
     }
 
     async fn propose_local(&self, cmd: Command) -> Result<(Outcome, u64), Retry> {
-        match self.raft.client_write(cmd).await {
+        match self.raft.client_write(cmd.into()).await {
             Ok(resp) => Ok((resp.data, resp.log_id.index)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(Retry::Again),
             Err(e) => Err(Retry::Fail(e.to_string())),

@@ -228,7 +228,7 @@ impl Replica {
         deadline: Instant,
     ) -> Result<(Outcome, u64), Try> {
         let started = Instant::now();
-        match tokio::time::timeout_at(deadline, self.raft.client_write(cmd)).await {
+        match tokio::time::timeout_at(deadline, self.raft.client_write(cmd.into())).await {
             Ok(Ok(resp)) => {
                 self.write_latency.observe(started.elapsed().as_secs_f64());
                 Ok((resp.data, resp.log_id.index))

@@ -4,6 +4,7 @@
 //! memory and is rebuilt on start from the last snapshot plus the log.
 
 mod flusher;
+mod log_cache;
 mod log_store;
 mod state_machine;
 
@@ -16,11 +17,19 @@ pub use state_machine::{StateMachineStore, StateReader};
 use openraft::impls::leader_id_adv::LeaderId;
 use openraft::vote::RaftLeaderId;
 
+/// An entry's payload: a core `Command`, shared rather than copied. The
+/// log keeps its newest entries in memory (see `log_store`), and
+/// replication to each follower and the state machine read them from there:
+/// with a shared payload, each of those reads costs a reference count
+/// instead of a copy of every job in the entry. Encoded (log, wire) exactly
+/// as the `Command` itself.
+pub type Payload = std::sync::Arc<gantry_core::Command>;
+
 openraft::declare_raft_types!(
     /// Gantry's Raft type configuration: node ids are `u64` replica ids,
     /// nodes carry the replica's address, the payload is a core `Command`.
     pub TypeConfig:
-        D = gantry_core::Command,
+        D = Payload,
         R = gantry_core::Outcome,
 );
 
@@ -30,7 +39,7 @@ openraft::declare_raft_types!(
 /// in a runtime with a seeded random source, over this same storage.
 pub trait StoreConfig:
     openraft::RaftTypeConfig<
-        D = gantry_core::Command,
+        D = Payload,
         R = gantry_core::Outcome,
         NodeId = u64,
         Node = openraft::impls::BasicNode,
@@ -39,7 +48,7 @@ pub trait StoreConfig:
         Vote = openraft::impls::Vote<LeaderId<u64, u64>>,
         Entry = openraft::Entry<
             <LeaderId<u64, u64> as RaftLeaderId>::Committed,
-            openraft::EntryPayload<gantry_core::Command, u64, openraft::impls::BasicNode>,
+            openraft::EntryPayload<Payload, u64, openraft::impls::BasicNode>,
         >,
     >
 {
@@ -47,7 +56,7 @@ pub trait StoreConfig:
 
 impl<C> StoreConfig for C where
     C: openraft::RaftTypeConfig<
-            D = gantry_core::Command,
+            D = Payload,
             R = gantry_core::Outcome,
             NodeId = u64,
             Node = openraft::impls::BasicNode,
@@ -56,7 +65,7 @@ impl<C> StoreConfig for C where
             Vote = openraft::impls::Vote<LeaderId<u64, u64>>,
             Entry = openraft::Entry<
                 <LeaderId<u64, u64> as RaftLeaderId>::Committed,
-                openraft::EntryPayload<gantry_core::Command, u64, openraft::impls::BasicNode>,
+                openraft::EntryPayload<Payload, u64, openraft::impls::BasicNode>,
             >,
         >
 {

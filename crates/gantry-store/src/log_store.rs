@@ -9,18 +9,24 @@ use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use tokio::sync::Mutex;
+
 use crate::flusher::Flusher;
+use crate::log_cache::LogCache;
 use crate::{Durability, Entry, LogId, StoreConfig, TypeConfig, Vote, to_io};
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
 const LAST_PURGED: &[u8] = b"last_purged";
 
-/// The log store. Clones share the same sled trees, so a reader handed out
-/// before an append sees the appended entries.
+/// The log store. Clones share the same sled trees and the same cache of
+/// the newest entries, so a reader handed out before an append sees the
+/// appended entries.
 pub struct LogStore<C = TypeConfig> {
     log: sled::Tree,
     meta: sled::Tree,
+    /// The newest entries, decoded (see `log_cache`).
+    cache: Arc<Mutex<LogCache>>,
     /// Makes writes durable ([`Durability::Fsync`]); `None` when they only
     /// need to reach sled's cache ([`Durability::Process`]).
     flusher: Option<Arc<Flusher>>,
@@ -32,6 +38,7 @@ impl<C> Clone for LogStore<C> {
         Self {
             log: self.log.clone(),
             meta: self.meta.clone(),
+            cache: self.cache.clone(),
             flusher: self.flusher.clone(),
             config: PhantomData,
         }
@@ -61,6 +68,7 @@ impl<C> LogStore<C> {
         Ok(Self {
             log: db.open_tree("log").map_err(to_io)?,
             meta: db.open_tree("log_meta").map_err(to_io)?,
+            cache: Default::default(),
             flusher,
             config: PhantomData,
         })
@@ -91,6 +99,21 @@ impl<C: StoreConfig> RaftLogReader<C> for LogStore<C> {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
+        let first = match range.start_bound() {
+            Bound::Included(i) => Some(*i),
+            Bound::Excluded(i) => i.checked_add(1),
+            Bound::Unbounded => Some(0),
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => i.checked_add(1),
+            Bound::Excluded(i) => Some(*i),
+            Bound::Unbounded => None,
+        };
+        if let Some(first) = first
+            && let Some(entries) = self.cache.lock().await.get(first, end)
+        {
+            return Ok(entries);
+        }
         let start = match range.start_bound() {
             Bound::Included(i) => Bound::Included(key(*i)),
             Bound::Excluded(i) => Bound::Excluded(key(*i)),
@@ -163,11 +186,19 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
         // crash mid-append keeps a prefix of these entries and never a
         // hole, which is all Raft asks of a log (nothing not yet flushed
         // was acknowledged).
+        let mut cache = self.cache.lock().await;
         for entry in entries {
-            self.log
-                .insert(key(entry.log_id.index), encode(&entry)?)
-                .map_err(to_io)?;
+            let bytes = encode(&entry)?;
+            let size = bytes.len();
+            let k = key(entry.log_id.index);
+            self.log.insert(k, bytes).map_err(to_io)?;
+            cache.push(
+                &entry,
+                size,
+                || matches!(self.log.last(), Ok(Some((last, _))) if *last == k),
+            );
         }
+        drop(cache);
         match &self.flusher {
             Some(f) => f.after_flush(move |r| {
                 callback.io_completed(r.clone().map_err(|(kind, e)| io::Error::new(kind, e)));
@@ -179,6 +210,9 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |l| l.index + 1);
+        // The cache first: a read meanwhile goes to sled, which still holds
+        // what it asks for or no longer does, never a stale copy.
+        self.cache.lock().await.truncate_from(from);
         let mut batch = sled::Batch::default();
         for kv in self.log.range(key(from)..) {
             batch.remove(kv.map_err(to_io)?.0);
@@ -191,6 +225,7 @@ impl<C: StoreConfig> RaftLogStorage<C> for LogStore<C> {
         // Record the purge point first: a crash in between leaves extra
         // entries (harmless), never a gap that the log state hides.
         self.set_meta(LAST_PURGED, &log_id)?;
+        self.cache.lock().await.purge_upto(log_id.index);
         let mut batch = sled::Batch::default();
         for kv in self.log.range(..=key(log_id.index)) {
             batch.remove(kv.map_err(to_io)?.0);

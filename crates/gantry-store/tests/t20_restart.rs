@@ -50,7 +50,7 @@ fn submit(id: &str) -> Command {
 async fn t20_reopen_recovers_vote_log_and_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let entries: Vec<Entry> = (1..=3)
-        .map(|i| Entry::new_normal(log_id(i), submit(&format!("job-{i}"))))
+        .map(|i| Entry::new_normal(log_id(i), submit(&format!("job-{i}")).into()))
         .collect();
     {
         let (mut log, mut sm) = gantry_store::open(dir.path()).unwrap();
@@ -108,7 +108,7 @@ async fn t20_a_snapshot_in_the_old_place_is_moved_and_loaded() {
     let dir = tempfile::tempdir().unwrap();
     let legacy = {
         let (_log, mut sm) = gantry_store::open(dir.path()).unwrap();
-        let entry = Entry::new_normal(log_id(1), submit("job-1"));
+        let entry = Entry::new_normal(log_id(1), submit("job-1").into());
         sm.apply(futures::stream::iter([Ok((entry, None))]))
             .await
             .unwrap();
@@ -214,7 +214,10 @@ async fn t20_reads_return_what_the_log_holds_through_truncation_purge_and_reopen
     let dir = tempfile::tempdir().unwrap();
     let mut model = BTreeMap::new();
     let entry = |term: u64, i: u64| {
-        Entry::new_normal(log_id_in(term, i), submit(&format!("job-{term}-{i}")))
+        Entry::new_normal(
+            log_id_in(term, i),
+            submit(&format!("job-{term}-{i}")).into(),
+        )
     };
     {
         let (mut log, _sm) = gantry_store::open(dir.path()).unwrap();

@@ -50,7 +50,8 @@ fn entry(index: u64) -> Entry {
                     ..JobSpec::default()
                 },
             }],
-        },
+        }
+        .into(),
     )
 }
 
