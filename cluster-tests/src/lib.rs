@@ -216,6 +216,18 @@ impl Cluster {
         Self::start_with(n, timings, secure, false, env).await
     }
 
+    /// [`Self::start_with_options`] with another `gantry` binary than
+    /// `GANTRY_BIN` names (the benchmarks' baseline: an earlier build).
+    pub async fn start_binary(
+        bin: PathBuf,
+        n: usize,
+        timings: Timings,
+        secure: bool,
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<Self> {
+        Self::start_from(bin, n, timings, secure, false, env).await
+    }
+
     /// Starts `n` replicas (plaintext) whose processes, and the agents
     /// started later, get `env` (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`).
     pub async fn start_with_env(
@@ -233,7 +245,17 @@ impl Cluster {
         partitionable: bool,
         env: Vec<(String, String)>,
     ) -> anyhow::Result<Self> {
-        let bin = gantry_bin()?;
+        Self::start_from(gantry_bin()?, n, timings, secure, partitionable, env).await
+    }
+
+    async fn start_from(
+        bin: PathBuf,
+        n: usize,
+        timings: Timings,
+        secure: bool,
+        partitionable: bool,
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<Self> {
         let mut dir = tempfile::Builder::new()
             .prefix("gantry-cluster-")
             .tempdir()?;

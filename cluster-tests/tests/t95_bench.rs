@@ -129,3 +129,41 @@ fn t95_agents_scenario_holds_streams_and_finds_dead_nodes_lost() {
         "{out}"
     );
 }
+
+#[test]
+fn t95_ratio_scenario_runs_gantry_the_echo_server_and_a_baseline_in_turn() {
+    let bin = cluster_tests::gantry_bin().unwrap();
+    let bin = bin.to_str().unwrap();
+    let out = bench(&[
+        "ratio",
+        "--rounds",
+        "2",
+        "--requests",
+        "5",
+        "--clients",
+        "4",
+        "--baseline-bin",
+        bin,
+    ]);
+    let rounds: Vec<&str> = out.lines().filter(|l| l.starts_with("round ")).collect();
+    assert_eq!(rounds.len(), 2, "{out}");
+    for target in ["gantry", "baseline", "echo"] {
+        assert!(
+            rounds.iter().all(|l| l.contains(&format!("{target} "))),
+            "{out}"
+        );
+        assert!(
+            rate(&out, &format!("{target}: 4 clients, median of 2")) > 0.0,
+            "{out}"
+        );
+    }
+    assert!(out.contains("gantry / baseline: "), "{out}");
+    assert!(out.contains("Gantry beyond the transport"), "{out}");
+    assert!(out.contains("echo server"), "{out}");
+    if cluster_tests::bench::etcd::binary().is_some() {
+        assert!(rate(&out, "etcd: 4 clients, median of 2") > 0.0, "{out}");
+        assert!(out.contains("gantry / etcd: "), "{out}");
+    } else {
+        assert!(out.contains("etcd is not installed"), "{out}");
+    }
+}

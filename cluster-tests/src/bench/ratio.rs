@@ -23,8 +23,12 @@ use crate::bench::{CpuPerOp, usage_table};
 /// Starts etcd (where installed) and the echo server beside `cluster`,
 /// runs the rounds and prints the figures and what they leave for the
 /// replicas' own work.
+///
+/// With a `baseline` cluster (an earlier build of `gantry`), it runs in
+/// turn with the rest and the two builds' ratio is measured the same way.
 pub async fn scenario(
     cluster: &Cluster,
+    baseline: Option<&Cluster>,
     rounds: usize,
     requests: usize,
     n: usize,
@@ -53,6 +57,20 @@ pub async fn scenario(
         targets.push(Target::etcd(pids(&etcd.pids()), etcd_clients(etcd, n)?));
         processes.extend(etcd.pids());
     }
+    if let Some(b) = baseline {
+        let replicas: Vec<(String, u32)> = b
+            .replicas
+            .keys()
+            .filter_map(|id| Some((format!("baseline {id}"), b.pid(*id)?)))
+            .collect();
+        targets.push(Target::gantry(
+            "baseline",
+            "jobs/s",
+            pids(&replicas),
+            clients(b, n, true)?,
+        ));
+        processes.extend(replicas);
+    }
     let echo_pid: Vec<u32> = echo.pid().into_iter().collect();
     processes.extend(echo_pid.iter().map(|p| ("echo server".to_owned(), *p)));
     let opts = cluster.client_options()?;
@@ -62,6 +80,20 @@ pub async fn scenario(
     let readings = run(&targets, rounds, requests).await?;
     println!("\n{}", cpu_table(&targets, &readings));
     let (gantry, echo_r) = (&readings[0], &readings[readings.len() - 1]);
+    if baseline.is_some() {
+        let b = &readings[readings.len() - 2];
+        println!(
+            "gantry / baseline: {:.2}x jobs/s, {:.2}x CPU per job in all (medians of the rounds' own ratios)",
+            ratio(gantry, b),
+            median(
+                gantry
+                    .iter()
+                    .zip(b)
+                    .map(|(g, b)| g.all_us() / b.all_us())
+                    .collect()
+            )
+        );
+    }
     let (g_all, x_all) = (all_us(gantry), all_us(echo_r));
     println!(
         "Gantry beyond the transport (group commit, Raft to two followers, three logs, \

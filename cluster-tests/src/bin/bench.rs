@@ -124,6 +124,10 @@ enum Scenario {
         requests: usize,
         #[arg(long, default_value_t = 64)]
         clients: usize,
+        /// Another `gantry` binary (an earlier build) to run in turn with
+        /// the rest, for a before/after ratio measured the same way.
+        #[arg(long)]
+        baseline_bin: Option<PathBuf>,
     },
     /// Serves `JobService.SubmitJobs` and nothing else, over Gantry's
     /// transport (started by `ratio`; prints `listening ADDR`).
@@ -192,11 +196,14 @@ fn preamble(cli: &Cli, what: &str) {
 async fn start(cli: &Cli) -> anyhow::Result<Cluster> {
     // The per-identity submit limit (2,000 requests/s by default) protects a
     // production cluster from one runaway client; a load test is that client.
-    let env = vec![
+    Cluster::start_with_options(3, cli.profile.timings(), !cli.plaintext, bench_env()).await
+}
+
+fn bench_env() -> Vec<(String, String)> {
+    vec![
         ("GANTRY_SUBMIT_RATE".to_owned(), "1000000".to_owned()),
         ("GANTRY_SUBMIT_BURST".to_owned(), "1000000".to_owned()),
-    ];
-    Cluster::start_with_options(3, cli.profile.timings(), !cli.plaintext, env).await
+    ]
 }
 
 async fn submit(
@@ -698,7 +705,13 @@ async fn hold(cli: &Cli, agents: usize, hold_s: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn ratio_scenario(cli: &Cli, rounds: usize, requests: usize, n: usize) -> anyhow::Result<()> {
+async fn ratio_scenario(
+    cli: &Cli,
+    rounds: usize,
+    requests: usize,
+    n: usize,
+    baseline_bin: Option<PathBuf>,
+) -> anyhow::Result<()> {
     preamble(
         cli,
         &format!(
@@ -706,7 +719,14 @@ async fn ratio_scenario(cli: &Cli, rounds: usize, requests: usize, n: usize) -> 
         ),
     );
     let cluster = start(cli).await?;
-    ratio::scenario(&cluster, rounds, requests, n).await
+    let baseline = match baseline_bin {
+        Some(bin) => Some(
+            Cluster::start_binary(bin, 3, cli.profile.timings(), !cli.plaintext, bench_env())
+                .await?,
+        ),
+        None => None,
+    };
+    ratio::scenario(&cluster, baseline.as_ref(), rounds, requests, n).await
 }
 
 #[tokio::main]
@@ -738,7 +758,8 @@ async fn main() -> anyhow::Result<()> {
             rounds,
             requests,
             clients,
-        } => ratio_scenario(&cli, *rounds, *requests, *clients).await,
+            baseline_bin,
+        } => ratio_scenario(&cli, *rounds, *requests, *clients, baseline_bin.clone()).await,
         Scenario::EchoServer { ca, cert, key } => {
             let tls = match (ca, cert, key) {
                 (Some(ca), Some(cert), Some(key)) => Some((ca.clone(), cert.clone(), key.clone())),

@@ -185,7 +185,7 @@ pub async fn start_on(
         .map_err(|e| StartError::Reflection(e.to_string()))?;
     let router = transport
         .server()
-        .layer(crate::grpc_metrics::GrpcMetricsLayer(grpc_counters))
+        .layer(crate::grpc_metrics::GrpcMetricsLayer::new(grpc_counters))
         .add_service(health_service)
         .add_service(
             RaftServiceServer::new(InternalService {
