@@ -37,7 +37,11 @@ fn entry(index: u64) -> Entry {
             },
             index,
         ),
-        Command::SubmitJobs { now_ms: index, jobs }.into(),
+        Command::SubmitJobs {
+            now_ms: index,
+            jobs,
+        }
+        .into(),
     )
 }
 
