@@ -161,7 +161,7 @@ where
 impl Cluster {
     /// Starts `n` replicas (plaintext, `--insecure`) and waits for a leader.
     pub async fn start(n: usize, timings: Timings) -> anyhow::Result<Self> {
-        Self::start_with(n, timings, false, false, Vec::new()).await
+        Self::start_with(gantry_bin()?, n, timings, false, false, Vec::new()).await
     }
 
     /// Starts `n` replicas each in its own network namespace, so that
@@ -169,7 +169,7 @@ impl Cluster {
     /// namespaces cannot be made (not root, no `ip`), falls back to
     /// loopback, says so on stderr, and [`Cluster::partitionable`] is false.
     pub async fn start_partitionable(n: usize, timings: Timings) -> anyhow::Result<Self> {
-        Self::start_with(n, timings, false, true, Vec::new()).await
+        Self::start_with(gantry_bin()?, n, timings, false, true, Vec::new()).await
     }
 
     pub fn partitionable(&self) -> bool {
@@ -202,7 +202,7 @@ impl Cluster {
 
     /// Starts `n` replicas with mTLS under a CA made for this cluster.
     pub async fn start_secure(n: usize, timings: Timings) -> anyhow::Result<Self> {
-        Self::start_with(n, timings, true, false, Vec::new()).await
+        Self::start_with(gantry_bin()?, n, timings, true, false, Vec::new()).await
     }
 
     /// Starts `n` replicas, with mTLS when `secure`, whose processes and
@@ -213,7 +213,7 @@ impl Cluster {
         secure: bool,
         env: Vec<(String, String)>,
     ) -> anyhow::Result<Self> {
-        Self::start_with(n, timings, secure, false, env).await
+        Self::start_with(gantry_bin()?, n, timings, secure, false, env).await
     }
 
     /// [`Self::start_with_options`] with another `gantry` binary than
@@ -225,7 +225,7 @@ impl Cluster {
         secure: bool,
         env: Vec<(String, String)>,
     ) -> anyhow::Result<Self> {
-        Self::start_from(bin, n, timings, secure, false, env).await
+        Self::start_with(bin, n, timings, secure, false, env).await
     }
 
     /// Starts `n` replicas (plaintext) whose processes, and the agents
@@ -235,20 +235,10 @@ impl Cluster {
         timings: Timings,
         env: Vec<(String, String)>,
     ) -> anyhow::Result<Self> {
-        Self::start_with(n, timings, false, false, env).await
+        Self::start_with(gantry_bin()?, n, timings, false, false, env).await
     }
 
     async fn start_with(
-        n: usize,
-        timings: Timings,
-        secure: bool,
-        partitionable: bool,
-        env: Vec<(String, String)>,
-    ) -> anyhow::Result<Self> {
-        Self::start_from(gantry_bin()?, n, timings, secure, partitionable, env).await
-    }
-
-    async fn start_from(
         bin: PathBuf,
         n: usize,
         timings: Timings,

@@ -8,7 +8,6 @@
 //! It runs in a process of its own (`bench echo-server`, which prints the
 //! address it listens on), so its CPU is read from /proc like a replica's.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -76,21 +75,17 @@ impl EchoServer {
 
 /// `bench echo-server`: serves until killed, after printing
 /// `listening ADDR` on stdout.
-pub async fn serve(tls: Option<(PathBuf, PathBuf, PathBuf)>) -> anyhow::Result<()> {
+pub async fn serve(tls: Option<TlsPaths>) -> anyhow::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     println!("listening {}", listener.local_addr()?);
     let transport = match &tls {
-        Some((ca, cert, key)) => Transport::mtls(&TlsPaths {
-            ca: ca.clone(),
-            cert: cert.clone(),
-            key: key.clone(),
-        })?,
+        Some(paths) => Transport::mtls(paths)?,
         None => Transport::insecure(),
     };
     let router = transport.server().add_service(JobServiceServer::new(Echo));
-    match transport.tls_paths() {
+    match tls {
         Some(paths) => {
-            let tls = reload::watch_files(paths.clone(), Duration::from_secs(60))?;
+            let tls = reload::watch_files(paths, Duration::from_secs(60))?;
             router
                 .serve_with_incoming(reload::incoming(listener, tls))
                 .await?

@@ -9,6 +9,17 @@ pub mod submits;
 
 use std::time::Duration;
 
+use crate::Cluster;
+
+/// `cluster`'s replica processes, named `"{label} {id}"`.
+pub fn replica_pids(cluster: &Cluster, label: &str) -> Vec<(String, u32)> {
+    cluster
+        .replicas
+        .keys()
+        .filter_map(|id| Some((format!("{label} {id}"), cluster.pid(*id)?)))
+        .collect()
+}
+
 /// The `p` quantile (0..=1) of sorted durations, in milliseconds.
 pub fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {

@@ -18,7 +18,7 @@ use crate::bench::echo::EchoServer;
 use crate::bench::etcd::{self, Etcd, EtcdClient};
 use crate::bench::load::{Latencies, header};
 use crate::bench::submits::{clients, clients_of, etcd_clients, put_with, submit_with};
-use crate::bench::{CpuPerOp, usage_table};
+use crate::bench::{CpuPerOp, replica_pids, usage_table};
 
 /// Starts etcd (where installed) and the echo server beside `cluster`,
 /// runs the rounds and prints the figures and what they leave for the
@@ -41,11 +41,7 @@ pub async fn scenario(
             None
         }
     };
-    let mut processes: Vec<(String, u32)> = cluster
-        .replicas
-        .keys()
-        .filter_map(|id| Some((format!("replica {id}"), cluster.pid(*id)?)))
-        .collect();
+    let mut processes = replica_pids(cluster, "replica");
     let pids = |p: &[(String, u32)]| p.iter().map(|(_, pid)| *pid).collect::<Vec<_>>();
     let mut targets = vec![Target::gantry(
         "gantry",
@@ -58,11 +54,7 @@ pub async fn scenario(
         processes.extend(etcd.pids());
     }
     if let Some(b) = baseline {
-        let replicas: Vec<(String, u32)> = b
-            .replicas
-            .keys()
-            .filter_map(|id| Some((format!("baseline {id}"), b.pid(*id)?)))
-            .collect();
+        let replicas = replica_pids(b, "baseline");
         targets.push(Target::gantry(
             "baseline",
             "jobs/s",

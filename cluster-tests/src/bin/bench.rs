@@ -24,9 +24,10 @@ use cluster_tests::bench::etcd::{self, Etcd};
 use cluster_tests::bench::load::{Latencies, header};
 use cluster_tests::bench::ratio;
 use cluster_tests::bench::submits::{clients, etcd_puts, gantry_submits, spec};
-use cluster_tests::bench::{CpuPerOp, machine, usage_table};
+use cluster_tests::bench::{CpuPerOp, machine, replica_pids, usage_table};
 use cluster_tests::{Cluster, Timings, http_get, sample, wait_for};
 use gantry_client::{Client, ClientOptions};
+use gantry_proto::transport::TlsPaths;
 use tokio::time::Instant;
 
 #[derive(Parser)]
@@ -162,11 +163,7 @@ enum SubmitRow {
 }
 
 fn replica_processes(cluster: &Cluster) -> Vec<(String, u32)> {
-    let mut p: Vec<(String, u32)> = cluster
-        .replicas
-        .keys()
-        .filter_map(|id| Some((format!("replica {id}"), cluster.pid(*id)?)))
-        .collect();
+    let mut p = replica_pids(cluster, "replica");
     p.extend(cluster.agent_pids());
     p.push(("bench (load+agents)".into(), std::process::id()));
     p
@@ -762,7 +759,11 @@ async fn main() -> anyhow::Result<()> {
         } => ratio_scenario(&cli, *rounds, *requests, *clients, baseline_bin.clone()).await,
         Scenario::EchoServer { ca, cert, key } => {
             let tls = match (ca, cert, key) {
-                (Some(ca), Some(cert), Some(key)) => Some((ca.clone(), cert.clone(), key.clone())),
+                (Some(ca), Some(cert), Some(key)) => Some(TlsPaths {
+                    ca: ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
                 _ => None,
             };
             echo::serve(tls).await

@@ -76,11 +76,11 @@ fn log(c: &mut Criterion) {
         // A second store over the same database has a cache of its own,
         // which never fills: its reads go to sled.
         let (other, _) = gantry_store::from_db(&db, Durability::Process).expect("store");
+        let mut reader = if cached { log.clone() } else { other };
         let mut index = 0;
         g.bench_function(name, |b| {
             b.iter(|| {
                 index += 1;
-                let mut reader = if cached { log.clone() } else { other.clone() };
                 rt.block_on(append_and_read(&mut log, &mut reader, index));
             })
         });

@@ -99,33 +99,26 @@ impl<C: StoreConfig> RaftLogReader<C> for LogStore<C> {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
+        // The range as first..end (end `None`: to the end of the log).
         let first = match range.start_bound() {
-            Bound::Included(i) => Some(*i),
-            Bound::Excluded(i) => i.checked_add(1),
-            Bound::Unbounded => Some(0),
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => match i.checked_add(1) {
+                Some(first) => first,
+                None => return Ok(Vec::new()),
+            },
+            Bound::Unbounded => 0,
         };
         let end = match range.end_bound() {
             Bound::Included(i) => i.checked_add(1),
             Bound::Excluded(i) => Some(*i),
             Bound::Unbounded => None,
         };
-        if let Some(first) = first
-            && let Some(entries) = self.cache.lock().await.get(first, end)
-        {
+        if let Some(entries) = self.cache.lock().await.get(first, end) {
             return Ok(entries);
         }
-        let start = match range.start_bound() {
-            Bound::Included(i) => Bound::Included(key(*i)),
-            Bound::Excluded(i) => Bound::Excluded(key(*i)),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let end = match range.end_bound() {
-            Bound::Included(i) => Bound::Included(key(*i)),
-            Bound::Excluded(i) => Bound::Excluded(key(*i)),
-            Bound::Unbounded => Bound::Unbounded,
-        };
+        let end = end.map_or(Bound::Unbounded, |e| Bound::Excluded(key(e)));
         self.log
-            .range::<[u8; 8], _>((start, end))
+            .range::<[u8; 8], _>((Bound::Included(key(first)), end))
             .map(|kv| decode(&kv.map_err(to_io)?.1))
             .collect()
     }
