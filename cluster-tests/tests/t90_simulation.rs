@@ -74,6 +74,9 @@ fn t90_simulated_seeds_keep_every_invariant() {
         for v in &r.violations {
             eprintln!("  {}: {}", v.invariant, v.detail);
         }
+        for line in &r.final_state {
+            eprintln!("  final: {line}");
+        }
     }
     assert!(
         failed.is_empty(),
@@ -112,6 +115,21 @@ fn t90_a_seed_replays_exactly() {
     // And a different seed is a different run.
     let c = sim::run(seed + 1, &opts);
     assert_ne!(a.fingerprint, c.fingerprint);
+}
+
+#[test]
+fn t90_a_node_confirmed_while_its_loss_is_written_is_not_lost_again() {
+    // The seed that found it (CI, 2026-12-06): the leader's liveness loop
+    // forgot a reconnected node's fresh confirmation when its last loss
+    // committed, then judged it from when the loop started, and marked it
+    // lost on every tick; its tasks' retry backoffs outgrew the run.
+    let r = sim::run(2_779_761_268, &Options::default());
+    assert!(
+        r.violations.is_empty(),
+        "{r}\n{:#?}\n{:#?}",
+        r.violations,
+        r.final_state
+    );
 }
 
 /// How many of `seeds` violate `invariant` with `opts`.

@@ -491,7 +491,6 @@ async fn schedule_loop(replica: Arc<Replica>) {
 }
 
 async fn liveness_loop(replica: Arc<Replica>) {
-    let started = Instant::now();
     let mut tick = tokio::time::interval(SESSION_REPORT_INTERVAL);
     loop {
         tick.tick().await;
@@ -506,11 +505,18 @@ async fn liveness_loop(replica: Arc<Replica>) {
             .await;
         let now = Instant::now();
         let lost: Vec<String> = {
-            let l = replica.liveness.lock().await;
+            // A node seen for the first time (by a new leader, or ready again
+            // after it was marked lost) gets a full grace period from now,
+            // as in gantry-server's sessions.rs. Counting from when this loop
+            // started marked a node lost again at once if its reconnect's
+            // confirmation came while the last loss was being written (the
+            // write's success forgets it): lost on every tick until the
+            // tasks' backoffs outgrew the run.
+            let mut l = replica.liveness.lock().await;
             ready
                 .into_iter()
                 .filter(|n| {
-                    let seen = l.get(n).copied().unwrap_or(started);
+                    let seen = *l.entry(n.clone()).or_insert(now);
                     now.duration_since(seen) > NODE_GRACE
                 })
                 .collect()
