@@ -44,9 +44,9 @@ pub(crate) enum Route {
 /// every replica, replication, an apply), so while the replicas are busy
 /// one larger entry is cheaper than two small ones. 64 clients of one job
 /// each made entries of 8.7 jobs when four could always be in flight, and
-/// 27 this way: 0.86x the CPU per job, 1.15x the jobs/s. Large batches
+/// 26 this way: 0.8x the CPU per job, 1.2x the jobs/s. Large batches
 /// (100-job requests) overlap: one at a time cost them a fifth of their
-/// rate (docs/benchmarks.md).
+/// rate (docs/benchmarks.md, eighth session).
 pub const IN_FLIGHT: usize = 4;
 /// A batch this large is proposed while others are in flight.
 pub const OVERLAP_JOBS: usize = 64;
@@ -153,7 +153,8 @@ where
                     Err(_) => return,
                 }
             }
-            // Small, and an entry is being committed: grow until it is not.
+            // Small, and an entry is in flight: take in arrivals until the
+            // batch is large or the entries in flight are done.
             tokio::select! {
                 () = finished.notified() => {}
                 p = rx.recv() => match p {
