@@ -71,9 +71,16 @@ pub async fn scenario(
 
     let readings = run(&targets, rounds, requests).await?;
     println!("\n{}", cpu_table(&targets, &readings));
-    let (gantry, echo_r) = (&readings[0], &readings[readings.len() - 1]);
-    if baseline.is_some() {
-        let b = &readings[readings.len() - 2];
+    let of = |name: &str| {
+        targets
+            .iter()
+            .position(|t| t.name == name)
+            .map(|i| readings[i].as_slice())
+    };
+    let (Some(gantry), Some(echo_r)) = (of("gantry"), of("echo")) else {
+        anyhow::bail!("the gantry and echo rows are always run");
+    };
+    if let Some(b) = of("baseline") {
         println!(
             "gantry / baseline: {:.2}x jobs/s, {:.2}x CPU per job in all (medians of the rounds' own ratios)",
             ratio(gantry, b),
@@ -92,8 +99,7 @@ pub async fn scenario(
          three applies): {:.0} µs of CPU per job",
         g_all - x_all
     );
-    if etcd.is_some() {
-        let e = &readings[1];
+    if let Some(e) = of("etcd") {
         let e_all = all_us(e);
         println!(
             "gantry / etcd: {:.2}x (median of the rounds' own ratios; target 2x)",
