@@ -158,3 +158,120 @@ pub fn usage_table(processes: &[(String, u32)]) -> String {
     out.push_str(&format!("{:<20} {cpu:>6.2}   {rss:>12.1}\n", "total"));
     out
 }
+
+/// What a process's threads have used so far, by kind of thread: CPU
+/// seconds and context switches, from each thread's /proc entry.
+///
+/// Sampled profiles of these replicas attribute much of their time to the
+/// kernel's context-switch path, where a sample cannot tell whose work it
+/// was; the scheduler's own per-thread run time can. A thread that exits
+/// between two readings takes its share with it (sled's pool keeps seven
+/// threads for good; the rest are long-lived).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ThreadUsage {
+    /// Kind of thread (see [`thread_kind`]) → (CPU seconds, context switches).
+    pub by_kind: std::collections::BTreeMap<String, (f64, u64)>,
+}
+
+/// The kind of a thread, from its name: numbered siblings are one kind.
+pub fn thread_kind(comm: &str) -> String {
+    let comm = comm.trim();
+    match comm {
+        "tokio-rt-worker" => "tokio workers".into(),
+        "gantry-fsync" => "log flusher".into(),
+        c if c.starts_with("sled-io") => "sled I/O pool".into(),
+        c => c
+            .trim_end_matches(|ch: char| ch.is_ascii_digit() || ch == '-')
+            .to_owned(),
+    }
+}
+
+impl ThreadUsage {
+    /// `pid`'s threads now; empty once the process is gone.
+    pub fn of(pid: u32) -> Self {
+        let mut usage = Self::default();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return usage;
+        };
+        for task in tasks.flatten() {
+            let dir = task.path();
+            let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+            let (Some(comm), Some(schedstat), Some(status)) =
+                (read("comm"), read("schedstat"), read("status"))
+            else {
+                continue;
+            };
+            // schedstat: nanoseconds on the CPU, waiting, and timeslices.
+            let run_ns: f64 = schedstat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+            let switches: u64 = status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum();
+            let e = usage.by_kind.entry(thread_kind(&comm)).or_default();
+            e.0 += run_ns / 1e9;
+            e.1 += switches;
+        }
+        usage
+    }
+
+    /// What was used from `before` to `self`, kind by kind.
+    pub fn since(&self, before: &Self) -> Self {
+        let by_kind = self
+            .by_kind
+            .iter()
+            .map(|(k, (cpu, sw))| {
+                let (cpu0, sw0) = before.by_kind.get(k).copied().unwrap_or_default();
+                (k.clone(), ((cpu - cpu0).max(0.0), sw.saturating_sub(sw0)))
+            })
+            .collect();
+        Self { by_kind }
+    }
+
+    /// Adds `other` to `self`, kind by kind.
+    pub fn add(&mut self, other: &Self) {
+        for (k, (cpu, sw)) in &other.by_kind {
+            let e = self.by_kind.entry(k.clone()).or_default();
+            e.0 += cpu;
+            e.1 += sw;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn t10_threads_are_grouped_by_kind_and_differences_never_go_negative() {
+        assert_eq!(thread_kind("tokio-rt-worker"), "tokio workers");
+        assert_eq!(thread_kind("sled-io-12"), "sled I/O pool");
+        assert_eq!(thread_kind("gantry-fsync"), "log flusher");
+        assert_eq!(thread_kind("gantry"), "gantry");
+        assert_eq!(thread_kind("etcd"), "etcd");
+        let mut a = ThreadUsage::default();
+        a.by_kind.insert("tokio workers".into(), (2.0, 10));
+        let mut b = ThreadUsage::default();
+        b.by_kind.insert("tokio workers".into(), (1.5, 4));
+        b.by_kind.insert("sled I/O pool".into(), (0.5, 7));
+        // A kind that appeared only later counts from zero; one that went
+        // away (its threads exited) is left out.
+        let d = b.since(&a);
+        assert_eq!(d.by_kind["tokio workers"], (0.0, 0));
+        assert_eq!(d.by_kind["sled I/O pool"], (0.5, 7));
+        let mut sum = d.clone();
+        sum.add(&d);
+        assert_eq!(sum.by_kind["sled I/O pool"], (1.0, 14));
+    }
+
+    #[test]
+    fn t11_this_process_threads_are_read_and_a_gone_process_has_none() {
+        let me = ThreadUsage::of(std::process::id());
+        assert!(!me.by_kind.is_empty(), "no threads read from /proc");
+        assert!(ThreadUsage::of(u32::MAX).by_kind.is_empty());
+    }
+}

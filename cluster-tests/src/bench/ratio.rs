@@ -18,7 +18,7 @@ use crate::bench::echo::EchoServer;
 use crate::bench::etcd::{self, Etcd, EtcdClient};
 use crate::bench::load::{Latencies, header};
 use crate::bench::submits::{clients, clients_of, etcd_clients, put_with, submit_with};
-use crate::bench::{CpuPerOp, replica_pids, usage_table};
+use crate::bench::{CpuPerOp, ThreadUsage, replica_pids, usage_table};
 
 /// Starts etcd (where installed) and the echo server beside `cluster`,
 /// runs the rounds and prints the figures and what they leave for the
@@ -43,6 +43,14 @@ pub async fn scenario(
     };
     let mut processes = replica_pids(cluster, "replica");
     let pids = |p: &[(String, u32)]| p.iter().map(|(_, pid)| *pid).collect::<Vec<_>>();
+    // Which replica leads, for the table of CPU by thread.
+    let leaders = [
+        leader_pid(cluster).await,
+        match baseline {
+            Some(b) => leader_pid(b).await,
+            None => None,
+        },
+    ];
     let mut targets = vec![Target::gantry(
         "gantry",
         "jobs/s",
@@ -69,8 +77,24 @@ pub async fn scenario(
     let echo_clients = clients_of(std::slice::from_ref(&echo.addr), n, &opts)?;
     targets.push(Target::gantry("echo", "calls/s", echo_pid, echo_clients));
 
-    let readings = run(&targets, rounds, requests).await?;
+    let (readings, threads) = run(&targets, rounds, requests).await?;
     println!("\n{}", cpu_table(&targets, &readings));
+    let jobs = |name: &str| {
+        targets
+            .iter()
+            .position(|t| t.name == name)
+            .map(|i| (i, readings[i].len() * targets[i].clients() * requests))
+    };
+    // The echo server's line is the transport's own share, to read the
+    // replicas' lines against.
+    for (name, leader) in ["gantry", "baseline", "echo"]
+        .into_iter()
+        .zip(leaders.into_iter().chain([None]))
+    {
+        if let Some((i, ops)) = jobs(name) {
+            println!("{}", thread_table(&targets[i], &threads[i], leader, ops));
+        }
+    }
     let of = |name: &str| {
         targets
             .iter()
@@ -189,8 +213,14 @@ impl Target {
         }
     }
 
-    /// `requests` calls from every client, with the CPU it took.
-    async fn measure(&self, requests: usize) -> anyhow::Result<(Latencies, Reading)> {
+    /// `requests` calls from every client, with the CPU it took (and each
+    /// server's, by kind of thread).
+    async fn measure(
+        &self,
+        requests: usize,
+    ) -> anyhow::Result<(Latencies, Reading, Vec<ThreadUsage>)> {
+        let threads_before: Vec<ThreadUsage> =
+            self.servers.iter().map(|p| ThreadUsage::of(*p)).collect();
         let mut columns: Vec<(String, u32)> = self
             .servers
             .iter()
@@ -201,13 +231,19 @@ impl Target {
         let mark = cpu.mark();
         let l = self.drive(requests).await?;
         let per = cpu.per_op(&mark, self.clients() * requests);
+        let threads = self
+            .servers
+            .iter()
+            .zip(&threads_before)
+            .map(|(p, before)| ThreadUsage::of(*p).since(before))
+            .collect();
         let (load, servers) = per.split_last().unwrap_or((&0.0, &[]));
         let reading = Reading {
             per_s: l.per_s,
             servers_us: servers.iter().sum(),
             load_us: *load,
         };
-        Ok((l, reading))
+        Ok((l, reading, threads))
     }
 }
 
@@ -220,18 +256,21 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// Each target's readings, round by round, and its servers' CPU by kind
+/// of thread over all rounds.
+pub type Measured = (Vec<Vec<Reading>>, Vec<Vec<ThreadUsage>>);
+
 /// Runs `rounds` rounds of `requests` calls per client against every
-/// target (alternating the order), printing each round; returns each
-/// target's readings.
-pub async fn run(
-    targets: &[Target],
-    rounds: usize,
-    requests: usize,
-) -> anyhow::Result<Vec<Vec<Reading>>> {
+/// target (alternating the order), printing each round.
+pub async fn run(targets: &[Target], rounds: usize, requests: usize) -> anyhow::Result<Measured> {
     for t in targets {
         t.drive(2).await?;
     }
     let mut readings = vec![Vec::new(); targets.len()];
+    let mut threads: Vec<Vec<ThreadUsage>> = targets
+        .iter()
+        .map(|t| vec![ThreadUsage::default(); t.servers.len()])
+        .collect();
     let mut latencies: Vec<Vec<std::time::Duration>> = vec![Vec::new(); targets.len()];
     for round in 0..rounds {
         let mut order: Vec<usize> = (0..targets.len()).collect();
@@ -239,7 +278,10 @@ pub async fn run(
             order.reverse();
         }
         for i in order {
-            let (l, r) = targets[i].measure(requests).await?;
+            let (l, r, used) = targets[i].measure(requests).await?;
+            for (sum, u) in threads[i].iter_mut().zip(&used) {
+                sum.add(u);
+            }
             latencies[i].extend(l.sorted);
             readings[i].push(r);
         }
@@ -264,7 +306,41 @@ pub async fn run(
         let what = format!("{}: {} clients, median of {rounds}", t.name, t.clients());
         println!("{}", all.row(&what, t.unit, "latencies of all rounds"));
     }
-    Ok(readings)
+    Ok((readings, threads))
+}
+
+/// The pid of `cluster`'s leader, if the replicas agree on one.
+async fn leader_pid(cluster: &Cluster) -> Option<u32> {
+    cluster.pid(cluster.leader().await.ok()?)
+}
+
+/// Where `t`'s servers spent their CPU over all rounds (`ops` operations),
+/// by kind of thread: µs per operation and context switches per 100.
+pub fn thread_table(t: &Target, used: &[ThreadUsage], leader: Option<u32>, ops: usize) -> String {
+    let ops = ops.max(1) as f64;
+    let mut out = format!(
+        "{:<38} {:>10} {:>16}\n",
+        format!("{}: CPU by thread, all rounds", t.name),
+        "µs per op",
+        "switches per 100"
+    );
+    for (i, (pid, u)) in t.servers.iter().zip(used).enumerate() {
+        let role = match leader {
+            Some(l) if l == *pid => "leader",
+            Some(_) => "follower",
+            None => "server",
+        };
+        // Threads that did nothing (the main thread, parked at startup) are left out.
+        for (kind, (cpu, switches)) in u.by_kind.iter().filter(|(_, (c, _))| *c > 0.0) {
+            out.push_str(&format!(
+                "{:<38} {:>10.1} {:>16.1}\n",
+                format!("  {} ({role}): {kind}", i + 1),
+                cpu * 1e6 / ops,
+                *switches as f64 * 100.0 / ops
+            ));
+        }
+    }
+    out
 }
 
 /// The median over rounds of `a`'s rate over `b`'s in the same round.
