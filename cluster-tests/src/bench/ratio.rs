@@ -17,7 +17,7 @@ use crate::Cluster;
 use crate::bench::echo::EchoServer;
 use crate::bench::etcd::{self, Etcd, EtcdClient};
 use crate::bench::load::{Latencies, header};
-use crate::bench::submits::{clients, clients_of, etcd_clients, put_with, submit_with};
+use crate::bench::submits::{clients, clients_of, etcd_clients, put_with, submit_indexed};
 use crate::bench::{CpuPerOp, ThreadUsage, replica_pids, usage_table};
 
 /// Starts etcd (where installed) and the echo server beside `cluster`,
@@ -166,6 +166,9 @@ pub struct Reading {
     /// CPU µs per operation: the servers' together, and the load generator's.
     pub servers_us: f64,
     pub load_us: f64,
+    /// Operations per Raft entry (Gantry's submissions; 0 where the
+    /// replies carry no commit index).
+    pub per_entry: f64,
 }
 
 impl Reading {
@@ -206,10 +209,22 @@ impl Target {
         }
     }
 
-    async fn drive(&self, requests: usize) -> anyhow::Result<Latencies> {
+    /// The load, and operations per Raft entry where that can be read.
+    async fn drive(&self, requests: usize) -> anyhow::Result<(Latencies, f64)> {
         match &self.load {
-            Load::Gantry(c) => submit_with(c.clone(), requests, 1).await,
-            Load::Etcd(c) => put_with(c.clone(), requests).await,
+            Load::Gantry(c) => {
+                let (l, (low, high)) = submit_indexed(c.clone(), requests, 1).await?;
+                let ops = (self.clients() * requests) as f64;
+                // The first entry of the row is counted whole, though
+                // submissions from before it may share it.
+                let per_entry = if high == 0 {
+                    0.0
+                } else {
+                    ops / (high - low + 1) as f64
+                };
+                Ok((l, per_entry))
+            }
+            Load::Etcd(c) => Ok((put_with(c.clone(), requests).await?, 0.0)),
         }
     }
 
@@ -229,7 +244,7 @@ impl Target {
         columns.push((String::new(), std::process::id()));
         let cpu = CpuPerOp::new(columns);
         let mark = cpu.mark();
-        let l = self.drive(requests).await?;
+        let (l, per_entry) = self.drive(requests).await?;
         let per = cpu.per_op(&mark, self.clients() * requests);
         let threads = self
             .servers
@@ -242,6 +257,7 @@ impl Target {
             per_s: l.per_s,
             servers_us: servers.iter().sum(),
             load_us: *load,
+            per_entry,
         };
         Ok((l, reading, threads))
     }
@@ -292,6 +308,9 @@ pub async fn run(targets: &[Target], rounds: usize, requests: usize) -> anyhow::
                     "  {} {:>6.0} {} ({:.0}+{:.0} µs)",
                     t.name, r.per_s, t.unit, r.servers_us, r.load_us
                 ));
+                if r.per_entry > 0.0 {
+                    line.push_str(&format!(" {:.1}/entry", r.per_entry));
+                }
             }
         }
         println!("{line}");
@@ -382,6 +401,7 @@ mod tests {
             per_s,
             servers_us: 1.0,
             load_us: 1.0,
+            per_entry: 0.0,
         }
     }
 

@@ -46,17 +46,42 @@ pub async fn submit_with(
     requests: usize,
     batch: usize,
 ) -> anyhow::Result<Latencies> {
+    Ok(submit_indexed(cs, requests, batch).await?.0)
+}
+
+/// [`submit_with`], and the lowest and highest commit index the replies
+/// gave (0 and 0 from a server that gives none): how many log entries
+/// the submissions took.
+pub async fn submit_indexed(
+    cs: Arc<Vec<Client>>,
+    requests: usize,
+    batch: usize,
+) -> anyhow::Result<(Latencies, (u64, u64))> {
+    use std::sync::atomic::{AtomicU64, Ordering};
     let n = cs.len();
-    concurrent(n, requests, batch, move |i| {
-        let cs = cs.clone();
+    let low = Arc::new(AtomicU64::new(u64::MAX));
+    let high = Arc::new(AtomicU64::new(0));
+    let (lo, hi) = (low.clone(), high.clone());
+    let l = concurrent(n, requests, batch, move |i| {
+        let (cs, lo, hi) = (cs.clone(), lo.clone(), hi.clone());
         async move {
-            cs[i / requests.max(1) % cs.len()]
+            let reply = cs[i / requests.max(1) % cs.len()]
                 .submit_jobs(vec![spec(); batch])
                 .await?;
+            lo.fetch_min(reply.commit_index, Ordering::Relaxed);
+            hi.fetch_max(reply.commit_index, Ordering::Relaxed);
             Ok(())
         }
     })
-    .await
+    .await?;
+    let low = low.load(Ordering::Relaxed);
+    Ok((
+        l,
+        (
+            low.min(high.load(Ordering::Relaxed)),
+            high.load(Ordering::Relaxed),
+        ),
+    ))
 }
 
 /// `n` new clients of `cluster`, each submitting `requests` requests of `batch` jobs.
