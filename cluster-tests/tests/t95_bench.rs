@@ -159,6 +159,12 @@ fn t95_ratio_scenario_runs_gantry_the_echo_server_and_a_baseline_in_turn() {
     }
     assert!(out.contains("gantry / baseline: "), "{out}");
     assert!(out.contains("Gantry beyond the transport"), "{out}");
+    // Jobs per Raft entry in every round, and each replica's CPU by kind
+    // of thread, the leader's among them.
+    assert!(rounds.iter().all(|l| l.contains("/entry")), "{out}");
+    assert!(out.contains("gantry: CPU by thread"), "{out}");
+    assert!(out.contains("(leader): tokio workers"), "{out}");
+    assert!(out.contains("(server): tokio workers"), "{out}");
     assert!(out.contains("echo server"), "{out}");
     if cluster_tests::bench::etcd::binary().is_some() {
         assert!(rate(&out, "etcd: 4 clients, median of 2") > 0.0, "{out}");
