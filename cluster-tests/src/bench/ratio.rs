@@ -43,13 +43,19 @@ pub async fn scenario(
     };
     let mut processes = replica_pids(cluster, "replica");
     let pids = |p: &[(String, u32)]| p.iter().map(|(_, pid)| *pid).collect::<Vec<_>>();
-    // Which replica leads, for the table of CPU by thread.
-    let leaders = [
-        leader_pid(cluster).await,
-        match baseline {
-            Some(b) => leader_pid(b).await,
-            None => None,
-        },
+    // Which replica leads, for the tables of CPU by thread; the echo
+    // server's table is the transport's own share, to read the replicas'
+    // against.
+    let tables = [
+        ("gantry", leader_pid(cluster).await),
+        (
+            "baseline",
+            match baseline {
+                Some(b) => leader_pid(b).await,
+                None => None,
+            },
+        ),
+        ("echo", None),
     ];
     let mut targets = vec![Target::gantry(
         "gantry",
@@ -79,28 +85,14 @@ pub async fn scenario(
 
     let (readings, threads) = run(&targets, rounds, requests).await?;
     println!("\n{}", cpu_table(&targets, &readings));
-    let jobs = |name: &str| {
-        targets
-            .iter()
-            .position(|t| t.name == name)
-            .map(|i| (i, readings[i].len() * targets[i].clients() * requests))
-    };
-    // The echo server's line is the transport's own share, to read the
-    // replicas' lines against.
-    for (name, leader) in ["gantry", "baseline", "echo"]
-        .into_iter()
-        .zip(leaders.into_iter().chain([None]))
-    {
-        if let Some((i, ops)) = jobs(name) {
+    let at = |name: &str| targets.iter().position(|t| t.name == name);
+    for (name, leader) in tables {
+        if let Some(i) = at(name) {
+            let ops = readings[i].len() * targets[i].clients() * requests;
             println!("{}", thread_table(&targets[i], &threads[i], leader, ops));
         }
     }
-    let of = |name: &str| {
-        targets
-            .iter()
-            .position(|t| t.name == name)
-            .map(|i| readings[i].as_slice())
-    };
+    let of = |name: &str| at(name).map(|i| readings[i].as_slice());
     let (Some(gantry), Some(echo_r)) = (of("gantry"), of("echo")) else {
         anyhow::bail!("the gantry and echo rows are always run");
     };

@@ -74,14 +74,8 @@ pub async fn submit_indexed(
         }
     })
     .await?;
-    let low = low.load(Ordering::Relaxed);
-    Ok((
-        l,
-        (
-            low.min(high.load(Ordering::Relaxed)),
-            high.load(Ordering::Relaxed),
-        ),
-    ))
+    let high = high.load(Ordering::Relaxed);
+    Ok((l, (low.load(Ordering::Relaxed).min(high), high)))
 }
 
 /// `n` new clients of `cluster`, each submitting `requests` requests of `batch` jobs.
