@@ -93,10 +93,13 @@ impl JobService for JobApi {
         req: Request<SubmitJobsRequest>,
     ) -> Result<Response<SubmitJobsResponse>, Status> {
         let caller = auth::require(&self.replica, &req, auth::WRITE, "submit_jobs")?;
-        let key = caller.map_or_else(|| "anonymous".to_owned(), |c| c.to_string());
-        if let Err(wait) = self.replica.submit_limit.take(&key).await {
+        // Only clients may submit (WRITE), so a client's name is its key;
+        // without TLS there are no identities and all callers share one.
+        let key = caller.as_ref().map_or("anonymous", |c| c.name.as_str());
+        if let Err(wait) = self.replica.submit_limit.take(key).await {
+            let who = caller.map_or_else(|| "anonymous".to_owned(), |c| c.to_string());
             return Err(Status::resource_exhausted(format!(
-                "submit rate limit for {key} reached ({} requests/s); retry in {} ms",
+                "submit rate limit for {who} reached ({} requests/s); retry in {} ms",
                 self.replica.config.submit_rate,
                 wait.as_millis().max(1)
             )));

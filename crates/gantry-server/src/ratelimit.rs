@@ -41,10 +41,20 @@ impl RateLimiter {
             // Forget idle callers rather than grow without bound.
             buckets.retain(|_, b| now.duration_since(b.last) < Duration::from_secs(60));
         }
-        let b = buckets.entry(key.to_owned()).or_insert(Bucket {
-            tokens: self.burst,
-            last: now,
-        });
+        // The key is copied only the first time a caller is seen: this runs
+        // for every submit request.
+        if !buckets.contains_key(key) {
+            buckets.insert(
+                key.to_owned(),
+                Bucket {
+                    tokens: self.burst,
+                    last: now,
+                },
+            );
+        }
+        let Some(b) = buckets.get_mut(key) else {
+            return Ok(());
+        };
         let refill = now.duration_since(b.last).as_secs_f64() * self.rate;
         b.tokens = (b.tokens + refill).min(self.burst);
         b.last = now;
