@@ -41,20 +41,21 @@ impl RateLimiter {
             // Forget idle callers rather than grow without bound.
             buckets.retain(|_, b| now.duration_since(b.last) < Duration::from_secs(60));
         }
-        // The key is copied only the first time a caller is seen: this runs
-        // for every submit request.
-        if !buckets.contains_key(key) {
-            buckets.insert(
-                key.to_owned(),
-                Bucket {
-                    tokens: self.burst,
-                    last: now,
-                },
-            );
+        // One lookup per request; the key is copied only for a new caller.
+        if let Some(b) = buckets.get_mut(key) {
+            return self.take_from(b, now);
         }
-        let Some(b) = buckets.get_mut(key) else {
-            return Ok(());
+        let mut b = Bucket {
+            tokens: self.burst,
+            last: now,
         };
+        let taken = self.take_from(&mut b, now);
+        buckets.insert(key.to_owned(), b);
+        taken
+    }
+
+    /// Refills `b` up to `now` and takes a token from it.
+    fn take_from(&self, b: &mut Bucket, now: Instant) -> Result<(), Duration> {
         let refill = now.duration_since(b.last).as_secs_f64() * self.rate;
         b.tokens = (b.tokens + refill).min(self.burst);
         b.last = now;
