@@ -9,6 +9,7 @@ mod app;
 mod auth;
 mod clock;
 mod cluster;
+mod commit_hold;
 pub mod config;
 mod convert;
 mod deadline;

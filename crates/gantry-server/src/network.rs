@@ -6,7 +6,9 @@
 //! replication session: the leader sends each new batch of entries as a
 //! message without waiting for the answer to the previous one (one unary
 //! `AppendEntries` call per batch, each waiting on the follower's fsync, is
-//! the fallback for replicas that do not know the call).
+//! the fallback for replicas that do not know the call). An append that
+//! carries only a commit index is held briefly for the next entries to
+//! carry it (see `commit_hold`).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -17,7 +19,6 @@ use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::Fatal;
 use openraft::network::stream_append_sequential;
 use openraft::raft::StreamAppendResult;
-use tokio::time::Instant;
 
 use gantry_proto::internal::v1::{RaftPayload, SnapshotChunk};
 use gantry_store::{ReplicaId, Snapshot, TypeConfig, Vote};
@@ -34,6 +35,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::Code;
 
+use crate::commit_hold::{self, Outgoing, Sent};
 use crate::peers::Peers;
 
 /// Snapshot data is sent in chunks of this size.
@@ -136,32 +138,37 @@ impl PeerClient {
 }
 
 /// What is left of a pipelined replication stream: the target's answers,
-/// and when each request still unanswered was sent.
+/// what became of each request (see `commit_hold`), and answers settled
+/// but not yet handed to openraft.
 struct Answers {
     responses: tonic::Streaming<RaftPayload>,
-    sent: tokio::sync::mpsc::UnboundedReceiver<Instant>,
-    unanswered: VecDeque<Instant>,
+    sent: tokio::sync::mpsc::UnboundedReceiver<Sent>,
+    unanswered: VecDeque<Sent>,
+    ready: VecDeque<AppendAnswer>,
     timeout: Duration,
     target: ReplicaId,
     done: bool,
 }
+
+type AppendAnswer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
 
 impl Answers {
     /// The next answer, in request order. A request unanswered for `timeout`
     /// fails the stream (a target that stopped answering without closing the
     /// connection); an idle stream, with nothing to answer, waits for the
     /// leader's next request as long as it takes.
-    async fn next(
-        &mut self,
-    ) -> Option<Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>> {
-        if self.done {
-            return None;
-        }
+    async fn next(&mut self) -> Option<AppendAnswer> {
         loop {
-            while let Ok(t) = self.sent.try_recv() {
-                self.unanswered.push_back(t);
+            if let Some(a) = self.ready.pop_front() {
+                return Some(a);
             }
-            let deadline = self.unanswered.front().map(|t| *t + self.timeout);
+            if self.done {
+                return None;
+            }
+            while let Ok(s) = self.sent.try_recv() {
+                self.unanswered.push_back(s);
+            }
+            let deadline = commit_hold::oldest_sent(&self.unanswered).map(|t| t + self.timeout);
             let overdue = async move {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
@@ -170,8 +177,8 @@ impl Answers {
             };
             let message = tokio::select! {
                 m = self.responses.message() => m,
-                Some(t) = self.sent.recv() => {
-                    self.unanswered.push_back(t);
+                Some(s) = self.sent.recv() => {
+                    self.unanswered.push_back(s);
                     continue;
                 }
                 () = overdue => {
@@ -183,28 +190,33 @@ impl Answers {
                 }
             };
             let answer = match message {
-                Ok(Some(p)) => {
-                    self.unanswered.pop_front();
-                    let decoded: Result<
-                        Result<StreamAppendResult<TypeConfig>, Fatal<TypeConfig>>,
-                        _,
-                    > = decode(&p.data);
-                    match decoded {
-                        Ok(Ok(result)) => Ok(result),
-                        Ok(Err(fatal)) => {
-                            Err(net_err(format!("replica {} refused: {fatal}", self.target)))
-                        }
-                        Err(e) => Err(net_err(format!(
-                            "replica {} sent an undecodable append result: {e}",
-                            self.target
-                        ))),
-                    }
-                }
+                Ok(Some(p)) => self.decode(&p.data),
                 Ok(None) => return None,
                 Err(status) => Err(to_rpc_error(status)),
             };
+            // Requests superseded before the one answered share its answer
+            // when it is a success; a failure stands for the first of them
+            // (openraft stops reading at a failure).
+            let superseded = commit_hold::settle(&mut self.unanswered).unwrap_or_default();
+            if matches!(answer, Ok(Ok(_))) {
+                self.ready
+                    .extend(superseded.into_iter().map(|id| Ok(Ok(id))));
+            }
             self.done = answer.is_err();
-            return Some(answer);
+            self.ready.push_back(answer);
+        }
+    }
+
+    fn decode(&self, data: &[u8]) -> AppendAnswer {
+        let decoded: Result<Result<StreamAppendResult<TypeConfig>, Fatal<TypeConfig>>, _> =
+            decode(data);
+        match decoded {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(fatal)) => Err(net_err(format!("replica {} refused: {fatal}", self.target))),
+            Err(e) => Err(net_err(format!(
+                "replica {} sent an undecodable append result: {e}",
+                self.target
+            ))),
         }
     }
 }
@@ -240,12 +252,11 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 .map_err(to_rpc_error)?;
             let (sent_tx, sent) = tokio::sync::mpsc::unbounded_channel();
             let target = self.target;
-            let requests = tokio_stream::StreamExt::map_while(input, move |req| {
+            let outgoing = Outgoing::new(input, sent_tx);
+            let requests = futures::stream::unfold(outgoing, move |mut out| async move {
+                let req = out.next().await?;
                 match encode(&req) {
-                    Ok(data) => {
-                        let _ = sent_tx.send(Instant::now());
-                        Some(RaftPayload { data })
-                    }
+                    Ok(data) => Some((RaftPayload { data }, out)),
                     Err(e) => {
                         tracing::error!(target_replica = target, error = %e, "could not encode an append; ending the stream");
                         None
@@ -276,6 +287,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 responses,
                 sent,
                 unanswered: VecDeque::new(),
+                ready: VecDeque::new(),
                 timeout,
                 target,
                 done: false,
