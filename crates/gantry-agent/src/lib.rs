@@ -39,6 +39,8 @@ use tokio_stream::wrappers::ReceiverStream;
 const EVENT_QUEUE: usize = 4096;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often repeated connection failures are summarised in the log.
+const WARN_SUMMARY_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -294,15 +296,34 @@ async fn connect_loop(shared: Arc<Shared>, mut events: mpsc::Receiver<AgentMessa
     let servers = shared.cfg.servers.clone();
     let mut backoff = BACKOFF_MIN;
     let mut next = 0;
+    // Failed tries since the last stream that worked, and when they were
+    // last mentioned: the first failure is logged, then a summary a minute.
+    let mut failed: u64 = 0;
+    let mut last_warned = tokio::time::Instant::now();
     loop {
         let server = &servers[next % servers.len()];
+        let opened_at = tokio::time::Instant::now();
         match session(&shared, server, &mut events).await {
             Ok(()) => {
                 tracing::info!(%server, "stream closed by the replica; reconnecting");
                 backoff = BACKOFF_MIN;
+                failed = 0;
             }
             Err(e) => {
-                tracing::warn!(%server, error = %e, "agent stream failed; trying the next replica");
+                // A stream that lasted a while worked: its end starts a new count.
+                if opened_at.elapsed() > BACKOFF_MAX {
+                    failed = 0;
+                }
+                failed += 1;
+                if failed == 1 {
+                    tracing::warn!(%server, error = %e, "agent stream failed; trying the next replica");
+                    last_warned = tokio::time::Instant::now();
+                } else if last_warned.elapsed() >= WARN_SUMMARY_EVERY {
+                    tracing::warn!(%server, error = %e, failed_tries = failed, "still no replica holds this agent's stream; retrying");
+                    last_warned = tokio::time::Instant::now();
+                } else {
+                    tracing::debug!(%server, error = %e, "agent stream failed; trying the next replica");
+                }
                 next += 1;
             }
         }

@@ -34,6 +34,24 @@ pub fn schedule_with(
     limit: usize,
     default_policy: PlacementPolicy,
 ) -> Vec<Placement> {
+    schedule_round(state, now_ms, limit, default_policy).placements
+}
+
+/// One round's plan, and how many pending tasks it looked at to make it.
+#[derive(Debug, Default)]
+pub struct Round {
+    pub placements: Vec<Placement>,
+    pub examined: usize,
+}
+
+/// [`schedule_with`], also counting the pending tasks the round read: a
+/// round's cost grows with that number, so the leader paces its rounds by it.
+pub fn schedule_round(
+    state: &State,
+    now_ms: u64,
+    limit: usize,
+    default_policy: PlacementPolicy,
+) -> Round {
     let mut nodes: BTreeMap<&str, Slot<'_>> = state
         .nodes()
         .filter(|n| n.accepts_work(now_ms))
@@ -48,7 +66,22 @@ pub fn schedule_with(
         .collect();
     let mut placements = Vec::new();
     if nodes.is_empty() {
-        return placements;
+        return Round::default();
+    }
+    // Every task takes a task slot: once no node has one left, nothing else
+    // can be placed, and the rest of the pending tasks need not be looked at
+    // (a full cluster with a long queue would otherwise read the whole queue
+    // each round, for every task that finishes).
+    let mut nodes_with_slots = nodes
+        .values()
+        .filter(|s| has_slot(s.node, &s.usage))
+        .count();
+    let mut examined = 0;
+    if nodes_with_slots == 0 {
+        return Round {
+            placements,
+            examined,
+        };
     }
     // One ranking per shape of task, built when the shape first comes up and
     // kept current as nodes fill: a placement changes only its own node, so
@@ -56,9 +89,10 @@ pub fn schedule_with(
     // node, and a shape that fits nowhere costs nothing after its first try.
     let mut queues: BTreeMap<Shape<'_>, Queue<'_>> = BTreeMap::new();
     for (job, task_index) in state.pending_tasks() {
-        if placements.len() >= limit {
+        if placements.len() >= limit || nodes_with_slots == 0 {
             break;
         }
+        examined += 1;
         let Some(task) = job.tasks.get(task_index as usize) else {
             continue;
         };
@@ -84,6 +118,9 @@ pub fn schedule_with(
             .unwrap_or_default();
         slot.usage.add(&job.spec.resources, &gpus);
         slot.version += 1;
+        if !has_slot(slot.node, &slot.usage) {
+            nodes_with_slots -= 1;
+        }
         for q in queues.values_mut() {
             q.refresh(node_id, slot, now_ms);
         }
@@ -96,7 +133,10 @@ pub fn schedule_with(
             node_id: node_id.to_owned(),
         });
     }
-    placements
+    Round {
+        placements,
+        examined,
+    }
 }
 
 /// A node as the round sees it: what it holds so far, and how many times
@@ -214,6 +254,11 @@ fn shape(spec: &JobSpec, policy: PlacementPolicy) -> Shape<'_> {
         policy,
         spec.spread,
     )
+}
+
+/// Whether `node` has a task slot free (a node without a slot limit always has).
+fn has_slot(node: &Node, usage: &Usage) -> bool {
+    node.info.max_tasks == 0 || usage.tasks < node.info.max_tasks
 }
 
 /// Whether the policy lets `node` take new work at all.

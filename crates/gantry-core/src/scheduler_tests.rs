@@ -512,3 +512,45 @@ fn t20_drain_deadline_stops_and_reschedules_without_counting_failures() {
 // GPUs, health, reputation and placement policies.
 #[path = "placement_tests.rs"]
 mod placement;
+
+/// A full cluster with a long queue: a round stops reading the queue once
+/// no node has a task slot left, so each task that finishes costs a round
+/// of one placement, not a read of every pending task.
+#[test]
+fn t10_a_round_stops_reading_the_queue_when_no_slot_is_left() {
+    let mut s = State::default();
+    open(
+        &mut s,
+        1,
+        NodeInfo {
+            max_tasks: 2,
+            ..node("n1", 64_000, 0, 0, &[])
+        },
+    );
+    let jobs: Vec<NewJob> = (0..10_000)
+        .map(|i| job(&format!("j{i:05}"), 10, 0))
+        .collect();
+    submit(&mut s, 2, jobs);
+
+    let first = schedule_round(&s, 0, 1_000, PlacementPolicy::Balanced);
+    assert_eq!(first.placements.len(), 2);
+    assert_eq!(
+        first.examined, 2,
+        "the queue is read only until the slots are gone"
+    );
+    s.apply(
+        3,
+        &Command::Assign {
+            now_ms: 0,
+            placements: first.placements.clone(),
+        },
+    );
+    let full = schedule_round(&s, 0, 1_000, PlacementPolicy::Balanced);
+    assert_eq!((full.placements.len(), full.examined), (0, 0));
+
+    finish(&mut s, 4, &first.placements[0], None);
+    let next = schedule_round(&s, 10, 1_000, PlacementPolicy::Balanced);
+    assert_eq!(next.placements.len(), 1);
+    assert_eq!(next.examined, 1);
+    assert_eq!(s.pending_count(), 9_998);
+}

@@ -460,7 +460,7 @@ async fn propose_reports(
                 let ack = Ack {
                     attempt: Some(token_to_api(attempt)),
                 };
-                let _ = tx.send(msg(ServerMsg::Ack(ack))).await;
+                let _ = tx.send_ack(msg(ServerMsg::Ack(ack))).await;
             }
         }
     }

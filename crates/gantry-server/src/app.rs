@@ -112,9 +112,7 @@ pub async fn start_on(
         None => None,
     };
     let peers = Peers::new(transport.clone(), tls_watch.clone());
-    let network = NetworkFactory {
-        peers: peers.clone(),
-    };
+    let network = NetworkFactory::new(peers.clone());
     let raft = Raft::new(config.id, raft_config, network, log, sm)
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -136,6 +134,7 @@ pub async fn start_on(
         identities: Default::default(),
         in_quorum: Default::default(),
         write_latency: crate::metrics::write_latency_histogram(),
+        scheduler_examined: Default::default(),
         wakeups: Default::default(),
         submits: submit_queue,
         forwards: forward_queue,

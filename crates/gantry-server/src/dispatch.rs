@@ -32,38 +32,69 @@ pub type Outgoing = Result<ServerMessage, Status>;
 /// about 480 bytes, so every held stream kept 15 KiB for a queue that is
 /// almost always empty.
 #[derive(Clone)]
-pub struct Outbound(mpsc::Sender<Box<Outgoing>>);
+pub struct Outbound {
+    msgs: mpsc::Sender<Box<Outgoing>>,
+    /// Acknowledgements travel apart, ahead of the rest: the replica that
+    /// proposes an agent's reports must never wait for the agent to read its
+    /// assignments, or an agent that writes before it reads (and a replica
+    /// that reads its reports only as fast as it can acknowledge them)
+    /// would wait on each other for ever.
+    acks: mpsc::Sender<Box<Outgoing>>,
+}
 
 /// The agent's stream is gone.
 #[derive(Debug)]
 pub struct Closed;
 
+/// Acknowledgements queued towards one agent. Each answers a report the agent
+/// sent, so only an agent that stops reading and keeps reporting fills it;
+/// then its reports wait.
+pub const ACK_QUEUE: usize = 16_384;
+
 impl Outbound {
-    /// A queue of `capacity` messages and the stream that drains it.
+    /// A queue of `capacity` messages (and one of [`ACK_QUEUE`]
+    /// acknowledgements) and the stream that drains them, acknowledgements first.
     pub fn channel(
         capacity: usize,
     ) -> (
         Outbound,
         impl futures::Stream<Item = Outgoing> + Send + 'static,
     ) {
-        use tokio_stream::StreamExt;
-        let (tx, rx) = mpsc::channel(capacity);
-        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|m: Box<Outgoing>| *m);
-        (Outbound(tx), stream)
+        let (msgs, mut msgs_rx) = mpsc::channel::<Box<Outgoing>>(capacity);
+        let (acks, mut acks_rx) = mpsc::channel::<Box<Outgoing>>(ACK_QUEUE);
+        let stream = futures::stream::poll_fn(move |cx| {
+            use std::task::Poll;
+            let acks_open = match acks_rx.poll_recv(cx) {
+                Poll::Ready(Some(m)) => return Poll::Ready(Some(*m)),
+                Poll::Ready(None) => false,
+                Poll::Pending => true,
+            };
+            match msgs_rx.poll_recv(cx) {
+                Poll::Ready(Some(m)) => Poll::Ready(Some(*m)),
+                Poll::Ready(None) if !acks_open => Poll::Ready(None),
+                Poll::Ready(None) | Poll::Pending => Poll::Pending,
+            }
+        });
+        (Outbound { msgs, acks }, stream)
+    }
+
+    /// Queues an acknowledgement; waits only when [`ACK_QUEUE`] are unread.
+    pub async fn send_ack(&self, m: Outgoing) -> Result<(), Closed> {
+        self.acks.send(Box::new(m)).await.map_err(|_| Closed)
     }
 
     /// Waits for room in the queue.
     pub async fn send(&self, m: Outgoing) -> Result<(), Closed> {
-        self.0.send(Box::new(m)).await.map_err(|_| Closed)
+        self.msgs.send(Box::new(m)).await.map_err(|_| Closed)
     }
 
     /// Queues `m` unless the queue is full.
     pub fn try_send(&self, m: Outgoing) -> Result<(), Closed> {
-        self.0.try_send(Box::new(m)).map_err(|_| Closed)
+        self.msgs.try_send(Box::new(m)).map_err(|_| Closed)
     }
 
     pub fn is_closed(&self) -> bool {
-        self.0.is_closed()
+        self.msgs.is_closed()
     }
 }
 
@@ -342,5 +373,52 @@ impl Dispatcher {
         if let Err(e) = self.replica.write(cmd, deadline).await {
             tracing::warn!(node = %self.info.id, error = %e, "could not register the node again");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use gantry_proto::v1::Ack;
+
+    fn ack() -> Outgoing {
+        Ok(ServerMessage {
+            msg: Some(ServerMsg::Ack(Ack::default())),
+        })
+    }
+
+    fn cancel() -> Outgoing {
+        Ok(ServerMessage {
+            msg: Some(ServerMsg::Cancel(Cancel::default())),
+        })
+    }
+
+    /// An agent that does not read its assignments must not keep its
+    /// reports from being acknowledged: acknowledgements queue apart and go
+    /// out first.
+    #[tokio::test]
+    async fn acknowledgements_never_wait_behind_a_full_queue() {
+        let (tx, stream) = Outbound::channel(2);
+        tx.send(cancel()).await.unwrap();
+        tx.send(cancel()).await.unwrap();
+        assert!(tx.try_send(cancel()).is_err(), "the message queue is full");
+        for _ in 0..100 {
+            tokio::time::timeout(Duration::from_secs(5), tx.send_ack(ack()))
+                .await
+                .expect("an acknowledgement is queued while messages are full")
+                .unwrap();
+        }
+        drop(tx);
+        let kinds: Vec<&str> = stream
+            .map(|m| match m.unwrap().msg {
+                Some(ServerMsg::Ack(_)) => "ack",
+                _ => "other",
+            })
+            .collect::<Vec<_>>()
+            .await;
+        assert_eq!(kinds.len(), 102);
+        assert!(kinds[..100].iter().all(|k| *k == "ack"), "acks first");
+        assert!(kinds[100..].iter().all(|k| *k == "other"));
     }
 }

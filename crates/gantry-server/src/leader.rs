@@ -18,6 +18,9 @@ use crate::replica::Replica;
 const MAX_PLACEMENTS_PER_ROUND: usize = 1_000;
 /// How often the scheduler looks again when nothing changed (retry backoffs expire).
 const SCHEDULER_TICK: Duration = Duration::from_millis(500);
+/// After a round, the scheduler rests this many times as long as the round
+/// took (it then uses at most a quarter of the leader's time).
+const SCHEDULER_REST_FACTOR: u32 = 3;
 /// How often replicas report their sessions and the leader checks liveness.
 pub const SESSION_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -57,11 +60,15 @@ async fn schedule_loop(replica: Arc<Replica>) {
     let mut metrics = replica.raft.metrics();
     let policy = replica.config.placement_policy();
     loop {
+        // Anything applied after this is looked at by the next round.
+        let applied = metrics.borrow_watched().last_applied;
         let now = now_ms();
-        let (placements, spans) = replica
+        let started = Instant::now();
+        let (placements, examined, spans) = replica
             .state
             .read(|s, _| {
-                let placements = scheduler::schedule_with(s, now, MAX_PLACEMENTS_PER_ROUND, policy);
+                let round = scheduler::schedule_round(s, now, MAX_PLACEMENTS_PER_ROUND, policy);
+                let placements = round.placements;
                 // A span per placement in its job's trace, until committed.
                 let spans: Vec<tracing::Span> = placements
                     .iter()
@@ -74,9 +81,12 @@ async fn schedule_loop(replica: Arc<Replica>) {
                         })
                     })
                     .collect();
-                (placements, spans)
+                (placements, round.examined, spans)
             })
             .await;
+        let took = started.elapsed();
+        replica.scheduler_examined.inc_by(examined as u64);
+        let full_round = placements.len() >= MAX_PLACEMENTS_PER_ROUND;
         if !placements.is_empty() {
             let n = placements.len();
             let deadline = Instant::now() + replica.config.request_timeout();
@@ -93,14 +103,20 @@ async fn schedule_loop(replica: Arc<Replica>) {
                 Ok(_) => {
                     drop(spans);
                     tracing::debug!(placed = n, "scheduling round committed");
-                    continue;
+                    if full_round {
+                        continue;
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "scheduling round not committed"),
             }
         }
+        // A round that read the whole queue costs in proportion to it: rest
+        // a few times as long before the next, so that with a long queue
+        // the scheduler takes at most a share of the leader's time and
+        // applies, reports and reads keep theirs.
+        tokio::time::sleep(pause_after(took)).await;
         // Woken by newly applied entries (new work, finished attempts,
         // nodes), or by the tick for retry backoffs.
-        let applied = metrics.borrow_watched().last_applied;
         let _ = tokio::time::timeout(SCHEDULER_TICK, async {
             while metrics.changed().await.is_ok() {
                 if metrics.borrow_watched().last_applied != applied {
@@ -110,6 +126,12 @@ async fn schedule_loop(replica: Arc<Replica>) {
         })
         .await;
     }
+}
+
+/// The rest after a scheduling round that took `took`.
+fn pause_after(took: Duration) -> Duration {
+    took.saturating_mul(SCHEDULER_REST_FACTOR)
+        .min(SCHEDULER_TICK)
 }
 
 async fn liveness_loop(replica: Arc<Replica>) {

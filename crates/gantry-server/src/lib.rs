@@ -28,6 +28,7 @@ mod nodes_api;
 mod output;
 mod peers;
 mod ratelimit;
+mod reachability;
 mod replica;
 mod sessions;
 mod snapshot_api;

@@ -249,6 +249,11 @@ pub async fn render(replica: &Replica, grpc: &GrpcCounters) -> String {
         replica.write_latency.clone(),
     );
     reg.register(
+        "scheduler_tasks_examined",
+        "Pending tasks the scheduler read while this replica led (a round stops reading when no node has a task slot left)",
+        replica.scheduler_examined.clone(),
+    );
+    reg.register(
         "grpc_requests",
         "gRPC requests received, by method",
         grpc.requests.clone(),

@@ -37,6 +37,7 @@ use tonic::Code;
 
 use crate::commit_hold::{self, Outgoing, Sent};
 use crate::peers::Peers;
+use crate::reachability::Reachability;
 
 /// Snapshot data is sent in chunks of this size.
 const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
@@ -58,6 +59,18 @@ pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, serde_json::Err
 #[derive(Clone)]
 pub struct NetworkFactory {
     pub(crate) peers: Peers,
+    /// Per target: kept across the clients openraft makes for it, so a
+    /// peer's backoff and what was logged about it outlive one term.
+    reach: std::sync::Arc<tokio::sync::Mutex<std::collections::HashMap<ReplicaId, Reachability>>>,
+}
+
+impl NetworkFactory {
+    pub fn new(peers: Peers) -> Self {
+        Self {
+            peers,
+            reach: std::sync::Arc::default(),
+        }
+    }
 }
 
 pub struct PeerClient {
@@ -67,17 +80,30 @@ pub struct PeerClient {
     /// Whether the target takes `StreamAppend`; a replica from before it
     /// answers UNIMPLEMENTED once and is sent one `AppendEntries` at a time.
     streaming: bool,
+    /// Replication to a peer that does not answer backs off.
+    reach: Reachability,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: ReplicaId, node: &BasicNode) -> Self::Network {
+        let reach = {
+            let mut all = self.reach.lock().await;
+            let r = all
+                .entry(target)
+                .or_insert_with(|| Reachability::new(target, &node.addr));
+            if r.addr() != node.addr {
+                *r = Reachability::new(target, &node.addr);
+            }
+            r.clone()
+        };
         PeerClient {
             peers: self.peers.clone(),
             target,
             addr: node.addr.clone(),
             streaming: true,
+            reach,
         }
     }
 }
@@ -135,6 +161,68 @@ impl PeerClient {
             decode(&reply.into_inner().data).map_err(net_err)?;
         result.map_err(|e| net_err(format!("replica {} refused: {e}", self.target)))
     }
+
+    /// Opens one `StreamAppend` call carrying `input`; its answers in order.
+    async fn open_stream<S>(
+        &mut self,
+        input: S,
+        timeout: Duration,
+    ) -> Result<BoxStream<'static, AppendAnswer>, RPCError<TypeConfig>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        let mut client = self
+            .peers
+            .raft_client(&self.addr)
+            .await
+            .map_err(to_rpc_error)?;
+        let (sent_tx, sent) = tokio::sync::mpsc::unbounded_channel();
+        let target = self.target;
+        let outgoing = Outgoing::new(input, sent_tx);
+        let requests = futures::stream::unfold(outgoing, move |mut out| async move {
+            let req = out.next().await?;
+            match encode(&req) {
+                Ok(data) => Some((RaftPayload { data }, out)),
+                Err(e) => {
+                    tracing::error!(target_replica = target, error = %e, "could not encode an append; ending the stream");
+                    None
+                }
+            }
+        });
+        let responses = match tokio::time::timeout(timeout, client.stream_append(requests)).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(s)) if s.code() == Code::Unimplemented => {
+                tracing::info!(
+                    target_replica = target,
+                    "replica does not take StreamAppend (an older version); replicating one AppendEntries at a time"
+                );
+                self.streaming = false;
+                return Err(RPCError::Unreachable(Unreachable::new(&s)));
+            }
+            Ok(Err(s)) => return Err(to_rpc_error(s)),
+            Err(_) => {
+                return Err(net_err(format!(
+                    "replica {target} at {} did not open a replication stream within {timeout:?}",
+                    self.addr
+                )));
+            }
+        };
+        let answers = Answers {
+            responses,
+            sent,
+            unanswered: VecDeque::new(),
+            ready: VecDeque::new(),
+            timeout,
+            target,
+            done: false,
+            reach: self.reach.clone(),
+        };
+        let stream = futures::stream::unfold(answers, |mut a| async move {
+            let item = a.next().await?;
+            Some((item, a))
+        });
+        Ok(Box::pin(stream))
+    }
 }
 
 /// What is left of a pipelined replication stream: the target's answers,
@@ -148,6 +236,8 @@ struct Answers {
     timeout: Duration,
     target: ReplicaId,
     done: bool,
+    /// A stream that fails makes the next one wait (see `reachability`).
+    reach: Reachability,
 }
 
 type AppendAnswer = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
@@ -183,10 +273,12 @@ impl Answers {
                 }
                 () = overdue => {
                     self.done = true;
-                    return Some(Err(net_err(format!(
+                    let e = net_err(format!(
                         "replica {} did not answer an append within {:?}",
                         self.target, self.timeout
-                    ))));
+                    ));
+                    self.reach.failed(&e).await;
+                    return Some(Err(e));
                 }
             };
             let answer = match message {
@@ -203,6 +295,9 @@ impl Answers {
                     .extend(superseded.into_iter().map(|id| Ok(Ok(id))));
             }
             self.done = answer.is_err();
+            if let Err(e) = &answer {
+                self.reach.failed(e).await;
+            }
             self.ready.push_back(answer);
         }
     }
@@ -245,71 +340,32 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         }
         Box::pin(async move {
             let timeout = option.hard_ttl().max(MIN_RPC_TIMEOUT);
-            let mut client = self
-                .peers
-                .raft_client(&self.addr)
-                .await
-                .map_err(to_rpc_error)?;
-            let (sent_tx, sent) = tokio::sync::mpsc::unbounded_channel();
-            let target = self.target;
-            let outgoing = Outgoing::new(input, sent_tx);
-            let requests = futures::stream::unfold(outgoing, move |mut out| async move {
-                let req = out.next().await?;
-                match encode(&req) {
-                    Ok(data) => Some((RaftPayload { data }, out)),
-                    Err(e) => {
-                        tracing::error!(target_replica = target, error = %e, "could not encode an append; ending the stream");
-                        None
-                    }
-                }
-            });
-            let responses = match tokio::time::timeout(timeout, client.stream_append(requests))
-                .await
-            {
-                Ok(Ok(r)) => r.into_inner(),
-                Ok(Err(s)) if s.code() == Code::Unimplemented => {
-                    tracing::info!(
-                        target_replica = target,
-                        "replica does not take StreamAppend (an older version); replicating one AppendEntries at a time"
-                    );
-                    self.streaming = false;
-                    return Err(RPCError::Unreachable(Unreachable::new(&s)));
-                }
-                Ok(Err(s)) => return Err(to_rpc_error(s)),
-                Err(_) => {
-                    return Err(net_err(format!(
-                        "replica {target} at {} did not open a replication stream within {timeout:?}",
-                        self.addr
-                    )));
-                }
-            };
-            let answers = Answers {
-                responses,
-                sent,
-                unanswered: VecDeque::new(),
-                ready: VecDeque::new(),
-                timeout,
-                target,
-                done: false,
-            };
-            let stream = futures::stream::unfold(answers, |mut a| async move {
-                let item = a.next().await?;
-                Some((item, a))
-            });
-            Ok(Box::pin(stream) as BoxStream<'s, _>)
+            self.reach.wait().await;
+            let opened = self.open_stream(input, timeout).await;
+            match &opened {
+                Ok(_) => self.reach.succeeded().await,
+                Err(e) => self.reach.failed(e).await,
+            }
+            opened
         })
     }
-
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let timeout = option.hard_ttl().max(MIN_RPC_TIMEOUT);
-        self.unary(&rpc, timeout, |mut c, r| async move {
-            c.append_entries(r).await
-        })
-        .await
+        self.reach.wait().await;
+        let answer = self
+            .unary(&rpc, timeout, |mut c, r| async move {
+                c.append_entries(r).await
+            })
+            .await;
+        match &answer {
+            Ok(_) => self.reach.succeeded().await,
+            Err(e) => self.reach.failed(e).await,
+        }
+        answer
     }
 
     async fn vote(
@@ -441,6 +497,7 @@ mod tests {
         let mut client = PeerClient {
             peers: Peers::new(Transport::insecure(), None),
             target: 2,
+            reach: Reachability::new(2, &addr),
             addr,
             streaming: true,
         };

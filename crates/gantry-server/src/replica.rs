@@ -65,6 +65,8 @@ pub struct Replica {
     pub in_quorum: std::sync::atomic::AtomicBool,
     /// Propose → committed and applied, for writes this replica led.
     pub write_latency: prometheus_client::metrics::histogram::Histogram,
+    /// Pending tasks the scheduler read, over all its rounds on this replica.
+    pub scheduler_examined: prometheus_client::metrics::counter::Counter,
     /// Wakes the dispatchers of the nodes an applied entry changed.
     pub wakeups: crate::dispatch::Wakeups,
     /// Submissions waiting to share a Raft entry (see `group_commit`).

@@ -62,13 +62,19 @@ impl Drop for Telemetry {
     }
 }
 
+/// What is logged when `RUST_LOG` is not set. openraft warns once per failed
+/// replication try; the replica logs a peer's reachability itself, once per
+/// change and as a periodic summary, so those two sources are kept to errors.
+pub const DEFAULT_FILTER: &str = "info,openraft=warn,openraft::replication=error,\
+    openraft::engine::handler::replication_handler=error,sled=warn,h2=warn,tower=warn";
+
 /// Installs the global subscriber: logs, and trace export to OTLP when the
 /// `OTEL_*` variables ask for it (`service` is the default service name).
 /// Calling it twice is harmless (the second call keeps the first
 /// subscriber). Call it inside the tokio runtime.
 pub fn init(format: LogFormat, service: &str) -> Telemetry {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let (provider, otel_error) = if otel::export_requested() {
         match otel::provider(service) {
             Ok(p) => (Some(p), None),
