@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod checkers;
+pub mod cost;
 pub mod faults;
 pub mod linearizable;
 pub mod netns;
@@ -454,7 +455,9 @@ impl Cluster {
             .args(["--snapshot-every", &t.snapshot_every.to_string()])
             .args(["--node-grace-ms", &t.node_grace_ms.to_string()])
             .args(&security)
-            .env("RUST_LOG", "info,openraft=warn")
+            // The shipped default filter: what a replica logs is part of
+            // what the fault tests measure.
+            .env_remove("RUST_LOG")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -28,6 +28,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// Exit codes, after sysexits.h.
 pub const EXIT_USAGE: u8 = 64;
 pub const EXIT_UNAVAILABLE: u8 = 69;
+/// A replica's Raft core stopped on a storage failure (or another fatal
+/// error) it cannot recover from in-process: its supervisor restarts it.
+pub const EXIT_STORAGE: u8 = 74;
 
 #[derive(Parser)]
 #[command(
@@ -159,6 +162,9 @@ fn main() -> ExitCode {
             Command::Cluster { client, command } => cluster_cmd::run(&client, command).await,
         }
     });
+    // A task stuck in blocking I/O (a storage call on a failing disk) must
+    // not keep the process, and the data dir's lock, alive after the end.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {

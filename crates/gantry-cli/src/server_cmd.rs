@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use gantry_server::{RaftTimings, ServerConfig, parse_peers};
+use gantry_server::{AdmissionLimits, RaftTimings, ServerConfig, parse_peers};
 use gantry_telemetry::LogFormat;
 use serde::Deserialize;
 
-use crate::{EXIT_USAGE, Failure};
+use crate::{EXIT_STORAGE, EXIT_USAGE, Failure};
 
 #[derive(clap::Args)]
 pub struct ServerArgs {
@@ -61,6 +61,13 @@ pub struct ServerArgs {
     /// Placement policy for jobs that name none: strict, balanced or aggressive.
     #[arg(long, env = "GANTRY_PLACEMENT")]
     placement: Option<String>,
+    /// Free space (MiB) kept in the data dir: below it, new submissions are
+    /// refused with RESOURCE_EXHAUSTED until space is freed [default: 256].
+    #[arg(long, env = "GANTRY_DISK_RESERVE_MIB")]
+    disk_reserve_mib: Option<u64>,
+    /// Pending tasks the cluster takes at most before refusing submissions (0: no limit) [default: 1000000].
+    #[arg(long, env = "GANTRY_MAX_PENDING_TASKS")]
+    max_pending_tasks: Option<u64>,
     /// Validate the configuration, print it, and exit (0 when valid, 64 when not).
     #[arg(long)]
     check: bool,
@@ -89,6 +96,14 @@ struct FileConfig {
     insecure: Option<bool>,
     tls: Option<FileTls>,
     raft: Option<FileRaft>,
+    admission: Option<FileAdmission>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdmission {
+    disk_reserve_mib: Option<u64>,
+    max_pending_tasks: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -220,6 +235,8 @@ fn resolve(args: &ServerArgs) -> Result<ServerConfig, Failure> {
     let tls = security.tls_paths()?;
     let fr = file.raft.unwrap_or_default();
     let d = RaftTimings::default();
+    let fa = file.admission.unwrap_or_default();
+    let da = AdmissionLimits::default();
     let config = ServerConfig {
         id,
         listen,
@@ -241,6 +258,16 @@ fn resolve(args: &ServerArgs) -> Result<ServerConfig, Failure> {
             .clone()
             .or(file.placement)
             .unwrap_or_else(|| "balanced".to_owned()),
+        admission: AdmissionLimits {
+            disk_reserve_mib: args
+                .disk_reserve_mib
+                .or(fa.disk_reserve_mib)
+                .unwrap_or(da.disk_reserve_mib),
+            max_pending_tasks: args
+                .max_pending_tasks
+                .or(fa.max_pending_tasks)
+                .unwrap_or(da.max_pending_tasks),
+        },
         raft: RaftTimings {
             heartbeat_ms: args
                 .heartbeat_ms
@@ -291,6 +318,14 @@ async fn serve(args: ServerArgs) -> Result<(), Failure> {
         () = shutdown_signal() => None,
     };
     match stopped {
+        Some(Err(gantry_server::Failed::Raft(why))) => {
+            tracing::error!(error = %why, exit_code = EXIT_STORAGE, "the Raft core stopped (storage failure?): exiting so that the supervisor restarts this replica");
+            stop_within_bound(handle).await;
+            Err(Failure {
+                message: format!("replica stopped: the Raft core stopped: {why}"),
+                code: EXIT_STORAGE,
+            })
+        }
         Some(Err(e)) => Err(Failure {
             message: format!("server stopped: {e}"),
             code: 1,
@@ -299,9 +334,25 @@ async fn serve(args: ServerArgs) -> Result<(), Failure> {
         None => {
             tracing::info!("shutting down");
             let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-            handle.shutdown().await;
+            stop_within_bound(handle).await;
             Ok(())
         }
+    }
+}
+
+/// The longest a replica takes to stop on SIGTERM: hand-off, the grace
+/// for open calls, and Raft's own shutdown, even with a dead core.
+pub const SHUTDOWN_BOUND: std::time::Duration = std::time::Duration::from_secs(15);
+
+async fn stop_within_bound(handle: gantry_server::ServerHandle) {
+    if tokio::time::timeout(SHUTDOWN_BOUND, handle.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            bound_s = SHUTDOWN_BOUND.as_secs(),
+            "shutdown did not finish within its bound; exiting anyway"
+        );
     }
 }
 

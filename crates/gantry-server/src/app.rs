@@ -53,6 +53,8 @@ const TLS_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(
 /// How long a stopping replica waits for calls in flight (unary calls
 /// finishing; streams end at once) before it stops without them.
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long Raft's own shutdown may take (a dead core may never answer).
+const RAFT_SHUTDOWN_BOUND: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A running replica.
 pub struct ServerHandle {
@@ -135,6 +137,7 @@ pub async fn start_on(
         in_quorum: Default::default(),
         write_latency: crate::metrics::write_latency_histogram(),
         scheduler_examined: Default::default(),
+        admission: Default::default(),
         wakeups: Default::default(),
         submits: submit_queue,
         forwards: forward_queue,
@@ -145,6 +148,7 @@ pub async fn start_on(
     let mut background = vec![
         tokio::spawn(crate::leader::supervise(replica.clone())),
         tokio::spawn(crate::leader::report_sessions(replica.clone())),
+        tokio::spawn(crate::admission::monitor(replica.clone())),
         tokio::spawn(crate::health::probe_loop(replica.clone(), health_reporter)),
         tokio::spawn(crate::dispatch::wake_touched(replica.clone())),
         tokio::spawn(crate::group_commit::run(
@@ -280,6 +284,17 @@ async fn bootstrap(raft: &Raft, config: &ServerConfig) -> Result<(), StartError>
     }
 }
 
+/// Why a replica stopped by itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failed {
+    #[error("the gRPC server stopped: {0}")]
+    Server(String),
+    /// Storage failed (a full disk, an I/O error) or another fatal error:
+    /// the process should exit and be restarted.
+    #[error("the Raft core stopped: {0}")]
+    Raft(String),
+}
+
 /// How a replica stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stopped {
@@ -307,8 +322,10 @@ impl ServerHandle {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Err(e) = self.replica.raft.shutdown().await {
-            tracing::warn!(error = %e, "raft shutdown");
+        match tokio::time::timeout(RAFT_SHUTDOWN_BOUND, self.replica.raft.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "raft shutdown"),
+            Err(_) => tracing::warn!("raft did not shut down in time; stopping without it"),
         }
         match tokio::time::timeout(STOP_GRACE, &mut self.serve).await {
             Ok(Ok(Ok(()))) => {}
@@ -326,12 +343,28 @@ impl ServerHandle {
         Stopped::Gracefully
     }
 
-    /// Waits until the server stops by itself (it does not, unless it fails).
-    pub async fn wait(&mut self) -> Result<(), String> {
-        match (&mut self.serve).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(e.to_string()),
+    /// Waits until the server stops by itself (it does not, unless it
+    /// fails), or its Raft core stops: a replica whose core is dead must not
+    /// live on as a process its supervisor thinks is healthy.
+    pub async fn wait(&mut self) -> Result<(), Failed> {
+        let mut metrics = self.replica.raft.metrics();
+        let core_stopped = async move {
+            loop {
+                if let Err(e) = &metrics.borrow_watched().running_state {
+                    return e.to_string();
+                }
+                if metrics.changed().await.is_err() {
+                    return "the Raft core stopped".to_owned();
+                }
+            }
+        };
+        tokio::select! {
+            r = &mut self.serve => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(Failed::Server(e.to_string())),
+                Err(e) => Err(Failed::Server(e.to_string())),
+            },
+            why = core_stopped => Err(Failed::Raft(why)),
         }
     }
 }

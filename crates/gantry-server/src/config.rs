@@ -53,6 +53,35 @@ pub struct ServerConfig {
     /// The placement policy for jobs that name none: strict, balanced or aggressive.
     #[serde(default = "default_placement")]
     pub placement: String,
+    /// When new submissions are refused (see `admission`).
+    #[serde(default)]
+    pub admission: AdmissionLimits,
+}
+
+/// When a replica refuses new submissions with RESOURCE_EXHAUSTED.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionLimits {
+    /// Free space kept in the data dir: below it, submissions are refused
+    /// (an alarm, like etcd's NOSPACE) until space is freed.
+    pub disk_reserve_mib: u64,
+    /// Pending tasks the cluster holds at most (0: no limit).
+    pub max_pending_tasks: u64,
+}
+
+impl Default for AdmissionLimits {
+    fn default() -> Self {
+        Self {
+            disk_reserve_mib: 256,
+            max_pending_tasks: 1_000_000,
+        }
+    }
+}
+
+impl AdmissionLimits {
+    pub fn disk_reserve_bytes(&self) -> u64 {
+        self.disk_reserve_mib.saturating_mul(1024 * 1024)
+    }
 }
 
 fn default_placement() -> String {

@@ -116,6 +116,8 @@ impl JobService for JobApi {
             })
             .collect::<Result<Vec<_>, Status>>()?;
         validate_batch(&specs).map_err(error::invalid)?;
+        let tasks = specs.iter().map(|s| u64::from(s.count.max(1))).sum();
+        self.replica.admission.check(&self.replica, tasks)?;
         // The request's span (a child of the caller's, see grpc_metrics):
         // every job in the batch lives in this trace.
         let trace_parent = gantry_telemetry::otel::traceparent();

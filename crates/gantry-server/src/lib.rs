@@ -4,6 +4,7 @@
 //! call: writes are forwarded to the leader by the replica itself, reads are
 //! linearizable through a read index unless the caller asks for a stale read.
 
+mod admission;
 mod agent_api;
 mod app;
 mod auth;
@@ -34,7 +35,7 @@ mod sessions;
 mod snapshot_api;
 mod watch;
 
-pub use app::{ServerHandle, StartError, Stopped, start, start_on};
-pub use config::{ConfigError, RaftTimings, ServerConfig, parse_peers};
+pub use app::{Failed, ServerHandle, StartError, Stopped, start, start_on};
+pub use config::{AdmissionLimits, ConfigError, RaftTimings, ServerConfig, parse_peers};
 pub use jobs::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use replica::Replica;

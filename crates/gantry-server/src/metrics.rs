@@ -249,6 +249,23 @@ pub async fn render(replica: &Replica, grpc: &GrpcCounters) -> String {
         replica.write_latency.clone(),
     );
     reg.register(
+        "submissions_refused",
+        "Submit requests refused with RESOURCE_EXHAUSTED by admission (disk reserve, pending limit, backlog)",
+        replica.admission.refused.clone(),
+    );
+    gauge(
+        &mut reg,
+        "data_dir_free_bytes",
+        "Free space in this replica's data dir at the last check",
+        as_i64(replica.admission.free()),
+    );
+    gauge(
+        &mut reg,
+        "nospace_alarm",
+        "1 while the data dir's free space is below the reserve (new submissions refused)",
+        i64::from(replica.admission.disk_low()),
+    );
+    reg.register(
         "scheduler_tasks_examined",
         "Pending tasks the scheduler read while this replica led (a round stops reading when no node has a task slot left)",
         replica.scheduler_examined.clone(),

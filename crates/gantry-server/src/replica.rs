@@ -28,6 +28,10 @@ pub(crate) enum ForwardError {
     NotLeader,
     /// The leader could not commit the write; the message says why.
     Failed(String),
+    /// The leader refused new work (see `admission`); the message says why.
+    /// Added later: a replica from before it cannot decode this answer and
+    /// reports an internal error instead.
+    Refused(String),
 }
 
 /// Why one try at a write did not succeed.
@@ -65,6 +69,8 @@ pub struct Replica {
     pub in_quorum: std::sync::atomic::AtomicBool,
     /// Propose → committed and applied, for writes this replica led.
     pub write_latency: prometheus_client::metrics::histogram::Histogram,
+    /// Whether new submissions are taken now (disk reserve, backlog).
+    pub admission: crate::admission::Admission,
     /// Pending tasks the scheduler read, over all its rounds on this replica.
     pub scheduler_examined: prometheus_client::metrics::counter::Counter,
     /// Wakes the dispatchers of the nodes an applied entry changed.
@@ -248,6 +254,12 @@ impl Replica {
 
     /// Leader side of a forwarded write.
     pub(crate) async fn propose_forwarded(&self, cmd: Command, deadline: Instant) -> ForwardReply {
+        if let Command::SubmitJobs { jobs, .. } = &cmd {
+            let tasks = jobs.iter().map(|j| u64::from(j.spec.count.max(1))).sum();
+            if let Err(s) = self.admission.check(self, tasks) {
+                return Err(ForwardError::Refused(s.message().to_owned()));
+            }
+        }
         match self.propose_local(cmd, deadline).await {
             Ok(v) => Ok(v),
             Err(Try::Again) => Err(ForwardError::NotLeader),
@@ -301,6 +313,7 @@ impl Replica {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(ForwardError::NotLeader)) => Err(Try::Again),
             Ok(Err(ForwardError::Failed(msg))) => Err(Try::Fail(Status::unavailable(msg))),
+            Ok(Err(ForwardError::Refused(msg))) => Err(Try::Fail(Status::resource_exhausted(msg))),
             Err(e) => Err(Try::Fail(Status::internal(format!(
                 "leader {leader} sent an undecodable reply: {e}"
             )))),

@@ -46,6 +46,7 @@ fn test_config(
         submit_rate: 2_000,
         submit_burst: 4_000,
         placement: "balanced".into(),
+        admission: Default::default(),
     }
 }
 
