@@ -162,7 +162,7 @@ where
 impl Cluster {
     /// Starts `n` replicas (plaintext, `--insecure`) and waits for a leader.
     pub async fn start(n: usize, timings: Timings) -> anyhow::Result<Self> {
-        Self::start_with(gantry_bin()?, n, timings, false, false, Vec::new()).await
+        Self::start_with(gantry_bin()?, n, timings, false, false, Vec::new(), None).await
     }
 
     /// Starts `n` replicas each in its own network namespace, so that
@@ -170,7 +170,7 @@ impl Cluster {
     /// namespaces cannot be made (not root, no `ip`), falls back to
     /// loopback, says so on stderr, and [`Cluster::partitionable`] is false.
     pub async fn start_partitionable(n: usize, timings: Timings) -> anyhow::Result<Self> {
-        Self::start_with(gantry_bin()?, n, timings, false, true, Vec::new()).await
+        Self::start_with(gantry_bin()?, n, timings, false, true, Vec::new(), None).await
     }
 
     pub fn partitionable(&self) -> bool {
@@ -203,7 +203,7 @@ impl Cluster {
 
     /// Starts `n` replicas with mTLS under a CA made for this cluster.
     pub async fn start_secure(n: usize, timings: Timings) -> anyhow::Result<Self> {
-        Self::start_with(gantry_bin()?, n, timings, true, false, Vec::new()).await
+        Self::start_with(gantry_bin()?, n, timings, true, false, Vec::new(), None).await
     }
 
     /// Starts `n` replicas, with mTLS when `secure`, whose processes and
@@ -214,7 +214,7 @@ impl Cluster {
         secure: bool,
         env: Vec<(String, String)>,
     ) -> anyhow::Result<Self> {
-        Self::start_with(gantry_bin()?, n, timings, secure, false, env).await
+        Self::start_with(gantry_bin()?, n, timings, secure, false, env, None).await
     }
 
     /// [`Self::start_with_options`] with another `gantry` binary than
@@ -226,7 +226,7 @@ impl Cluster {
         secure: bool,
         env: Vec<(String, String)>,
     ) -> anyhow::Result<Self> {
-        Self::start_with(bin, n, timings, secure, false, env).await
+        Self::start_with(bin, n, timings, secure, false, env, None).await
     }
 
     /// Starts `n` replicas (plaintext) whose processes, and the agents
@@ -236,7 +236,28 @@ impl Cluster {
         timings: Timings,
         env: Vec<(String, String)>,
     ) -> anyhow::Result<Self> {
-        Self::start_with(gantry_bin()?, n, timings, false, false, env).await
+        Self::start_with(gantry_bin()?, n, timings, false, false, env, None).await
+    }
+
+    /// Starts `n` replicas (plaintext) whose data dirs are under
+    /// `data_root` (e.g. a small filesystem the test mounted) instead of
+    /// the cluster's temporary dir; logs stay in the latter.
+    pub async fn start_with_data_root(
+        n: usize,
+        timings: Timings,
+        env: Vec<(String, String)>,
+        data_root: &Path,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(
+            gantry_bin()?,
+            n,
+            timings,
+            false,
+            false,
+            env,
+            Some(data_root),
+        )
+        .await
     }
 
     async fn start_with(
@@ -246,6 +267,7 @@ impl Cluster {
         secure: bool,
         partitionable: bool,
         env: Vec<(String, String)>,
+        data_root: Option<&Path>,
     ) -> anyhow::Result<Self> {
         let mut dir = tempfile::Builder::new()
             .prefix("gantry-cluster-")
@@ -290,7 +312,9 @@ impl Cluster {
                     id,
                     addr,
                     metrics_addr,
-                    data_dir: dir.path().join(format!("replica-{id}")),
+                    data_dir: data_root
+                        .unwrap_or(dir.path())
+                        .join(format!("replica-{id}")),
                     log: dir.path().join(format!("replica-{id}.log")),
                     join: false,
                     child: None,
@@ -564,6 +588,15 @@ impl Cluster {
         Ok(tokio::time::timeout(Duration::from_secs(30), c.wait()).await??)
     }
 
+    /// How replica `id` exited, if it exited by itself (it is then no
+    /// longer counted as running).
+    pub fn exited(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let r = self.replicas.get_mut(&id)?;
+        let status = r.child.as_mut()?.try_wait().ok()??;
+        r.child = None;
+        Some(status)
+    }
+
     /// Starts a stopped replica again with the same data directory.
     pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
         self.spawn(id)
@@ -771,4 +804,23 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+/// Every job, page by page (linearizable reads).
+pub async fn all_jobs(
+    client: &Client,
+) -> Result<Vec<gantry_client::api::Job>, gantry_client::ClientError> {
+    let mut req = gantry_client::api::ListJobsRequest {
+        page_size: 1000,
+        ..Default::default()
+    };
+    let mut jobs = Vec::new();
+    loop {
+        let page = client.list_jobs(req.clone()).await?;
+        jobs.extend(page.jobs);
+        if page.next_page_token.is_empty() {
+            return Ok(jobs);
+        }
+        req.page_token = page.next_page_token;
+    }
 }

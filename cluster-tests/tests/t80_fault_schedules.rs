@@ -20,7 +20,7 @@ use cluster_tests::checkers::{
     self, CancelOp, History, JobVersion, Outcome, ReadOp, SubmitOp, Violation,
 };
 use cluster_tests::faults::{self, Fault};
-use cluster_tests::{Cluster, Timings, wait_for};
+use cluster_tests::{Cluster, Timings, all_jobs, wait_for};
 use gantry_client::{Client, ClientError, ClientOptions, api};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -175,23 +175,6 @@ impl std::fmt::Display for Summary {
             self.events,
             self.violations.len()
         )
-    }
-}
-
-/// Every job, page by page (a run can submit more than one page holds).
-async fn all_jobs(client: &Client) -> Result<Vec<api::Job>, ClientError> {
-    let mut req = api::ListJobsRequest {
-        page_size: 1000,
-        ..Default::default()
-    };
-    let mut jobs = Vec::new();
-    loop {
-        let page = client.list_jobs(req.clone()).await?;
-        jobs.extend(page.jobs);
-        if page.next_page_token.is_empty() {
-            return Ok(jobs);
-        }
-        req.page_token = page.next_page_token;
     }
 }
 

@@ -28,6 +28,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// Exit codes, after sysexits.h.
 pub const EXIT_USAGE: u8 = 64;
 pub const EXIT_UNAVAILABLE: u8 = 69;
+/// Refused for now (rate limit, a full disk, a saturated cluster): retry later.
+pub const EXIT_TEMPFAIL: u8 = 75;
 /// A replica's Raft core stopped on a storage failure (or another fatal
 /// error) it cannot recover from in-process: its supervisor restarts it.
 pub const EXIT_STORAGE: u8 = 74;
@@ -116,6 +118,7 @@ impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let code = match e.code() {
             Some(tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) => EXIT_UNAVAILABLE,
+            Some(tonic::Code::ResourceExhausted) => EXIT_TEMPFAIL,
             None => EXIT_USAGE,
             Some(_) => 1,
         };

@@ -66,7 +66,8 @@ impl Drop for Telemetry {
 /// replication try; the replica logs a peer's reachability itself, once per
 /// change and as a periodic summary, so those two sources are kept to errors.
 pub const DEFAULT_FILTER: &str = "info,openraft=warn,openraft::replication=error,\
-    openraft::engine::handler::replication_handler=error,sled=warn,h2=warn,tower=warn";
+    openraft::engine::handler::replication_handler=error,openraft::core::heartbeat=error,\
+    sled=warn,h2=warn,tower=warn";
 
 /// Installs the global subscriber: logs, and trace export to OTLP when the
 /// `OTEL_*` variables ask for it (`service` is the default service name).
