@@ -61,6 +61,8 @@ pub struct Replica {
     pub log: PathBuf,
     /// Started with `--join`: never bootstraps, waits to be contacted.
     join: bool,
+    /// A command the replica runs under (e.g. `faketime -f +60s`).
+    wrapper: Vec<String>,
     child: Option<Child>,
 }
 
@@ -317,6 +319,7 @@ impl Cluster {
                         .join(format!("replica-{id}")),
                     log: dir.path().join(format!("replica-{id}.log")),
                     join: false,
+                    wrapper: Vec::new(),
                     child: None,
                 },
             );
@@ -456,7 +459,14 @@ impl Cluster {
                 c.args(&ns.exec(id)[1..]).arg(&self.bin);
                 c
             }
-            None => Command::new(&self.bin),
+            None => match r.wrapper.split_first() {
+                Some((program, args)) => {
+                    let mut c = Command::new(program);
+                    c.args(args).arg(&self.bin);
+                    c
+                }
+                None => Command::new(&self.bin),
+            },
         };
         let child = cmd
             .arg("server")
@@ -586,6 +596,14 @@ impl Cluster {
             .and_then(|r| r.child.take())
             .context("replica is not running")?;
         Ok(tokio::time::timeout(Duration::from_secs(30), c.wait()).await??)
+    }
+
+    /// Runs replica `id` under `wrapper` from its next (re)start on, e.g.
+    /// `["faketime", "-f", "+60s"]` for a clock a minute ahead.
+    pub fn set_wrapper(&mut self, id: u64, wrapper: &[&str]) {
+        if let Some(r) = self.replicas.get_mut(&id) {
+            r.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        }
     }
 
     /// How replica `id` exited, if it exited by itself (it is then no

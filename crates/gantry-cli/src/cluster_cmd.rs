@@ -97,16 +97,43 @@ fn print_status(s: &ClusterStatusResponse) {
                 r.term.to_string(),
                 r.last_log_index.to_string(),
                 r.applied_index.to_string(),
+                clock(r),
+                disk(r),
                 r.error.clone(),
             ]
         })
         .collect();
     table(
         &[
-            "ID", "ADDRESS", "ROLE", "VOTER", "TERM", "LAST LOG", "APPLIED", "ERROR",
+            "ID", "ADDRESS", "ROLE", "VOTER", "TERM", "LAST LOG", "APPLIED", "CLOCK", "DISK",
+            "ERROR",
         ],
         &rows,
     );
+}
+
+/// The replica's clock against the leader's; flagged past the warning bound.
+fn clock(r: &gantry_client::api::ReplicaStatus) -> String {
+    match r.clock_offset_ms {
+        None => "-".to_owned(),
+        Some(ms) if ms.unsigned_abs() > 500 => {
+            format!("SKEWED {:+.1}s", -(ms as f64) / 1000.0)
+        }
+        Some(ms) => format!("{:+}ms", -ms),
+    }
+}
+
+/// Free space in the replica's data dir; NOSPACE while below its reserve.
+fn disk(r: &gantry_client::api::ReplicaStatus) -> String {
+    if r.role == "unreachable" {
+        return "-".to_owned();
+    }
+    let mib = r.data_dir_free_bytes / (1024 * 1024);
+    if r.nospace_alarm {
+        format!("NOSPACE {mib}MiB free")
+    } else {
+        format!("{mib}MiB free")
+    }
 }
 
 async fn snapshot(

@@ -101,6 +101,68 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// When the proposer made the entry (ms since the epoch).
+    pub fn now_ms(&self) -> u64 {
+        match self {
+            Self::SubmitJobs { now_ms, .. }
+            | Self::CancelJob { now_ms, .. }
+            | Self::NodeSessionOpened { now_ms, .. }
+            | Self::NodeSessionClosed { now_ms, .. }
+            | Self::NodesLost { now_ms, .. }
+            | Self::Assign { now_ms, .. }
+            | Self::ReportAttempts { now_ms, .. }
+            | Self::SetEligibility { now_ms, .. }
+            | Self::DrainExpired { now_ms, .. }
+            | Self::NodeHealth { now_ms, .. }
+            | Self::NodeLeaving { now_ms, .. }
+            | Self::RestoreState { now_ms, .. }
+            | Self::SetBlacklist { now_ms, .. } => *now_ms,
+        }
+    }
+
+    /// Stamps the entry with `now_ms`, the leader's time at proposal: the
+    /// deadlines its proposer derived from its own clock (a drain's end, a
+    /// session's opening) move by as much, so one replica's skewed clock
+    /// never reaches the state.
+    pub fn restamp(&mut self, now_ms: u64) {
+        let old = self.now_ms();
+        let shift = |t: &mut u64| {
+            if *t != 0 {
+                *t = if now_ms >= old {
+                    t.saturating_add(now_ms - old)
+                } else {
+                    t.saturating_sub(old - now_ms)
+                };
+            }
+        };
+        match self {
+            Self::NodeSessionOpened { session, .. } => shift(&mut session.opened_at_ms),
+            Self::NodeLeaving { deadline_ms, .. } => shift(deadline_ms),
+            Self::SetEligibility {
+                eligibility: Eligibility::Draining { deadline_ms },
+                ..
+            } => shift(deadline_ms),
+            _ => {}
+        }
+        match self {
+            Self::SubmitJobs { now_ms: t, .. }
+            | Self::CancelJob { now_ms: t, .. }
+            | Self::NodeSessionOpened { now_ms: t, .. }
+            | Self::NodeSessionClosed { now_ms: t, .. }
+            | Self::NodesLost { now_ms: t, .. }
+            | Self::Assign { now_ms: t, .. }
+            | Self::ReportAttempts { now_ms: t, .. }
+            | Self::SetEligibility { now_ms: t, .. }
+            | Self::DrainExpired { now_ms: t, .. }
+            | Self::NodeHealth { now_ms: t, .. }
+            | Self::NodeLeaving { now_ms: t, .. }
+            | Self::RestoreState { now_ms: t, .. }
+            | Self::SetBlacklist { now_ms: t, .. } => *t = now_ms,
+        }
+    }
+}
+
 /// A task placed on a node, with the attempt number that fences it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placement {

@@ -40,7 +40,23 @@ pub struct State {
     touched: Recent<TOUCHED_KEPT>,
     /// Which jobs recent entries changed, for watchers.
     changed: Recent<CHANGED_KEPT>,
+    /// The latest time an applied entry carried: a new leader stamps no
+    /// entry earlier than this.
+    clock: Clock,
 }
+
+/// The latest entry time. Derived (after a restore, the latest time the
+/// state holds), so left out of equality like the histories above.
+#[derive(Clone, Copy, Debug, Default)]
+struct Clock(u64);
+
+impl PartialEq for Clock {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Clock {}
 
 /// Recent (index, key) changes, newest last. `touched`: the nodes whose
 /// dispatch view an entry changed (what they should run, their cancels,
@@ -211,6 +227,7 @@ impl State {
     /// Applies one committed command. Deterministic: the result depends only
     /// on the state, `index` and `cmd`.
     pub fn apply(&mut self, index: u64, cmd: &Command) -> Outcome {
+        self.clock.0 = self.clock.0.max(cmd.now_ms());
         match cmd {
             Command::NodeSessionOpened { node, .. } => self.touch(index, &node.id),
             Command::NodeSessionClosed { node_id, .. }
@@ -590,7 +607,16 @@ impl State {
         // Changes up to the snapshot are in it, not in the log of changes.
         let newest = state.jobs().map(|j| j.modify_index).max().unwrap_or(0);
         state.changed.forget(newest);
+        let latest = state.jobs().map(|j| j.updated_at_ms);
+        let latest = latest.chain(state.nodes().map(|n| n.updated_at_ms)).max();
+        state.clock = Clock(latest.unwrap_or(0));
         Ok(state)
+    }
+
+    /// The latest time an applied entry carried (or, after a restore, the
+    /// latest time the state holds).
+    pub fn clock_ms(&self) -> u64 {
+        self.clock.0
     }
 }
 

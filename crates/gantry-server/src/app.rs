@@ -138,6 +138,8 @@ pub async fn start_on(
         write_latency: crate::metrics::write_latency_histogram(),
         scheduler_examined: Default::default(),
         admission: Default::default(),
+        entry_clock: Default::default(),
+        skew: Default::default(),
         wakeups: Default::default(),
         submits: submit_queue,
         forwards: forward_queue,

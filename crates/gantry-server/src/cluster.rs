@@ -72,6 +72,9 @@ impl ClusterApi {
                         status.last_log_index = l.last_log_index;
                         status.applied_index = l.applied_index;
                         status.state_digest = l.state_digest;
+                        status.clock_offset_ms = l.clock_offset_ms;
+                        status.data_dir_free_bytes = l.data_dir_free_bytes;
+                        status.nospace_alarm = l.nospace_alarm;
                     }
                     Err(e) => {
                         status.role = "unreachable".into();

@@ -342,6 +342,7 @@ mod tests {
             insecure: true,
             submit_rate: 2_000,
             submit_burst: 4_000,
+            admission: AdmissionLimits::default(),
         }
     }
 

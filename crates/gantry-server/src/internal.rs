@@ -49,6 +49,9 @@ pub(crate) fn local_status(replica: &Replica) -> LocalStatusResponse {
         leader_id: m.current_leader.unwrap_or(0),
         has_leader: m.current_leader.is_some(),
         state_digest: 0,
+        clock_offset_ms: replica.skew.offset_ms(),
+        data_dir_free_bytes: replica.admission.free(),
+        nospace_alarm: replica.admission.disk_low(),
     }
 }
 
@@ -250,15 +253,28 @@ impl RaftService for InternalService {
                 "too many telemetry entries in one report",
             ));
         }
+        // Ages by the reporter's clock, made times by this leader's: a
+        // replica with a skewed clock does not move a node's last-seen time.
+        // A replica from before ages sent its own clock's times.
+        let now = crate::clock::now_ms();
+        let seen: Vec<u64> = if report.seen_ago_ms.len() == report.node_ids.len() {
+            report
+                .seen_ago_ms
+                .iter()
+                .map(|ago| now.saturating_sub(*ago))
+                .collect()
+        } else {
+            report.last_seen_ms.clone()
+        };
         let seen = report
             .node_ids
             .into_iter()
-            .zip(report.last_seen_ms.into_iter().chain(std::iter::repeat(0)));
+            .zip(seen.into_iter().chain(std::iter::repeat(0)));
         self.replica.liveness.confirm(seen).await;
         self.replica
             .liveness
             .record_telemetry(report.telemetry)
             .await;
-        Ok(Response::new(SessionsReportAck {}))
+        Ok(Response::new(SessionsReportAck { leader_now_ms: now }))
     }
 }

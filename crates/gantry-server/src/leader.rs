@@ -39,6 +39,16 @@ pub async fn supervise(replica: Arc<Replica>) {
                 "leadership gained: starting the scheduler and liveness loops"
             );
             replica.liveness.reset().await;
+            // Entry times never go back across a change of leader.
+            let latest = replica.state.read(|s, _| s.clock_ms()).await;
+            replica.entry_clock.not_before(latest);
+            let behind = latest.saturating_sub(now_ms());
+            if behind > crate::clock::SKEW_WARN.as_millis() as u64 {
+                tracing::warn!(
+                    behind_ms = behind,
+                    "this replica's clock is behind the latest entry's time: entries are stamped with that time until the clock catches up (fix the clock)"
+                );
+            }
             loops.push(tokio::spawn(schedule_loop(replica.clone())));
             loops.push(tokio::spawn(liveness_loop(replica.clone())));
         } else if !leading && !loops.is_empty() {
@@ -205,27 +215,33 @@ pub async fn report_sessions(replica: Arc<Replica>) {
     let mut reported_to: Option<u64> = None;
     loop {
         tick.tick().await;
+        // Sent even with no sessions held: the answer measures this
+        // replica's clock against the leader's.
         let nodes = replica.sessions.nodes().await;
-        if nodes.is_empty() {
-            continue;
-        }
         let leader = replica.known_leader();
         // A leader this replica has not reported to gets all the telemetry.
         let new_leader = leader.as_ref().map(|(id, _)| *id) != reported_to;
         reported_to = leader.as_ref().map(|(id, _)| *id);
         match leader {
             Some((id, _)) if id == replica.id => {
+                replica.skew.set(0);
                 replica.liveness.confirm(nodes).await;
                 let telemetry = replica.sessions.take_telemetry(new_leader).await;
                 replica.liveness.record_telemetry(telemetry).await;
             }
             Some((id, addr)) => {
+                let sent_ms = now_ms();
+                let seen_ago_ms = nodes
+                    .iter()
+                    .map(|(_, seen)| sent_ms.saturating_sub(*seen))
+                    .collect();
                 let (node_ids, last_seen_ms) = nodes.into_iter().unzip();
                 let report = SessionsReport {
                     replica: replica.id,
                     node_ids,
                     last_seen_ms,
                     telemetry: replica.sessions.take_telemetry(new_leader).await,
+                    seen_ago_ms,
                 };
                 let sent = async {
                     let mut client = replica.peers.raft_client(&addr).await?;
@@ -233,8 +249,16 @@ pub async fn report_sessions(replica: Arc<Replica>) {
                     req.set_timeout(SESSION_REPORT_INTERVAL);
                     client.report_sessions(req).await
                 };
-                if let Err(e) = sent.await {
-                    tracing::debug!(leader = id, error = %e, "session report not delivered");
+                match sent.await {
+                    Ok(ack) => {
+                        let leader_ms = ack.into_inner().leader_now_ms;
+                        if leader_ms > 0 {
+                            replica.skew.record(sent_ms, now_ms(), leader_ms);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(leader = id, error = %e, "session report not delivered");
+                    }
                 }
             }
             None => {}

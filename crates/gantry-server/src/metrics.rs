@@ -259,6 +259,14 @@ pub async fn render(replica: &Replica, grpc: &GrpcCounters) -> String {
         "Free space in this replica's data dir at the last check",
         as_i64(replica.admission.free()),
     );
+    if let Some(offset) = replica.skew.offset_ms() {
+        gauge(
+            &mut reg,
+            "clock_offset_ms",
+            "This replica's clock against the leader's (leader minus this replica, ms); warned past 500",
+            offset,
+        );
+    }
     gauge(
         &mut reg,
         "nospace_alarm",

@@ -69,6 +69,10 @@ pub struct Replica {
     pub in_quorum: std::sync::atomic::AtomicBool,
     /// Propose → committed and applied, for writes this replica led.
     pub write_latency: prometheus_client::metrics::histogram::Histogram,
+    /// On the leader: the time every entry it proposes is stamped with.
+    pub entry_clock: crate::clock::EntryClock,
+    /// This replica's clock against the leader's.
+    pub skew: crate::clock::Skew,
     /// Whether new submissions are taken now (disk reserve, backlog).
     pub admission: crate::admission::Admission,
     /// Pending tasks the scheduler read, over all its rounds on this replica.
@@ -232,9 +236,12 @@ impl Replica {
     /// Proposes `cmd` as one entry and waits until it is committed and applied.
     pub(crate) async fn propose_raw(
         &self,
-        cmd: Command,
+        mut cmd: Command,
         deadline: Instant,
     ) -> Result<(Outcome, u64), Try> {
+        // Every time in the log is the leader's, taken here: never the
+        // clock of the replica that forwarded the request, nor an agent's.
+        cmd.restamp(self.entry_clock.stamp());
         let started = Instant::now();
         match tokio::time::timeout_at(deadline, self.raft.client_write(cmd.into())).await {
             Ok(Ok(resp)) => {
