@@ -4,6 +4,7 @@ pub mod agents;
 pub mod echo;
 pub mod etcd;
 pub mod load;
+pub mod overload;
 pub mod ratio;
 pub mod submits;
 

@@ -149,6 +149,23 @@ enum Scenario {
         #[arg(long)]
         key: Option<PathBuf>,
     },
+    /// More submissions than the agents can run: the cluster takes what it
+    /// can hold and refuses the rest at once; everything it took finishes.
+    Overload {
+        #[arg(long, default_value_t = 256)]
+        clients: usize,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Simulated agents, 1,000 one-CPU task slots each.
+        #[arg(long, default_value_t = 10)]
+        agents: usize,
+        /// How long each task runs.
+        #[arg(long, default_value_t = 2000)]
+        task_ms: u64,
+        /// The replicas' pending-task limit (--max-pending-tasks).
+        #[arg(long, default_value_t = 20_000)]
+        max_pending: u64,
+    },
     /// Hold many agent streams; then how fast a dead agent's node is found lost.
     Agents {
         #[arg(long, default_value_t = 10_000)]
@@ -209,6 +226,47 @@ fn bench_env() -> Vec<(String, String)> {
         ("GANTRY_SUBMIT_RATE".to_owned(), "1000000".to_owned()),
         ("GANTRY_SUBMIT_BURST".to_owned(), "1000000".to_owned()),
     ]
+}
+
+async fn overload(
+    cli: &Cli,
+    clients: usize,
+    seconds: u64,
+    agents: usize,
+    task_ms: u64,
+    max_pending: u64,
+) -> anyhow::Result<()> {
+    preamble(
+        cli,
+        &format!(
+            "{clients} clients submitting 1-job requests for {seconds} s; {agents} simulated agents with 1,000 slots each, {task_ms} ms tasks; pending-task limit {max_pending}"
+        ),
+    );
+    let mut env = bench_env();
+    env.push((
+        "GANTRY_MAX_PENDING_TASKS".to_owned(),
+        max_pending.to_string(),
+    ));
+    let cluster =
+        Cluster::start_with_options(3, cli.profile.timings(), !cli.plaintext, env).await?;
+    let sim = SimAgents::start(&cluster, "sim", agents, task_ms)?;
+    wait_registered(&cluster, agents).await?;
+    let processes = replica_processes(&cluster);
+    let submitters = cluster_tests::bench::submits::clients(&cluster, clients, false)?;
+    let outcome = cluster_tests::bench::overload::run(
+        &cluster,
+        &sim,
+        submitters,
+        Duration::from_secs(seconds),
+    )
+    .await?;
+    outcome.print();
+    print!("{}", usage_table(&processes));
+    anyhow::ensure!(
+        outcome.nodes_lost == 0.0 && outcome.rescheduled == 0,
+        "nodes were marked lost or attempts rescheduled under overload"
+    );
+    Ok(())
 }
 
 async fn submit(
@@ -759,6 +817,13 @@ async fn main() -> anyhow::Result<()> {
             task_ms,
         } => failover(&cli, *agents, *runs, *task_ms).await,
         Scenario::Agents { agents, hold_s } => hold(&cli, *agents, *hold_s).await,
+        Scenario::Overload {
+            clients,
+            seconds,
+            agents,
+            task_ms,
+            max_pending,
+        } => overload(&cli, *clients, *seconds, *agents, *task_ms, *max_pending).await,
         Scenario::Ratio {
             rounds,
             requests,

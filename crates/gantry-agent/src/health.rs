@@ -6,8 +6,11 @@
 //! - `disk`: free space on the work dir ≥ `min_free_disk_bytes`;
 //! - `memory`: MemAvailable (/proc/meminfo) ≥ `min_available_memory_bytes`;
 //! - `load`: 1-minute load (/proc/loadavg) per CPU ≤ `max_load_per_cpu`;
-//! - `latency`: the last heartbeat round trip ≤ `max_rtt` (passes until one
-//!   is measured);
+//! - `latency`: the network path's round trip to the replica ≤ `max_rtt`,
+//!   taken as the least of the last [`RTT_WINDOW`] heartbeats' round trips
+//!   (passes until one is measured): a replica busy with other work delays
+//!   some pongs, a slow path delays them all, and only the path is the
+//!   node's to answer for;
 //! - `gpu`, only on a node that registered GPUs: ONE check covering every
 //!   aspect (visible count equals the registered count, temperature ≤
 //!   `max_gpu_temperature_c`, no uncorrected ECC errors, memory readable and
@@ -355,6 +358,32 @@ fn load_check(load: Option<f64>, cpus: usize, max_per_cpu: f64) -> HealthCheck {
 
 /// A node the replica hears from late makes every exchange slow; until a
 /// pong has come back there is nothing to judge.
+/// Heartbeat round trips the latency check looks at.
+pub const RTT_WINDOW: usize = 5;
+
+/// The last [`RTT_WINDOW`] round trips to the current replica.
+#[derive(Debug, Default)]
+pub struct RttWindow(std::collections::VecDeque<Duration>);
+
+impl RttWindow {
+    pub fn push(&mut self, rtt: Duration) {
+        if self.0.len() == RTT_WINDOW {
+            self.0.pop_front();
+        }
+        self.0.push_back(rtt);
+    }
+
+    /// Forgets them (a new stream, perhaps to another replica).
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    /// The network path's round trip: the least of the window.
+    pub fn path(&self) -> Option<Duration> {
+        self.0.iter().min().copied()
+    }
+}
+
 pub fn check_latency(rtt: Option<Duration>, max: Duration) -> HealthCheck {
     match rtt {
         None => check(
@@ -582,6 +611,26 @@ mod tests {
         assert!(c.passed, "{c:?}");
         let c = check_disk(&dir.path().join("missing"), 0);
         assert!(!c.passed && c.detail.starts_with("cannot stat"), "{c:?}");
+    }
+
+    #[test]
+    fn t20_latency_is_judged_by_the_path_not_a_busy_replicas_pongs() {
+        let max = Duration::from_millis(100);
+        let mut w = RttWindow::default();
+        assert_eq!(w.path(), None);
+        // A replica starved of CPU answers some heartbeats late.
+        for ms in [2, 450, 3, 900, 2] {
+            w.push(Duration::from_millis(ms));
+        }
+        assert!(check_latency(w.path(), max).passed);
+        // A slow path delays every pong.
+        for ms in [250, 300, 260, 280, 270] {
+            w.push(Duration::from_millis(ms));
+        }
+        assert!(!check_latency(w.path(), max).passed);
+        assert_eq!(w.path(), Some(Duration::from_millis(250)));
+        w.clear();
+        assert_eq!(w.path(), None);
     }
 
     #[test]

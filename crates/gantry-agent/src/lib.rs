@@ -97,9 +97,9 @@ struct Shared {
     /// The latest health report and GPU telemetry: the check loop writes it,
     /// the hello, heartbeats and /metrics read it.
     health: watch::Sender<Arc<health::HealthSnapshot>>,
-    /// The last heartbeat round trip on the current stream (None until a
-    /// pong comes back), for the latency check.
-    rtt: Mutex<Option<Duration>>,
+    /// The last heartbeat round trips on the current stream, for the
+    /// latency check.
+    rtt: Mutex<health::RttWindow>,
     /// Origin of the agent's monotonic clock sent in heartbeats.
     started: tokio::time::Instant,
 }
@@ -205,7 +205,7 @@ pub async fn run(
         scratch,
         gpu_source,
         health,
-        rtt: Mutex::new(None),
+        rtt: Mutex::default(),
         started: tokio::time::Instant::now(),
     });
     let checks = tokio::spawn(health_loop(shared.clone()));
@@ -397,7 +397,7 @@ async fn session(
     shared.stats.connected.store(true, Ordering::Relaxed);
     let _connected = stats::Connected(&shared.stats);
     // A round trip measured to another replica says nothing about this one.
-    *shared.rtt.lock().await = None;
+    shared.rtt.lock().await.clear();
     let mut health_sent = None;
     let mut heartbeat = tokio::time::interval(Duration::from_millis(
         welcome.heartbeat_interval_ms.max(100),
@@ -450,7 +450,7 @@ async fn handle(shared: &Arc<Shared>, msg: Option<ServerMsg>) {
         }
         Some(ServerMsg::Pong(p)) => {
             let rtt = shared.clock_ms().saturating_sub(p.sent_at_ms);
-            *shared.rtt.lock().await = Some(Duration::from_millis(rtt));
+            shared.rtt.lock().await.push(Duration::from_millis(rtt));
         }
         Some(ServerMsg::Welcome(_)) | None => {}
     }
@@ -550,7 +550,7 @@ async fn health_loop(shared: Arc<Shared>) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        let rtt = *shared.rtt.lock().await;
+        let rtt = shared.rtt.lock().await.path();
         let (report, gpus) =
             health::run_checks(cfg, &work_dir, &shared.gpu_source, shared.gpus.len(), rtt).await;
         let was_healthy = shared.health.borrow().report.healthy;

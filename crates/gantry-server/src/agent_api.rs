@@ -255,7 +255,7 @@ async fn run_session(
                 if matches!(r.1, AttemptEvent::Finished(_)) {
                     replica.output.finish(&node_id, r.0.clone()).await;
                 }
-                if reports_tx.send(r).await.is_err() {
+                if !queue_report(&replica, &node_id, &session_id, &reports_tx, r).await {
                     break;
                 }
             }
@@ -281,6 +281,34 @@ async fn run_session(
     match replica.write(closed, deadline).await {
         Ok(_) => tracing::info!(node = %node_id, "agent disconnected"),
         Err(e) => tracing::warn!(node = %node_id, error = %e, "could not record the session's end"),
+    }
+}
+
+/// Queues a report for the proposer. While the queue is full (the log is
+/// slower than this agent's reports) the stream is not read, but the agent
+/// just spoke: its session stays confirmed meanwhile, as the wait is this
+/// replica's backlog, not the agent's silence. `false` once the proposer is gone.
+async fn queue_report(
+    replica: &Replica,
+    node_id: &str,
+    session_id: &str,
+    reports_tx: &mpsc::Sender<(AttemptRef, AttemptEvent)>,
+    report: (AttemptRef, AttemptEvent),
+) -> bool {
+    let report = match reports_tx.try_send(report) {
+        Ok(()) => return true,
+        Err(mpsc::error::TrySendError::Closed(_)) => return false,
+        Err(mpsc::error::TrySendError::Full(r)) => r,
+    };
+    let send = reports_tx.send(report);
+    tokio::pin!(send);
+    let mut keep_alive = tokio::time::interval(HEARTBEAT_INTERVAL);
+    keep_alive.tick().await;
+    loop {
+        tokio::select! {
+            sent = &mut send => return sent.is_ok(),
+            _ = keep_alive.tick() => replica.sessions.touch(node_id, session_id).await,
+        }
     }
 }
 
@@ -328,7 +356,7 @@ async fn heartbeat(
     writer: &HealthWriter,
 ) {
     // Best effort: a full queue means the agent is behind; it gets the next one.
-    let _ = tx.try_send(msg(ServerMsg::Pong(Pong {
+    let _ = tx.try_send_pong(msg(ServerMsg::Pong(Pong {
         sent_at_ms: hb.sent_at_ms,
     })));
     if hb.health.is_some() || !hb.gpus.is_empty() {

@@ -78,6 +78,12 @@ impl Outbound {
         (Outbound { msgs, acks }, stream)
     }
 
+    /// Queues a pong in the acknowledgements' lane, ahead of assignments
+    /// (the agent times it to judge the network path), unless that is full.
+    pub fn try_send_pong(&self, m: Outgoing) -> Result<(), Closed> {
+        self.acks.try_send(Box::new(m)).map_err(|_| Closed)
+    }
+
     /// Queues an acknowledgement; waits only when [`ACK_QUEUE`] are unread.
     pub async fn send_ack(&self, m: Outgoing) -> Result<(), Closed> {
         self.acks.send(Box::new(m)).await.map_err(|_| Closed)
@@ -89,6 +95,7 @@ impl Outbound {
     }
 
     /// Queues `m` unless the queue is full.
+    #[cfg(test)]
     pub fn try_send(&self, m: Outgoing) -> Result<(), Closed> {
         self.msgs.try_send(Box::new(m)).map_err(|_| Closed)
     }

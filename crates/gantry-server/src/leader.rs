@@ -21,6 +21,8 @@ const SCHEDULER_TICK: Duration = Duration::from_millis(500);
 /// After a round, the scheduler rests this many times as long as the round
 /// took (it then uses at most a quarter of the leader's time).
 const SCHEDULER_REST_FACTOR: u32 = 3;
+/// A liveness tick later than this is the leader's own stall, not the nodes'.
+const STALL_EXCUSED_AFTER: Duration = Duration::from_millis(500);
 /// How often replicas report their sessions and the leader checks liveness.
 pub const SESSION_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -146,9 +148,23 @@ fn pause_after(took: Duration) -> Duration {
 
 async fn liveness_loop(replica: Arc<Replica>) {
     let grace = replica.config.node_grace();
-    let mut tick = tokio::time::interval(SESSION_REPORT_INTERVAL / 2);
+    let every = SESSION_REPORT_INTERVAL / 2;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = Instant::now();
     loop {
         tick.tick().await;
+        // A tick this late means the leader itself was starved: excuse
+        // every node the time it could not hear about them.
+        let late = last.elapsed().saturating_sub(every);
+        last = Instant::now();
+        if late > STALL_EXCUSED_AFTER {
+            tracing::warn!(
+                ?late,
+                "the liveness loop ran late (this replica is starved of CPU?): not counting that time against any node"
+            );
+            replica.liveness.excuse(late).await;
+        }
         expire_drains(&replica).await;
         let ready: Vec<String> = replica
             .state

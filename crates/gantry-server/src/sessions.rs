@@ -156,8 +156,40 @@ impl Liveness {
         }
     }
 
+    /// The leader did not run for `stalled` (starved of CPU, paused): that
+    /// time does not count against any node, as no replica could have
+    /// confirmed a session with it meanwhile.
+    pub async fn excuse(&self, stalled: std::time::Duration) {
+        let now = Instant::now();
+        for seen in self.confirmed.write().await.values_mut() {
+            *seen = (*seen + stalled).min(now);
+        }
+    }
+
     /// Forgets everything: a new term of leadership starts from scratch.
     pub async fn reset(&self) {
         self.confirmed.write().await.clear();
+    }
+}
+
+#[cfg(test)]
+mod stall_tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Time the leader spent unable to run does not make nodes lost: after
+    /// a stall as long as the grace, a node confirmed just before it has
+    /// the rest of its grace still.
+    #[tokio::test(start_paused = true)]
+    async fn a_leaders_own_stall_is_excused() {
+        let l = Liveness::default();
+        let grace = Duration::from_secs(10);
+        let ready = vec!["n1".to_owned()];
+        l.confirm([("n1".to_owned(), 0)]).await;
+        tokio::time::advance(Duration::from_secs(12)).await;
+        l.excuse(Duration::from_secs(11)).await;
+        assert!(l.expired(&ready, grace).await.is_empty());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(l.expired(&ready, grace).await, ready);
     }
 }
