@@ -19,6 +19,7 @@ use anyhow::Context;
 use cluster_tests::checkers::{
     self, CancelOp, History, JobVersion, Outcome, ReadOp, SubmitOp, Violation,
 };
+use cluster_tests::cost::{Cost, Sample};
 use cluster_tests::faults::{self, Fault};
 use cluster_tests::{Cluster, Timings, all_jobs, wait_for};
 use gantry_client::{Client, ClientError, ClientOptions, api};
@@ -297,8 +298,25 @@ async fn run(seed: u64, schedule: Vec<Fault>) -> Summary {
         })
     };
 
+    // What each replica spends (CPU, log) while the faults last.
+    let before: Vec<(u64, u32, Sample)> = cluster
+        .replicas
+        .keys()
+        .filter_map(|id| Some((*id, cluster.pid(*id)?, Sample::take(&cluster, *id)?)))
+        .collect();
     for f in &schedule {
         apply(&mut cluster, f).await.unwrap();
+    }
+    for (id, pid, s) in &before {
+        // A replica restarted meanwhile is a new process: its figures start over.
+        if cluster.pid(*id) == Some(*pid)
+            && let Some(after) = Sample::take(&cluster, *id)
+        {
+            eprintln!(
+                "seed {seed}: replica {id} during the faults: {}",
+                Cost::between(s, &after)
+            );
+        }
     }
     cluster.heal().unwrap();
     stop.store(true, Ordering::Relaxed);

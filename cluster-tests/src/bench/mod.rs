@@ -54,6 +54,18 @@ pub fn machine() -> String {
     format!("{cores} cores, {cpu}, {mem_gib:.0} GiB")
 }
 
+/// Attempts the leader marked lost with their node (a node is only lost
+/// when no replica held its agent's stream for the grace period).
+pub async fn attempts_lost(cluster: &Cluster) -> anyhow::Result<f64> {
+    let leader = cluster.leader().await?;
+    let (_, text) = crate::http_get(&cluster.replicas[&leader].metrics_addr, "/metrics").await?;
+    Ok(crate::sample(
+        &text,
+        "gantry_attempts_finished{outcome=\"lost\",class=\"infra\"}",
+    )
+    .unwrap_or(0.0))
+}
+
 /// CPU time (user + system, seconds) and peak resident memory (MiB) of a
 /// process so far, from /proc; `None` once it is gone.
 pub fn process_usage(pid: u32) -> Option<(f64, f64)> {

@@ -15,7 +15,7 @@ use tonic::Code;
 
 use crate::bench::agents::{AgentStats, SimAgents};
 use crate::bench::load::{Latencies, header};
-use crate::{Cluster, http_get, sample, wait_for};
+use crate::{Cluster, wait_for};
 
 /// What a refusal must take at most to count as quick.
 pub const QUICK_REFUSAL: Duration = Duration::from_millis(100);
@@ -52,7 +52,7 @@ pub struct Outcome {
     pub refusal_latency: Latencies,
     pub drained_in: Duration,
     pub rescheduled: u64,
-    pub nodes_lost: f64,
+    pub attempts_lost: f64,
 }
 
 /// `clients` submitters for `run_for`, then waits for every accepted job.
@@ -107,13 +107,7 @@ pub async fn run(
     t.accepted.sort_unstable();
     t.refused.sort_unstable();
     let quick_refusals = t.refused.iter().filter(|d| **d <= QUICK_REFUSAL).count();
-    let leader = cluster.leader().await?;
-    let (_, metrics) = http_get(&cluster.replicas[&leader].metrics_addr, "/metrics").await?;
-    let nodes_lost = sample(
-        &metrics,
-        "gantry_attempts_finished{outcome=\"lost\",class=\"infra\"}",
-    )
-    .unwrap_or(0.0);
+    let attempts_lost = crate::bench::attempts_lost(cluster).await?;
     Ok(Outcome {
         seconds,
         accepted,
@@ -130,7 +124,7 @@ pub async fn run(
         },
         drained_in,
         rescheduled: AgentStats::get(&sim.stats.rescheduled),
-        nodes_lost,
+        attempts_lost,
     })
 }
 
@@ -166,7 +160,7 @@ impl Outcome {
         println!(
             "every accepted job finished {:.1} s after the load stopped; attempts lost with their node: {}; rescheduled attempts: {}",
             self.drained_in.as_secs_f64(),
-            self.nodes_lost,
+            self.attempts_lost,
             self.rescheduled
         );
     }

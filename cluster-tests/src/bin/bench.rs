@@ -263,7 +263,7 @@ async fn overload(
     outcome.print();
     print!("{}", usage_table(&processes));
     anyhow::ensure!(
-        outcome.nodes_lost == 0.0 && outcome.rescheduled == 0,
+        outcome.attempts_lost == 0.0 && outcome.rescheduled == 0,
         "nodes were marked lost or attempts rescheduled under overload"
     );
     Ok(())
@@ -525,8 +525,9 @@ async fn e2e(cli: &Cli, agents: usize, jobs: usize, samples: usize) -> anyhow::R
         cpu * 1e3 / submitted as f64
     );
     println!(
-        "rescheduled attempts: {}",
-        AgentStats::get(&sim.stats.rescheduled)
+        "rescheduled attempts: {}; attempts lost with their node: {}",
+        AgentStats::get(&sim.stats.rescheduled),
+        cluster_tests::bench::attempts_lost(&cluster).await?
     );
     print!("{}", usage_table(&processes));
     Ok(())

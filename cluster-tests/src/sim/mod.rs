@@ -124,6 +124,8 @@ pub struct Params {
     pub clients: usize,
     pub loss: f64,
     pub max_delay_ms: u64,
+    /// Replicas whose clocks are off, and by how much (ms).
+    pub skews: BTreeMap<u64, i64>,
 }
 
 /// The result of one seed.
@@ -153,12 +155,13 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "seed {}: {} replicas, {} agents, loss {:.3}, delay ≤{} ms; {} faults; {} submits ({} acked), {} reads, {} cancels; {} messages ({} dropped); {} stale reports fenced ({} duplicates sent); {} violations; {:.1} s simulated; fingerprint {:016x}",
+            "seed {}: {} replicas, {} agents, loss {:.3}, delay ≤{} ms, clock skews {:?}; {} faults; {} submits ({} acked), {} reads, {} cancels; {} messages ({} dropped); {} stale reports fenced ({} duplicates sent); {} violations; {:.1} s simulated; fingerprint {:016x}",
             self.seed,
             self.params.replicas,
             self.params.agents,
             self.params.loss,
             self.params.max_delay_ms,
+            self.params.skews,
             self.faults.len(),
             self.submits,
             self.acknowledged,
@@ -223,6 +226,7 @@ fn failed(seed: u64, why: String) -> Report {
             clients: 0,
             loss: 0.0,
             max_delay_ms: 0,
+            skews: BTreeMap::new(),
         },
         faults: Vec::new(),
         submits: 0,
@@ -241,6 +245,22 @@ fn failed(seed: u64, why: String) -> Report {
         virtual_ms: 0,
         final_state: Vec::new(),
     }
+}
+
+/// Most a replica's clock is off in a run.
+pub const MAX_SKEW_MS: i64 = 60_000;
+
+/// Clock skews for half the runs: each replica off by up to a minute either
+/// way. Drawn from a generator of their own, so the rest of a seed's
+/// schedule is what it was before clocks were skewed.
+fn skews(seed: u64, ids: &[u64]) -> BTreeMap<u64, i64> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xc10c_5eed_c10c_5eed);
+    if !rng.random_bool(0.5) {
+        return BTreeMap::new();
+    }
+    ids.iter()
+        .map(|id| (*id, rng.random_range(-MAX_SKEW_MS..=MAX_SKEW_MS)))
+        .collect()
 }
 
 fn api_state(s: JobState) -> i32 {
@@ -264,6 +284,8 @@ struct World {
     agents: BTreeMap<usize, AgentSlot>,
     ids: Vec<u64>,
     rng: StdRng,
+    /// Each replica's clock skew (ms), drawn once per run.
+    skews: BTreeMap<u64, i64>,
 }
 
 impl World {
@@ -273,7 +295,8 @@ impl World {
             .get(&id)
             .ok_or_else(|| format!("no data for replica {id}"))?;
         let disk_seed = self.rng.random();
-        let r = Replica::start(id, db, &self.net, self.plant, disk_seed).await?;
+        let skew = self.skews.get(&id).copied().unwrap_or(0);
+        let r = Replica::start(id, db, &self.net, self.plant, disk_seed, skew).await?;
         self.net.set_up(id, Some(r.clone())).await;
         self.replicas.insert(id, r);
         Ok(())
@@ -342,6 +365,7 @@ async fn simulate(seed: u64, opts: Options) -> Report {
             0.0
         },
         max_delay_ms: rng.random_range(2..=40),
+        skews: BTreeMap::new(),
     };
     let net = Net::new(rng.random(), params.loss, 1, params.max_delay_ms);
     let ids: Vec<u64> = (1..=params.replicas).collect();
@@ -362,6 +386,11 @@ async fn simulate(seed: u64, opts: Options) -> Report {
         agents: BTreeMap::new(),
         ids: ids.clone(),
         rng: StdRng::seed_from_u64(rng.random()),
+        skews: skews(seed, &ids),
+    };
+    let params = Params {
+        skews: world.skews.clone(),
+        ..params
     };
     for id in &ids {
         if let Err(e) = world.start_replica(*id).await {

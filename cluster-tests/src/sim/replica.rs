@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use super::disk::Disk;
 use super::net::{Net, NetError, SimNetwork};
 use super::{Plant, SimConfig, SimRaft, now_ms, spawn};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// How long a replica keeps an agent's session without a heartbeat.
@@ -70,6 +71,11 @@ pub struct Replica {
     /// A planted bug (tests of the checkers only): reads skip the read
     /// barrier and serve this replica's possibly stale state.
     stale_reads: bool,
+    /// How far this replica's wall clock is off (ms, either way).
+    skew_ms: i64,
+    /// On the leader: no entry is stamped earlier than this (as
+    /// gantry-server's `EntryClock`).
+    entry_clock: AtomicU64,
 }
 
 impl Replica {
@@ -82,6 +88,7 @@ impl Replica {
         net: &Net,
         plant: Option<Plant>,
         disk_seed: u64,
+        skew_ms: i64,
     ) -> SimResult<Arc<Self>> {
         let (log, sm): (_, StateMachineStore<SimConfig>) =
             gantry_store::from_db(db, Durability::Process).map_err(|e| e.to_string())?;
@@ -105,6 +112,8 @@ impl Replica {
             liveness: Mutex::default(),
             loops: Mutex::default(),
             stale_reads: plant == Some(Plant::StaleReads),
+            skew_ms,
+            entry_clock: AtomicU64::new(0),
         });
         let mut loops = replica.loops.lock().await;
         loops.push(spawn(supervise(replica.clone())));
@@ -198,7 +207,16 @@ impl Replica {
         }
     }
 
-    async fn propose_local(&self, cmd: Command) -> Result<(Outcome, u64), Retry> {
+    /// This replica's wall clock, skewed as the run drew it.
+    pub fn clock(&self) -> u64 {
+        now_ms().saturating_add_signed(self.skew_ms)
+    }
+
+    /// The leader stamps every entry with its own clock, never earlier than
+    /// the last entry (as gantry-server's `propose_raw`).
+    async fn propose_local(&self, mut cmd: Command) -> Result<(Outcome, u64), Retry> {
+        let now = self.clock();
+        cmd.restamp(self.entry_clock.fetch_max(now, Ordering::Relaxed).max(now));
         match self.raft.client_write(cmd.into()).await {
             Ok(resp) => Ok((resp.data, resp.log_id.index)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(Retry::Again),
@@ -261,7 +279,7 @@ impl Replica {
 
     pub async fn submit(&self, job: NewJob, deadline: Instant) -> SimResult<u64> {
         let cmd = Command::SubmitJobs {
-            now_ms: now_ms(),
+            now_ms: self.clock(),
             jobs: vec![job],
         };
         match self.write(cmd, deadline).await? {
@@ -291,7 +309,7 @@ impl Replica {
         deadline: Instant,
     ) -> SimResult<Result<(u64, gantry_core::JobState), String>> {
         let cmd = Command::CancelJob {
-            now_ms: now_ms(),
+            now_ms: self.clock(),
             job_id: id,
             reason: "simulation".into(),
         };
@@ -308,10 +326,10 @@ impl Replica {
         let session = Session {
             id: session_id,
             replica: self.id,
-            opened_at_ms: now_ms(),
+            opened_at_ms: self.clock(),
         };
         let cmd = Command::NodeSessionOpened {
-            now_ms: now_ms(),
+            now_ms: self.clock(),
             node: node.clone(),
             session: session.clone(),
             health: None,
@@ -361,7 +379,7 @@ impl Replica {
             }
             None if status == Some(NodeStatus::Lost) => {
                 let cmd = Command::NodeSessionOpened {
-                    now_ms: now_ms(),
+                    now_ms: self.clock(),
                     node: info,
                     session,
                     health: None,
@@ -394,7 +412,7 @@ impl Replica {
 
     pub async fn report(&self, reports: Vec<AttemptReport>) -> SimResult<()> {
         let cmd = Command::ReportAttempts {
-            now_ms: now_ms(),
+            now_ms: self.clock(),
             reports,
         };
         self.write(cmd, Instant::now() + Duration::from_secs(2))
@@ -440,6 +458,8 @@ async fn supervise(replica: Arc<Replica>) {
         };
         if leading && loops.is_empty() {
             replica.liveness.lock().await.clear();
+            let latest = replica.reader.read(|s, _| s.clock_ms()).await;
+            replica.entry_clock.fetch_max(latest, Ordering::Relaxed);
             loops.push(spawn(schedule_loop(replica.clone())));
             loops.push(spawn(liveness_loop(replica.clone())));
         } else if !leading && !loops.is_empty() {
@@ -456,7 +476,7 @@ async fn supervise(replica: Arc<Replica>) {
 async fn schedule_loop(replica: Arc<Replica>) {
     let mut metrics = replica.raft.metrics();
     loop {
-        let now = now_ms();
+        let now = replica.clock();
         let placements = replica
             .reader
             .read(|s, _| scheduler::schedule(s, now, 1_000))
@@ -525,7 +545,7 @@ async fn liveness_loop(replica: Arc<Replica>) {
             continue;
         }
         let cmd = Command::NodesLost {
-            now_ms: now_ms(),
+            now_ms: replica.clock(),
             node_ids: lost.clone(),
         };
         if replica
@@ -585,7 +605,7 @@ async fn expire_sessions(replica: Arc<Replica>) {
         };
         for (node_id, session_id) in expired {
             let cmd = Command::NodeSessionClosed {
-                now_ms: now_ms(),
+                now_ms: replica.clock(),
                 node_id,
                 session_id,
             };

@@ -4,6 +4,7 @@
 
 mod all_terminal;
 mod applied_entries_agree;
+mod entry_times;
 mod linearizable_ops;
 mod no_lost_submits;
 mod replicas_agree;
@@ -49,6 +50,7 @@ pub fn all() -> Vec<Box<dyn Invariant + Send>> {
         Box::new(no_lost_submits::NoLostSubmits),
         Box::new(linearizable_ops::LinearizableOps),
         Box::new(all_terminal::AllTerminal),
+        Box::new(entry_times::EntryTimes::default()),
     ]
 }
 
