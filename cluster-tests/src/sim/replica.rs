@@ -76,6 +76,10 @@ pub struct Replica {
     /// On the leader: no entry is stamped earlier than this (as
     /// gantry-server's `EntryClock`).
     entry_clock: AtomicU64,
+    /// How far the leader's entry time runs ahead of its wall clock this
+    /// term, and the term it was set for.
+    clock_ahead: AtomicU64,
+    clock_term: AtomicU64,
 }
 
 impl Replica {
@@ -114,6 +118,8 @@ impl Replica {
             stale_reads: plant == Some(Plant::StaleReads),
             skew_ms,
             entry_clock: AtomicU64::new(0),
+            clock_ahead: AtomicU64::new(0),
+            clock_term: AtomicU64::new(0),
         });
         let mut loops = replica.loops.lock().await;
         loops.push(spawn(supervise(replica.clone())));
@@ -207,6 +213,36 @@ impl Replica {
         }
     }
 
+    /// Once per term: the entries earlier leaders committed applied, and
+    /// entry time going on from the latest of them (as gantry-server's
+    /// `establish_entry_clock`).
+    async fn establish_entry_clock(&self) {
+        let (term, last) = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            (m.current_term, m.last_log_index)
+        };
+        if self.clock_term.load(Ordering::Acquire) == term {
+            return;
+        }
+        let _ = self
+            .raft
+            .wait(Some(Duration::from_secs(2)))
+            .applied_index_at_least(last, "earlier terms applied")
+            .await;
+        let latest = self.reader.read(|s, _| s.clock_ms()).await;
+        self.clock_ahead
+            .store(latest.saturating_sub(self.clock()), Ordering::Relaxed);
+        self.entry_clock.fetch_max(latest, Ordering::Relaxed);
+        self.clock_term.store(term, Ordering::Release);
+    }
+
+    /// The leader's time for entries and deadlines (gantry-server's `EntryClock::now`).
+    fn entry_now(&self) -> u64 {
+        self.clock()
+            .saturating_add(self.clock_ahead.load(Ordering::Relaxed))
+    }
+
     /// This replica's wall clock, skewed as the run drew it.
     pub fn clock(&self) -> u64 {
         now_ms().saturating_add_signed(self.skew_ms)
@@ -215,7 +251,8 @@ impl Replica {
     /// The leader stamps every entry with its own clock, never earlier than
     /// the last entry (as gantry-server's `propose_raw`).
     async fn propose_local(&self, mut cmd: Command) -> Result<(Outcome, u64), Retry> {
-        let now = self.clock();
+        self.establish_entry_clock().await;
+        let now = self.entry_now();
         cmd.restamp(self.entry_clock.fetch_max(now, Ordering::Relaxed).max(now));
         match self.raft.client_write(cmd.into()).await {
             Ok(resp) => Ok((resp.data, resp.log_id.index)),
@@ -458,8 +495,6 @@ async fn supervise(replica: Arc<Replica>) {
         };
         if leading && loops.is_empty() {
             replica.liveness.lock().await.clear();
-            let latest = replica.reader.read(|s, _| s.clock_ms()).await;
-            replica.entry_clock.fetch_max(latest, Ordering::Relaxed);
             loops.push(spawn(schedule_loop(replica.clone())));
             loops.push(spawn(liveness_loop(replica.clone())));
         } else if !leading && !loops.is_empty() {
@@ -475,8 +510,9 @@ async fn supervise(replica: Arc<Replica>) {
 
 async fn schedule_loop(replica: Arc<Replica>) {
     let mut metrics = replica.raft.metrics();
+    replica.establish_entry_clock().await;
     loop {
-        let now = replica.clock();
+        let now = replica.entry_now();
         let placements = replica
             .reader
             .read(|s, _| scheduler::schedule(s, now, 1_000))

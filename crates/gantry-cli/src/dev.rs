@@ -334,7 +334,11 @@ async fn run_inner(args: DevArgs) -> anyhow::Result<()> {
         dir.display(),
         env_file.display(),
     );
-    supervise(&mut children).await;
+    let respawn = |i: usize| -> Option<anyhow::Result<Child>> {
+        let addr = addresses.get(i)?;
+        Some(spawn_replica(&dir, i as u64 + 1, addr, &peers, pki.as_deref()).map(|(c, _)| c))
+    };
+    supervise(&mut children, respawn).await;
     stop_all(&mut children).await;
     println!("dev cluster stopped");
     Ok(())
@@ -383,7 +387,13 @@ async fn wait_for_agents(client: &Client, n: u64) -> anyhow::Result<()> {
 }
 
 /// Runs until Ctrl-C/SIGTERM, reporting children that exit on their own.
-async fn supervise(children: &mut [Child]) {
+/// A replica that exits because its storage failed (exit code 74) is
+/// started again, as systemd or Kubernetes would; `respawn(i)` starts
+/// child `i` anew (`None` for the agents).
+async fn supervise(
+    children: &mut [Child],
+    respawn: impl Fn(usize) -> Option<anyhow::Result<Child>>,
+) {
     let signal = shutdown_signal();
     tokio::pin!(signal);
     let mut reported = vec![false; children.len()];
@@ -392,10 +402,23 @@ async fn supervise(children: &mut [Child]) {
             () = &mut signal => return,
             () = tokio::time::sleep(Duration::from_millis(500)) => {
                 for (i, c) in children.iter_mut().enumerate() {
-                    if !reported[i] && let Ok(Some(status)) = c.try_wait() {
-                        eprintln!("child {} exited ({status}); the others keep running", i + 1);
-                        reported[i] = true;
+                    if reported[i] {
+                        continue;
                     }
+                    let Ok(Some(status)) = c.try_wait() else { continue };
+                    if status.code() == Some(i32::from(crate::EXIT_STORAGE)) {
+                        eprintln!("replica {} stopped on a storage failure ({status}); starting it again (its log says why)", i + 1);
+                        match respawn(i) {
+                            Some(Ok(new)) => {
+                                *c = new;
+                                continue;
+                            }
+                            Some(Err(e)) => eprintln!("could not start replica {} again: {e:#}", i + 1),
+                            None => {}
+                        }
+                    }
+                    eprintln!("child {} exited ({status}); the others keep running", i + 1);
+                    reported[i] = true;
                 }
             }
         }

@@ -20,25 +20,47 @@ pub const SKEW_WARN: Duration = Duration::from_millis(500);
 /// How often a replica whose clock stays skewed says so again.
 const SKEW_WARN_EVERY: Duration = Duration::from_secs(60);
 
-/// The leader's clock for log entries: its wall clock, but never earlier
-/// than the last time it stamped, nor than the latest entry time in the
-/// state when it gained leadership (time in the log never goes back
-/// across a change of leader).
+/// The leader's clock for log entries: its wall clock, moved forward by
+/// as much as it was behind the latest entry in the state when it gained
+/// leadership, and never earlier than the last time it stamped. Time in the
+/// log never goes back across a change of leader, and goes on at the real
+/// rate from the latest entry (a leader whose clock is behind does not
+/// stall every backoff and deadline until its clock catches up).
 #[derive(Default)]
 pub struct EntryClock {
     last: AtomicU64,
+    /// Added to the wall clock for this term.
+    ahead_ms: AtomicU64,
+    /// The term the clock is set for: a leader learns the latest entry time
+    /// once per term, after applying what earlier leaders committed.
+    term: AtomicU64,
 }
 
 impl EntryClock {
-    /// The time to stamp the next entry with.
-    pub fn stamp(&self) -> u64 {
-        let now = now_ms();
-        self.last.fetch_max(now, Ordering::Relaxed).max(now)
+    /// Whether the clock is set for `term`.
+    pub fn established(&self, term: u64) -> bool {
+        self.term.load(Ordering::Acquire) == term
     }
 
-    /// No later stamp is earlier than `t`.
-    pub fn not_before(&self, t: u64) {
-        self.last.fetch_max(t, Ordering::Relaxed);
+    /// Sets the clock for `term`, given the latest entry time in the state;
+    /// returns how far the wall clock was behind it (ms).
+    pub fn establish(&self, term: u64, latest_ms: u64) -> u64 {
+        let behind = latest_ms.saturating_sub(now_ms());
+        self.ahead_ms.store(behind, Ordering::Relaxed);
+        self.last.fetch_max(latest_ms, Ordering::Relaxed);
+        self.term.store(term, Ordering::Release);
+        behind
+    }
+
+    /// The leader's time now: what deadlines in the state are compared with.
+    pub fn now(&self) -> u64 {
+        now_ms().saturating_add(self.ahead_ms.load(Ordering::Relaxed))
+    }
+
+    /// The time to stamp the next entry with.
+    pub fn stamp(&self) -> u64 {
+        let now = self.now();
+        self.last.fetch_max(now, Ordering::Relaxed).max(now)
     }
 }
 
@@ -98,14 +120,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stamps_never_go_back() {
+    fn stamps_never_go_back_and_go_on_from_the_latest_entry() {
         let c = EntryClock::default();
-        let future = now_ms() + 60_000;
-        c.not_before(future);
-        assert!(c.stamp() >= future);
         let a = c.stamp();
-        let b = c.stamp();
-        assert!(b >= a);
+        assert!(c.stamp() >= a);
+        // A new term on a replica whose clock is a minute behind the log.
+        let latest = now_ms() + 60_000;
+        let behind = c.establish(2, latest);
+        assert!((59_000..=60_000).contains(&behind), "{behind}");
+        assert!(c.established(2) && !c.established(3));
+        let s = c.stamp();
+        assert!(s >= latest, "no stamp before the latest entry");
+        assert!(
+            s < latest + 1_000,
+            "time goes on from the latest entry, not stalled"
+        );
+        assert!(c.now() >= latest);
     }
 
     #[test]

@@ -41,16 +41,6 @@ pub async fn supervise(replica: Arc<Replica>) {
                 "leadership gained: starting the scheduler and liveness loops"
             );
             replica.liveness.reset().await;
-            // Entry times never go back across a change of leader.
-            let latest = replica.state.read(|s, _| s.clock_ms()).await;
-            replica.entry_clock.not_before(latest);
-            let behind = latest.saturating_sub(now_ms());
-            if behind > crate::clock::SKEW_WARN.as_millis() as u64 {
-                tracing::warn!(
-                    behind_ms = behind,
-                    "this replica's clock is behind the latest entry's time: entries are stamped with that time until the clock catches up (fix the clock)"
-                );
-            }
             loops.push(tokio::spawn(schedule_loop(replica.clone())));
             loops.push(tokio::spawn(liveness_loop(replica.clone())));
         } else if !leading && !loops.is_empty() {
@@ -71,10 +61,14 @@ pub async fn supervise(replica: Arc<Replica>) {
 async fn schedule_loop(replica: Arc<Replica>) {
     let mut metrics = replica.raft.metrics();
     let policy = replica.config.placement_policy();
+    // Backoffs and deadlines are compared with the time entries carry.
+    replica
+        .establish_entry_clock(Instant::now() + replica.config.request_timeout())
+        .await;
     loop {
         // Anything applied after this is looked at by the next round.
         let applied = metrics.borrow_watched().last_applied;
-        let now = now_ms();
+        let now = replica.entry_clock.now();
         let started = Instant::now();
         let (placements, examined, spans) = replica
             .state
@@ -194,7 +188,7 @@ async fn liveness_loop(replica: Arc<Replica>) {
 
 /// Draining nodes past their deadline: stop what still runs there.
 async fn expire_drains(replica: &Replica) {
-    let now = now_ms();
+    let now = replica.entry_clock.now();
     let expired: Vec<String> = replica
         .state
         .read(|s, _| {

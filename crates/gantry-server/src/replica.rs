@@ -241,6 +241,7 @@ impl Replica {
     ) -> Result<(Outcome, u64), Try> {
         // Every time in the log is the leader's, taken here: never the
         // clock of the replica that forwarded the request, nor an agent's.
+        self.establish_entry_clock(deadline).await;
         cmd.restamp(self.entry_clock.stamp());
         let started = Instant::now();
         match tokio::time::timeout_at(deadline, self.raft.client_write(cmd.into())).await {
@@ -256,6 +257,38 @@ impl Replica {
                 "the write was not committed before the deadline (no quorum?); its outcome is \
                  unknown, retry with the same idempotency key",
             ))),
+        }
+    }
+
+    /// Once per term, before the first stamp: apply what earlier leaders
+    /// committed (this replica may not have yet), and stamp nothing earlier
+    /// than the latest entry time then in the state, so time in the log
+    /// never goes back across a change of leader.
+    pub(crate) async fn establish_entry_clock(&self, deadline: Instant) {
+        let (term, last) = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            (m.current_term, m.last_log_index)
+        };
+        if self.entry_clock.established(term) {
+            return;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Err(e) = self
+            .raft
+            .wait(Some(left))
+            .applied_index_at_least(last, "entries of earlier terms applied")
+            .await
+        {
+            tracing::warn!(error = %e, "stamping entries before the earlier terms' entries were applied");
+        }
+        let latest = self.state.read(|s, _| s.clock_ms()).await;
+        let behind = self.entry_clock.establish(term, latest);
+        if behind > crate::clock::SKEW_WARN.as_millis() as u64 {
+            tracing::warn!(
+                behind_ms = behind,
+                "this leader's clock is behind the latest entry's time: entry times go on from that entry at this clock's rate (fix the clock)"
+            );
         }
     }
 
