@@ -61,7 +61,8 @@ pub struct Replica {
     pub log: PathBuf,
     /// Started with `--join`: never bootstraps, waits to be contacted.
     join: bool,
-    /// A command the replica runs under (e.g. `faketime -f +60s`).
+    /// A command the replica runs under, one that execs it (e.g. `env
+    /// LD_PRELOAD=… FAKETIME=+60s`), so the replica stays this process's child.
     wrapper: Vec<String>,
     child: Option<Child>,
 }
@@ -599,7 +600,8 @@ impl Cluster {
     }
 
     /// Runs replica `id` under `wrapper` from its next (re)start on, e.g.
-    /// `["faketime", "-f", "+60s"]` for a clock a minute ahead.
+    /// `["env", "LD_PRELOAD=…/libfaketime.so.1", "FAKETIME=+60s"]` for a clock a
+    /// minute ahead. The wrapper must exec the replica, not fork it.
     pub fn set_wrapper(&mut self, id: u64, wrapper: &[&str]) {
         if let Some(r) = self.replicas.get_mut(&id) {
             r.wrapper = wrapper.iter().map(|s| s.to_string()).collect();

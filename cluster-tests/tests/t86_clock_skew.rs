@@ -4,10 +4,11 @@
 //! timed-out task's retry starts within its backoff, the node's last-seen
 //! time is not in the future, and the skew is reported.
 //!
-//! Needs Debian's faketime package; says SKIPPED without it.
+//! Needs Debian's faketime package (libfaketime); says SKIPPED without it.
 
 #![allow(clippy::unwrap_used)]
 
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cluster_tests::{Cluster, Timings, http_get, sample, wait_for};
@@ -22,26 +23,43 @@ fn wall_ms() -> u64 {
         .as_millis() as u64
 }
 
-fn faketime_works() -> bool {
-    std::process::Command::new("faketime")
-        .args(["-f", SKEW, "true"])
+/// libfaketime, as Debian's faketime package installs it. The replica runs
+/// with it preloaded through `env`, which execs: the replica stays the
+/// harness's own child (the `faketime` wrapper forks, and killing it would
+/// leave the replica running).
+fn libfaketime() -> Option<PathBuf> {
+    let lib = std::fs::read_dir("/usr/lib")
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|d| d.path().join("faketime/libfaketime.so.1"))
+        .chain(std::iter::once(PathBuf::from(
+            "/usr/lib/faketime/libfaketime.so.1",
+        )))
+        .find(|p| p.exists())?;
+    let works = std::process::Command::new("env")
+        .arg(format!("LD_PRELOAD={}", lib.display()))
+        .arg(format!("FAKETIME={SKEW}"))
+        .arg("true")
         .status()
-        .is_ok_and(|s| s.success())
+        .is_ok_and(|s| s.success());
+    works.then_some(lib)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn t86_a_replica_a_minute_ahead_does_not_move_the_states_times() {
-    if !faketime_works() {
-        eprintln!("SKIPPED: faketime is not installed (apt-get install faketime)");
+    let Some(lib) = libfaketime() else {
+        eprintln!("SKIPPED: libfaketime is not installed (apt-get install faketime)");
         return;
-    }
+    };
     let mut cluster = Cluster::start(3, Timings::default()).await.unwrap();
     // Replica 3 leads rarely (its clock is the one under test): wait for a
     // leader among 1 and 2 before skewing 3.
     let leader = cluster.leader().await.unwrap();
     let skewed = if leader == 3 { 2 } else { 3 };
     cluster.stop(skewed).await.unwrap();
-    cluster.set_wrapper(skewed, &["faketime", "-f", SKEW]);
+    let preload = format!("LD_PRELOAD={}", lib.display());
+    let faketime = format!("FAKETIME={SKEW}");
+    cluster.set_wrapper(skewed, &["env", &preload, &faketime]);
     cluster.restart(skewed).unwrap();
     cluster.start_agent("b", &[skewed]).unwrap();
     cluster.wait_nodes_ready(&["b"]).await.unwrap();

@@ -41,6 +41,8 @@ const OUTBOUND_QUEUE: usize = 256;
 const REPORT_QUEUE: usize = 1024;
 /// Live output chunks longer than this are cut (agents send at most this much).
 pub const MAX_OUTPUT_CHUNK_BYTES: usize = 64 * 1024;
+/// How often reports that keep failing to commit are mentioned in the log.
+const REPORT_WARN_EVERY: Duration = Duration::from_secs(60);
 /// The most reports proposed in one log entry.
 const MAX_REPORT_BATCH: usize = 512;
 
@@ -472,12 +474,25 @@ async fn propose_reports(
                     .collect()
             })
             .await;
+        // The first failure is logged, then one line a minute until they
+        // commit: with no quorum, every session retries every 200 ms.
+        let mut tries = 0u64;
+        let mut warned = Instant::now();
         loop {
             let deadline = Instant::now() + replica.config.request_timeout();
             match replica.write(cmd.clone(), deadline).await {
-                Ok(_) => break,
+                Ok(_) => {
+                    if tries > 0 {
+                        tracing::info!(node = %node_id, tries, "reports committed after retrying");
+                    }
+                    break;
+                }
                 Err(e) if !tx.is_closed() => {
-                    tracing::warn!(node = %node_id, error = %e, "reports not committed yet; retrying");
+                    tries += 1;
+                    if tries == 1 || warned.elapsed() >= REPORT_WARN_EVERY {
+                        warned = Instant::now();
+                        tracing::warn!(node = %node_id, error = %e, tries, "reports not committed yet; retrying every 200 ms");
+                    }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(_) => return,
