@@ -155,6 +155,18 @@ async fn run_in(dir: &Path, exec: Execution) -> AttemptFinished {
     let Some(program) = argv.first() else {
         return finished(&token, FailureClass::Workload, "empty argv".into());
     };
+    // A missing working directory makes spawn fail with the same error as
+    // a missing program: say which it is.
+    if !dir.as_os_str().is_empty() && !dir.is_dir() {
+        return finished(
+            &token,
+            FailureClass::Workload,
+            format!(
+                "working directory {} does not exist on this node (or is not a directory)",
+                dir.display()
+            ),
+        );
+    }
     let mut cmd = Command::new(program);
     cmd.args(&argv[1..])
         .envs(&spec.env)

@@ -103,6 +103,17 @@ async fn t10_exit_codes_spawn_failures_env_and_shell() {
         report.message
     );
 
+    // A missing working directory is reported as such, not as the program missing.
+    let mut s = spec(&["/bin/true"]);
+    s.working_dir = dir.path().join("no-such-dir").display().to_string();
+    let (report, _, _) = execute(s, dir.path()).await;
+    assert_eq!(report.failure, FailureClass::Workload as i32);
+    assert!(
+        report.message.contains("working directory") && report.message.contains("does not exist"),
+        "{}",
+        report.message
+    );
+
     let mut s = spec(&["echo \"$GREETING $1\" >&2", "world"]);
     s.shell = true;
     s.env.insert("GREETING".into(), "hello".into());

@@ -87,6 +87,39 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<(), ValidationError
     Ok(())
 }
 
+/// Every entry must be something exec can pass: a NUL byte would end it
+/// early (the task would run with other arguments than the job says, or
+/// fail every attempt), so it is refused with the entry named.
+fn check_exec_args(field: &str, argv: &[String]) -> Result<(), ValidationError> {
+    match argv.iter().position(|a| a.contains('\0')) {
+        Some(i) => Err(err(
+            format!("{field}[{i}]"),
+            "contains a NUL byte, which no program's arguments can hold",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A working directory may not climb out of where it is given (`..`), and
+/// a path cannot hold a NUL byte.
+fn check_working_dir(dir: &str) -> Result<(), ValidationError> {
+    if dir.contains('\0') {
+        return Err(err("working_dir", "contains a NUL byte"));
+    }
+    if std::path::Path::new(dir)
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(err(
+            "working_dir",
+            format!(
+                "{dir:?} has a '..' component: a task's working directory may not climb out of the one it is given"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl JobSpec {
     /// Checks the spec against the limits above.
     pub fn validate(&self) -> Result<(), ValidationError> {
@@ -131,9 +164,19 @@ impl JobSpec {
         if let Some(k) = self.env.keys().find(|k| k.is_empty() || k.contains('=')) {
             return Err(err("env", format!("key {k:?} is empty or contains '='")));
         }
+        check_exec_args("argv", &self.argv)?;
+        for (k, v) in &self.env {
+            if k.contains('\0') || v.contains('\0') {
+                return Err(err(
+                    format!("env[{k:?}]"),
+                    "contains a NUL byte, which no program's environment can hold",
+                ));
+            }
+        }
         check_len("name", &self.name, MAX_NAME_BYTES)?;
         check_len("idempotency_key", &self.idempotency_key, MAX_NAME_BYTES)?;
         check_len("working_dir", &self.working_dir, MAX_PATH_BYTES)?;
+        check_working_dir(&self.working_dir)?;
         if self.constraints.len() > MAX_CONSTRAINTS {
             return Err(err(
                 "constraints",
@@ -200,6 +243,7 @@ impl crate::job::Probe {
         use crate::job::ProbeCheck;
         match &self.check {
             ProbeCheck::Exec { argv } => {
+                check_exec_args("readiness.exec.argv", argv)?;
                 if argv.first().is_none_or(String::is_empty) {
                     return Err(err(
                         "readiness.exec.argv",
@@ -304,6 +348,30 @@ mod tests {
         let mut s = spec();
         s.env.insert("A=B".into(), "c".into());
         assert_eq!(s.validate().unwrap_err().field, "env");
+    }
+
+    #[test]
+    fn t10_bytes_exec_cannot_take_and_escaping_work_dirs_are_refused() {
+        let mut s = spec();
+        s.argv.push("a\0b".into());
+        let e = s.validate().unwrap_err();
+        assert_eq!(e.field, "argv[1]");
+        assert!(e.problem.contains("NUL"), "{e}");
+        let mut s = spec();
+        s.env.insert("K".into(), "v\0".into());
+        assert_eq!(s.validate().unwrap_err().field, "env[\"K\"]");
+        for bad in ["../../etc", "a/../../b", "/tmp/../etc", ".."] {
+            let mut s = spec();
+            s.working_dir = bad.into();
+            let e = s.validate().unwrap_err();
+            assert_eq!(e.field, "working_dir", "{bad}");
+            assert!(e.problem.contains("'..'"), "{e}");
+        }
+        for ok in ["", "data", "./data/x", "/srv/work"] {
+            let mut s = spec();
+            s.working_dir = ok.into();
+            assert!(s.validate().is_ok(), "{ok}");
+        }
         assert!(spec().validate().is_ok());
     }
 
