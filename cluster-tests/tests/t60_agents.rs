@@ -254,6 +254,47 @@ async fn t60_replica_failover_is_not_a_node_failure() {
     );
 }
 
+/// A frozen agent's stream stays open, but its heartbeats stop: the replica
+/// holding it ends the session (no new work goes to the node), and the node
+/// is registered again only when the agent speaks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t60_a_frozen_agents_session_ends_until_it_speaks_again() {
+    let mut cluster = Cluster::start(3, Timings::default()).await.unwrap();
+    cluster.start_agent("a", &[1, 2, 3]).unwrap();
+    cluster.wait_nodes_ready(&["a"]).await.unwrap();
+    let client = Client::new(&cluster.live_addrs(), ClientOptions::default()).unwrap();
+    let session_of_a = || async {
+        let nodes = client.list_nodes(false).await.ok()?;
+        Some(nodes.into_iter().find(|n| n.id == "a")?.session_replica)
+    };
+    let holder = session_of_a().await.unwrap();
+    assert_ne!(holder, 0);
+
+    cluster.pause_agent("a", true).unwrap();
+    let ended = wait_for(
+        "the frozen agent's session to end",
+        Duration::from_secs(15),
+        || async { (session_of_a().await? == 0).then_some(()) },
+    )
+    .await;
+    let log = cluster.log_text(holder);
+    cluster.pause_agent("a", false).unwrap();
+    ended.unwrap();
+    assert!(
+        log.contains("ending its session"),
+        "replica {holder} says why it ended the session"
+    );
+
+    // Thawed, it reconnects and its node is registered again.
+    wait_for(
+        "the thawed agent's node to be registered again",
+        Duration::from_secs(15),
+        || async { (session_of_a().await? != 0).then_some(()) },
+    )
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t60_live_output_is_relayed_from_any_replica() {
     let mut cluster = Cluster::start(3, Timings::default()).await.unwrap();

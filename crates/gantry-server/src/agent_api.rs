@@ -30,6 +30,7 @@ use crate::convert::{
 };
 use crate::dispatch::{Dispatcher, Outbound};
 use crate::replica::Replica;
+use crate::sessions::SESSION_SILENCE_LIMIT;
 
 /// How often agents send heartbeats.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
@@ -191,11 +192,21 @@ async fn run_session(
     ));
     let health_writer = HealthWriter::default();
     loop {
-        let m = match inbound.message().await {
-            Ok(Some(m)) => m,
-            Ok(None) => break,
-            Err(e) => {
+        // Heartbeats come every second: an agent silent for longer than the
+        // session's silence limit while this replica waits to read is frozen
+        // or cut off, and its session ends here (it is not registered again
+        // until it reconnects and speaks). Time spent waiting on this
+        // replica's own backlog does not count: the limit is on the read.
+        let next = tokio::time::timeout(SESSION_SILENCE_LIMIT, inbound.message()).await;
+        let m = match next {
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => {
                 tracing::info!(node = %node_id, error = %e, "agent stream broke");
+                break;
+            }
+            Err(_) => {
+                tracing::warn!(node = %node_id, silent_for = ?SESSION_SILENCE_LIMIT, "agent sent nothing, not even a heartbeat (frozen, or its network is gone): ending its session");
                 break;
             }
         };
