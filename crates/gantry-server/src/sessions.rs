@@ -173,7 +173,7 @@ impl Liveness {
 }
 
 #[cfg(test)]
-mod stall_tests {
+mod tests {
     use super::*;
     use std::time::Duration;
 
