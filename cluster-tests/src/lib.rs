@@ -92,6 +92,10 @@ const AGENT_TEST_DEFAULTS: &[(&str, &str)] = &[
     // Stop at once on SIGTERM, as tests of shutdown expect; the graceful
     // hand-back has its own test.
     ("--shutdown-grace", "0s"),
+    // Most tests' tasks write marker files into the test's own directories,
+    // which only root may enter; t24's tests run tasks as the default
+    // unprivileged user. Cgroups and supervisors are on everywhere.
+    ("--task-user", "root"),
 ];
 
 pub struct Cluster {

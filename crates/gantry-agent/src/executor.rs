@@ -1,13 +1,14 @@
-//! Runs one attempt as a process in a process group of its own: argv
-//! executed directly (a shell only when the job asks for one), an empty
-//! working directory of its own (see `scratch`), live output in bounded chunks, a timeout, and cancel
-//! that kills the whole group (SIGTERM, then SIGKILL after a grace period).
+//! Runs one attempt under a supervisor process of its own (see
+//! `supervisor`): argv executed directly (a shell only when the job asks for
+//! one), an empty working directory of its own (see `scratch`), live output
+//! in bounded chunks, a timeout, and cancel that stops the whole task
+//! (SIGTERM, then SIGKILL after a grace period), cgroup and all.
 //! A service task with a readiness probe is reported ready when the probe
 //! first passes, and killed if it does not within its warm-up window.
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -16,18 +17,15 @@ use gantry_proto::v1::{
     AgentMessage, AttemptFinished, AttemptReady, AttemptStarted, AttemptToken, FailureClass,
     JobSpec, OutputChunk, OutputStream,
 };
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::probe;
+use crate::{probe, supervisor};
 
 /// Largest live output chunk sent to the replica.
 pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
 /// Output kept for the final report, per stream (the log keeps 16 KiB).
-pub const TAIL_BYTES: usize = 16 * 1024;
+pub const TAIL_BYTES: usize = supervisor::TAIL_BYTES;
 
 /// Counts an attempt as running while alive.
 struct Running<'a>(&'a crate::stats::AgentStats);
@@ -40,7 +38,7 @@ impl Drop for Running<'_> {
 
 /// Why the agent stopped an attempt before it exited by itself.
 #[derive(Debug)]
-enum Stop {
+pub(crate) enum Stop {
     Timeout,
     Cancel(String),
     /// The readiness probe did not pass within the warm-up window.
@@ -49,14 +47,18 @@ enum Stop {
 
 pub struct Execution {
     pub token: AttemptToken,
+    /// How tasks are confined on this node (supervisor, cgroups, user).
+    pub confinement: std::sync::Arc<crate::confine::Confinement>,
+    /// The lease deadline (CLOCK_BOOTTIME ms) the supervisor holds the task to.
+    pub lease: tokio::sync::watch::Receiver<u64>,
     pub spec: JobSpec,
     /// Where attempts whose job names no working directory run.
     pub scratch: std::sync::Arc<crate::scratch::ScratchDirs>,
     pub kill_grace: Duration,
     pub events: mpsc::Sender<AgentMessage>,
     pub cancel: oneshot::Receiver<String>,
-    /// Where to record the attempt's process group once it runs, so that an
-    /// agent restarted after a crash can kill what its previous life left.
+    /// Where to record the attempt's supervisor once it runs, so that an
+    /// agent restarted after a crash can find it again.
     pub record: Option<crate::journal::Journal>,
     pub stats: std::sync::Arc<crate::stats::AgentStats>,
     /// The GPUs the attempt may use (node-local NVML indices); `None` on a
@@ -82,7 +84,7 @@ fn finished(token: &AttemptToken, failure: FailureClass, message: String) -> Att
 }
 
 /// The argv to execute: the job's own, or `sh -c SCRIPT sh ARGS...` when it asks for a shell.
-fn command_line(spec: &JobSpec) -> Vec<String> {
+pub fn command_line(spec: &JobSpec) -> Vec<String> {
     if spec.shell {
         let mut argv = vec!["/bin/sh".to_owned(), "-c".to_owned()];
         argv.push(spec.argv.first().cloned().unwrap_or_default());
@@ -101,8 +103,12 @@ pub async fn run(exec: Execution) -> AttemptFinished {
     stats.running.fetch_add(1, Ordering::Relaxed);
     let _running = Running(&stats);
     let scratch = exec.scratch.clone();
+    let user = match exec.confinement.user_for(&exec.spec.user) {
+        Ok(u) => u,
+        Err(e) => return finished(&exec.token, FailureClass::Workload, e),
+    };
     let fresh = if exec.spec.working_dir.is_empty() {
-        match scratch.take().await {
+        match scratch.take(user).await {
             Ok(s) => Some(s),
             Err(e) => {
                 return finished(
@@ -118,7 +124,7 @@ pub async fn run(exec: Execution) -> AttemptFinished {
     let dir = fresh
         .as_ref()
         .map_or_else(|| PathBuf::from(&exec.spec.working_dir), |s| s.path.clone());
-    let report = run_in(&dir, exec).await;
+    let report = run_in(&dir, user, exec).await;
     if let Some(s) = fresh {
         scratch.give_back(s).await;
     }
@@ -126,40 +132,29 @@ pub async fn run(exec: Execution) -> AttemptFinished {
 }
 
 /// [`run`] in the working directory `dir`.
-async fn run_in(dir: &Path, exec: Execution) -> AttemptFinished {
-    let Execution {
-        token,
-        spec,
-        scratch: _,
-        kill_grace,
-        events,
-        cancel,
-        record,
-        stats,
-        gpus,
-    } = exec;
-    let readiness = match spec.readiness.as_ref() {
+async fn run_in(dir: &Path, user: Option<(u32, u32)>, exec: Execution) -> AttemptFinished {
+    let readiness = match exec.spec.readiness.as_ref() {
         None => None,
         Some(p) => match probe::Probe::from_spec(p, dir) {
             Ok(p) => Some(p),
             Err(e) => {
                 return finished(
-                    &token,
+                    &exec.token,
                     FailureClass::Workload,
                     format!("invalid readiness probe: {e}"),
                 );
             }
         },
     };
-    let argv = command_line(&spec);
-    let Some(program) = argv.first() else {
-        return finished(&token, FailureClass::Workload, "empty argv".into());
-    };
+    let argv = command_line(&exec.spec);
+    if argv.is_empty() {
+        return finished(&exec.token, FailureClass::Workload, "empty argv".into());
+    }
     // A missing working directory makes spawn fail with the same error as
     // a missing program: say which it is.
     if !dir.as_os_str().is_empty() && !dir.is_dir() {
         return finished(
-            &token,
+            &exec.token,
             FailureClass::Workload,
             format!(
                 "working directory {} does not exist on this node (or is not a directory)",
@@ -167,86 +162,275 @@ async fn run_in(dir: &Path, exec: Execution) -> AttemptFinished {
             ),
         );
     }
-    let mut cmd = Command::new(program);
-    cmd.args(&argv[1..])
-        .envs(&spec.env)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group, so cancel and timeout reach every child.
-        .process_group(0)
-        .kill_on_drop(true);
-    if let Some(gpus) = &gpus {
-        pin_gpus(&mut cmd, gpus);
-    }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
+    let c = &exec.confinement;
+    let limits = c.limits(exec.spec.resources.as_ref());
+    let spec = supervisor::Spec {
+        socket: c.socket_name(&exec.token),
+        argv,
+        env: c.environment(&exec.token, &exec.spec, dir, exec.gpus.as_deref()),
+        dir: dir.to_path_buf(),
+        user,
+        cgroup: c.cgroups.as_ref().map(|cg| cg.task(&attempt_name(&exec.token))),
+        limits,
+        nofile: c.nofile,
+        core: 0,
+        result_file: c.result_file(&exec.token),
+        lease_ms: *exec.lease.borrow(),
+        timeout_ms: exec.spec.timeout_ms,
+    };
+    let link = match launch(&c.supervisor, &spec).await {
+        Ok(l) => l,
         Err(e) => {
             return finished(
-                &token,
-                FailureClass::Workload,
-                format!("cannot start {program:?}: {e}"),
+                &exec.token,
+                FailureClass::Infra,
+                format!("cannot start the task's supervisor: {e}"),
             );
         }
     };
-    let pgid = child.id().and_then(|p| i32::try_from(p).ok());
-    if let (Some(journal), Some(pgid)) = (&record, pgid) {
-        journal.started(&token, pgid);
+    if let Some(journal) = &exec.record {
+        journal.started(&exec.token, link.pid);
     }
-    send(
-        &events,
-        Msg::Started(AttemptStarted {
-            attempt: Some(token.clone()),
-        }),
-    );
-    let stdout = child.stdout.take().map(|s| {
-        let (t, e, st) = (token.clone(), events.clone(), stats.clone());
-        tokio::spawn(pump(s, t, OutputStream::Stdout, e, st))
-    });
-    let stderr = child.stderr.take().map(|s| {
-        let (t, e, st) = (token.clone(), events.clone(), stats.clone());
-        tokio::spawn(pump(s, t, OutputStream::Stderr, e, st))
-    });
+    attach(exec, link, readiness, None).await
+}
 
-    let mut tally = readiness.as_ref().map(probe::Tally::new);
-    let (status, stop) = {
-        let ready = become_ready(readiness.as_ref(), tally.as_mut(), &token, &events);
-        wait_or_stop(&mut child, pgid, &spec, cancel, kill_grace, ready).await
-    };
-    // Whatever the main process left behind in its group goes too.
-    if let Some(pgid) = pgid {
-        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+/// Follows an attempt whose supervisor a previous run of the agent started
+/// (`first` is the frame it answered with), in working directory `dir`.
+pub async fn resume(
+    exec: Execution,
+    link: Link,
+    first: supervisor::Frame,
+    dir: PathBuf,
+) -> AttemptFinished {
+    let stats = exec.stats.clone();
+    stats.running.fetch_add(1, Ordering::Relaxed);
+    let _running = Running(&stats);
+    let scratch = exec.scratch.clone();
+    let report = attach(exec, link, None, Some(first)).await;
+    if let Some(s) = scratch.adopt(&dir) {
+        scratch.give_back(s).await;
     }
-    let stdout_tail = match stdout {
-        Some(h) => h.await.unwrap_or_default(),
-        None => String::new(),
+    report
+}
+
+/// A running supervisor: its process group and the connection to it.
+pub struct Link {
+    pub pid: i32,
+    pub stream: tokio::net::UnixStream,
+}
+
+/// Starts a supervisor for `spec` and connects to it.
+async fn launch(argv: &[std::ffi::OsString], spec: &supervisor::Spec) -> std::io::Result<Link> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let Some(program) = argv.first() else {
+        return Err(std::io::Error::other("no supervisor command configured"));
     };
-    let stderr_tail = match stderr {
-        Some(h) => h.await.unwrap_or_default(),
-        None => String::new(),
+    let mut child = Command::new(program)
+        .args(&argv[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        // Its own group: the agent's terminal's Ctrl-C is not the task's.
+        .process_group(0)
+        .spawn()?;
+    let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+    let body = serde_json::to_vec(spec)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(&body).await?;
+    }
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        tokio::io::BufReader::new(out).read_line(&mut line).await?;
+    }
+    if line.trim() != "ok" {
+        let status = child.wait().await?;
+        return Err(std::io::Error::other(format!(
+            "the supervisor did not start ({status})"
+        )));
+    }
+    // The supervisor outlives this agent if need be; it is reaped here
+    // while the agent lives.
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    let stream = supervisor::connect(&spec.socket).await?;
+    Ok(Link { pid, stream })
+}
+
+/// Follows a supervised attempt to its end: output, readiness, lease
+/// renewals, cancel and timeout; returns the finished report.
+/// `reattached`: a restarted agent took over a running supervisor.
+pub async fn attach(
+    exec: Execution,
+    link: Link,
+    readiness: Option<probe::Probe>,
+    mut first: Option<supervisor::Frame>,
+) -> AttemptFinished {
+    let reattached = first.is_some();
+    let Execution {
+        token,
+        spec,
+        kill_grace,
+        events,
+        mut cancel,
+        stats,
+        mut lease,
+        confinement,
+        ..
+    } = exec;
+    let (mut rd, mut wr) = link.stream.into_split();
+    let renew = supervisor::Frame::Lease(*lease.borrow_and_update());
+    if supervisor::write_frame(&mut wr, &renew).await.is_err() {
+        return finished(&token, FailureClass::Infra, "the task's supervisor hung up".into());
+    }
+    let mut tally = readiness.as_ref().map(probe::Tally::new);
+    let mut ready = Box::pin(become_ready(
+        readiness.as_ref(),
+        tally.as_mut(),
+        &token,
+        &events,
+    ));
+    let mut stop: Option<Stop> = None;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let mut sequence = [0u64; 2];
+    let outcome = loop {
+        let until = deadline;
+        let timeout = async move {
+            match until {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let event = if let Some(f) = first.take() {
+            Event::Frame(Ok(Some(f)))
+        } else { tokio::select! {
+            f = supervisor::read_frame(&mut rd) => Event::Frame(f),
+            () = timeout, if stop.is_none() => Event::Stop(Stop::Timeout),
+            reason = &mut cancel, if stop.is_none() => Event::Stop(Stop::Cancel(
+                reason.unwrap_or_else(|_| "agent shutting down".into()),
+            )),
+            message = &mut ready, if stop.is_none() => Event::Stop(Stop::WarmUp(message)),
+            Ok(()) = lease.changed() => Event::Lease,
+        } };
+        match event {
+            Event::Stop(s) => {
+                stop = Some(s);
+                let grace_ms = u64::try_from(kill_grace.as_millis()).unwrap_or(u64::MAX);
+                let _ = supervisor::write_frame(&mut wr, &supervisor::Frame::Stop { grace_ms }).await;
+            }
+            Event::Lease => {
+                let f = supervisor::Frame::Lease(*lease.borrow_and_update());
+                let _ = supervisor::write_frame(&mut wr, &f).await;
+            }
+            Event::Frame(Ok(Some(frame))) => match frame {
+                supervisor::Frame::Started(st) => {
+                    if spec.timeout_ms > 0 {
+                        let elapsed = supervisor::boot_ms().saturating_sub(st.started_ms);
+                        let left = Duration::from_millis(spec.timeout_ms.saturating_sub(elapsed));
+                        deadline = Some(tokio::time::Instant::now() + left);
+                    }
+                    if !reattached {
+                        send(
+                            &events,
+                            Msg::Started(AttemptStarted {
+                                attempt: Some(token.clone()),
+                            }),
+                        );
+                    }
+                }
+                supervisor::Frame::Stdout(data) => {
+                    output(&events, &stats, &token, OutputStream::Stdout, &mut sequence[0], data);
+                }
+                supervisor::Frame::Stderr(data) => {
+                    output(&events, &stats, &token, OutputStream::Stderr, &mut sequence[1], data);
+                }
+                supervisor::Frame::Finished(o) => {
+                    let _ = supervisor::write_frame(&mut wr, &supervisor::Frame::Ack).await;
+                    break Some(*o);
+                }
+                _ => {}
+            },
+            Event::Frame(_) => break None,
+        }
     };
-    let mut report = report(&token, status, stop, &spec);
-    report.stdout_tail = stdout_tail;
-    report.stderr_tail = stderr_tail;
-    // Ready or not, the report says what the probe saw.
+    drop(ready);
+    let outcome = match outcome.or_else(|| take_result_file(&confinement.result_file(&token))) {
+        Some(o) => o,
+        None => {
+            return finished(
+                &token,
+                FailureClass::Infra,
+                "the task's supervisor exited without a result".into(),
+            );
+        }
+    };
+    if outcome.escaped > 0 {
+        tracing::warn!(processes = outcome.escaped, "processes of the task survived SIGKILL (stuck in the kernel?)");
+    }
+    let mut report = report(&token, &outcome, stop, &spec);
     report.diagnostics = tally.map(|t| t.diagnostics()).unwrap_or_default();
     report
 }
 
+enum Event {
+    Frame(std::io::Result<Option<supervisor::Frame>>),
+    Stop(Stop),
+    Lease,
+}
+
+/// A result a supervisor left on disk (no agent took it in time); removed once read.
+pub fn take_result_file(path: &Path) -> Option<supervisor::Outcome> {
+    let body = std::fs::read(path).ok()?;
+    let _ = std::fs::remove_file(path);
+    serde_json::from_slice(&body).ok()
+}
+
+/// The cgroup and supervisor name of an attempt.
+pub fn attempt_name(t: &AttemptToken) -> String {
+    format!("{}.{}.{}", t.job_id, t.task, t.attempt)
+}
+
+/// Forwards a chunk of live output.
+fn output(
+    events: &mpsc::Sender<AgentMessage>,
+    stats: &crate::stats::AgentStats,
+    token: &AttemptToken,
+    stream: OutputStream,
+    sequence: &mut u64,
+    data: Vec<u8>,
+) {
+    let n = data.len() as u64;
+    let sent = send(
+        events,
+        Msg::Output(OutputChunk {
+            attempt: Some(token.clone()),
+            stream: stream as i32,
+            sequence: *sequence,
+            data,
+        }),
+    );
+    *sequence += 1;
+    let counter = if sent {
+        &stats.output_bytes
+    } else {
+        &stats.output_dropped_bytes
+    };
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
 /// Exposes exactly `gpus` to the task, whatever the job's env says: an empty
 /// list hides every GPU.
-fn pin_gpus(cmd: &mut Command, gpus: &[u32]) {
+pub fn gpu_env(env: &mut BTreeMap<String, String>, gpus: &[u32]) {
     let list = gpus
         .iter()
         .map(u32::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    cmd.env("CUDA_VISIBLE_DEVICES", &list)
-        .env("NVIDIA_VISIBLE_DEVICES", &list)
-        // The indices are NVML's, which follow the PCI bus; CUDA's default
-        // order (fastest first) can differ on mixed nodes.
-        .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
+    env.insert("CUDA_VISIBLE_DEVICES".into(), list.clone());
+    env.insert("NVIDIA_VISIBLE_DEVICES".into(), list);
+    // The indices are NVML's, which follow the PCI bus; CUDA's default
+    // order (fastest first) can differ on mixed nodes.
+    env.insert("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into());
 }
 
 /// Probes until ready, then reports Ready and waits forever; returns (the
@@ -280,135 +464,59 @@ async fn become_ready(
     }
 }
 
-async fn wait_or_stop(
-    child: &mut Child,
-    pgid: Option<i32>,
-    spec: &JobSpec,
-    mut cancel: oneshot::Receiver<String>,
-    grace: Duration,
-    ready: impl std::future::Future<Output = String>,
-) -> (std::io::Result<ExitStatus>, Option<Stop>) {
-    let timeout = async {
-        if spec.timeout_ms == 0 {
-            std::future::pending::<()>().await;
-        }
-        tokio::time::sleep(Duration::from_millis(spec.timeout_ms)).await;
-    };
-    let stop = tokio::select! {
-        status = child.wait() => return (status, None),
-        () = timeout => Stop::Timeout,
-        reason = &mut cancel => Stop::Cancel(reason.unwrap_or_else(|_| "agent shutting down".into())),
-        message = ready => Stop::WarmUp(message),
-    };
-    if let Some(pgid) = pgid {
-        let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
-    }
-    let status = match tokio::time::timeout(grace, child.wait()).await {
-        Ok(s) => s,
-        Err(_) => {
-            if let Some(pgid) = pgid {
-                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-            }
-            child.wait().await
-        }
-    };
-    (status, Some(stop))
-}
-
-fn report(
+pub(crate) fn report(
     token: &AttemptToken,
-    status: std::io::Result<ExitStatus>,
+    o: &supervisor::Outcome,
     stop: Option<Stop>,
     spec: &JobSpec,
 ) -> AttemptFinished {
-    use std::os::unix::process::ExitStatusExt;
-    let status = match status {
-        Ok(s) => s,
-        Err(e) => {
-            return finished(
-                token,
-                FailureClass::Infra,
-                format!("waiting for the task failed: {e}"),
-            );
-        }
-    };
-    let (failure, message) = match (&stop, status.code(), status.signal()) {
-        (Some(Stop::Timeout), _, _) => (
+    if let Some(e) = &o.setup_error {
+        return finished(token, FailureClass::Infra, e.clone());
+    }
+    if let Some(e) = &o.spawn_error {
+        return finished(token, FailureClass::Workload, e.clone());
+    }
+    let (failure, message) = match (&o.fenced, &stop, o.exit_code, o.signal) {
+        (Some(why), _, _, _) => (
+            FailureClass::Infra,
+            format!("stopped on the node: {why}; the task was killed"),
+        ),
+        (None, Some(Stop::Timeout), _, _) => (
             FailureClass::Timeout,
+            format!("timed out after {} ms; the task was killed", spec.timeout_ms),
+        ),
+        (None, Some(Stop::Cancel(reason)), _, _) => (
+            FailureClass::Cancelled,
+            format!("cancelled ({reason}); the task was killed"),
+        ),
+        (None, Some(Stop::WarmUp(message)), _, _) => (
+            FailureClass::WarmUp,
+            format!("{message}; the task was killed"),
+        ),
+        (None, None, _, _) if o.oom => (
+            FailureClass::Workload,
             format!(
-                "timed out after {} ms; process group killed",
-                spec.timeout_ms
+                "out of memory: limit {} MiB (killed by the kernel's OOM killer)",
+                o.memory_limit_bytes >> 20
             ),
         ),
-        (Some(Stop::Cancel(reason)), _, _) => (
-            FailureClass::Cancelled,
-            format!("cancelled ({reason}); process group killed"),
-        ),
-        (Some(Stop::WarmUp(message)), _, _) => (
-            FailureClass::WarmUp,
-            format!("{message}; process group killed"),
-        ),
-        (None, Some(0), _) => (FailureClass::Unspecified, String::new()),
-        (None, Some(code), _) => (FailureClass::Workload, format!("exited with code {code}")),
-        (None, None, Some(sig)) => (FailureClass::Workload, format!("killed by signal {sig}")),
-        (None, None, None) => (
+        (None, None, Some(0), _) => (FailureClass::Unspecified, String::new()),
+        (None, None, Some(code), _) => (FailureClass::Workload, format!("exited with code {code}")),
+        (None, None, None, Some(sig)) => (FailureClass::Workload, format!("killed by signal {sig}")),
+        (None, None, None, None) => (
             FailureClass::Workload,
             "ended without an exit status".into(),
         ),
     };
     AttemptFinished {
         attempt: Some(token.clone()),
-        exit_code: status.code(),
-        signal: status.signal(),
+        exit_code: o.exit_code,
+        signal: o.signal,
         failure: failure as i32,
         message,
+        stdout_tail: o.stdout_tail.clone(),
+        stderr_tail: o.stderr_tail.clone(),
         ..AttemptFinished::default()
     }
 }
 
-/// Streams one output pipe in chunks and returns its tail.
-async fn pump(
-    mut pipe: impl AsyncRead + Unpin,
-    token: AttemptToken,
-    stream: OutputStream,
-    events: mpsc::Sender<AgentMessage>,
-    stats: std::sync::Arc<crate::stats::AgentStats>,
-) -> String {
-    let mut buf = vec![0u8; MAX_CHUNK_BYTES];
-    let mut tail: VecDeque<u8> = VecDeque::with_capacity(TAIL_BYTES);
-    let mut sequence = 0;
-    loop {
-        let n = match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        let data = &buf[..n];
-        for b in data {
-            if tail.len() == TAIL_BYTES {
-                tail.pop_front();
-            }
-            tail.push_back(*b);
-        }
-        let sent = send(
-            &events,
-            Msg::Output(OutputChunk {
-                attempt: Some(token.clone()),
-                stream: stream as i32,
-                sequence,
-                data: data.to_vec(),
-            }),
-        );
-        let counter = if sent {
-            &stats.output_bytes
-        } else {
-            &stats.output_dropped_bytes
-        };
-        counter.fetch_add(n as u64, Ordering::Relaxed);
-        sequence += 1;
-    }
-    String::from_utf8_lossy(&Vec::from(tail)).into_owned()
-}
-
-#[cfg(test)]
-#[path = "executor_tests.rs"]
-mod tests;

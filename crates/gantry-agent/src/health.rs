@@ -131,6 +131,25 @@ pub fn report(checks: Vec<HealthCheck>, healthy_percent: u32, checked_at_ms: u64
     }
 }
 
+/// The check that says whether tasks are held to their limits here. It is
+/// advisory: it does not count in the score (a node without cgroups runs
+/// tasks as well as before), but placement policy `strict` avoids a node
+/// where it fails, and `gantry node status` shows it.
+pub const LIMITS_CHECK: &str = "limits";
+
+/// Adds the limits check to a report (its score and verdict unchanged).
+pub fn with_limits_check(mut report: HealthReport, why_not: Option<&str>) -> HealthReport {
+    report.checks.push(HealthCheck {
+        name: LIMITS_CHECK.into(),
+        passed: why_not.is_none(),
+        detail: match why_not {
+            None => "tasks run in cgroups with memory, CPU and process limits".into(),
+            Some(why) => format!("limits are not enforced on this node: {why}"),
+        },
+    });
+    report
+}
+
 /// Whether two reports say the same thing (their time aside): a heartbeat
 /// re-sends the report only when this is false.
 pub fn same_findings(a: &HealthReport, b: &HealthReport) -> bool {

@@ -1,6 +1,7 @@
-//! The agent's record of the process groups its attempts run in, so that an
-//! agent restarted after a crash can kill what its previous life left
-//! running and report those attempts as infrastructure failures.
+//! The agent's record of the attempts it runs and their supervisors' process
+//! groups, so that an agent restarted after a crash finds what its previous
+//! life left: it re-attaches to supervisors still running, and reports the
+//! rest.
 //!
 //! One append-only file per agent, `DATA_DIR/attempts.journal`: a line when
 //! an attempt's process group starts (`start JOB TASK ATTEMPT PGID`), a line
@@ -20,7 +21,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use gantry_proto::v1::{AttemptFinished, AttemptToken, FailureClass};
+use gantry_proto::v1::AttemptToken;
 
 use crate::Key;
 
@@ -44,53 +45,24 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens the journal in `data_dir`: kills the process groups a previous
-    /// run left (from the journal and from legacy records), returns their
-    /// attempts as infrastructure-failure reports, and starts a journal that
-    /// holds just those until their reports are acknowledged.
-    pub fn open(data_dir: &Path) -> std::io::Result<(Journal, BTreeMap<Key, AttemptFinished>)> {
+    /// Opens the journal in `data_dir` and returns the attempts a previous
+    /// run left open, with the process group recorded for each (the
+    /// supervisor's; an agent from before supervisors recorded the task's).
+    /// They stay open until their reports are acknowledged, so a second
+    /// crash finds them again.
+    pub fn open(data_dir: &Path) -> std::io::Result<(Journal, BTreeMap<Key, i32>)> {
         let path = data_dir.join(FILE);
         let mut open = read(&path);
         for (key, pgid) in read_legacy(&data_dir.join(LEGACY_DIR)) {
             open.entry(key).or_insert(pgid);
         }
-        let mut reports = BTreeMap::new();
-        for (key, pgid) in &open {
-            let (job_id, task, attempt) = key;
-            if *pgid > 1 {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(*pgid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            tracing::warn!(%job_id, task, attempt, pgid, "attempt left by a previous agent run: killed its processes");
-            let token = AttemptToken {
-                job_id: job_id.clone(),
-                task: *task,
-                attempt: *attempt,
-            };
-            reports.insert(
-                key.clone(),
-                AttemptFinished {
-                    attempt: Some(token),
-                    failure: FailureClass::Infra as i32,
-                    message: "the agent restarted while the attempt ran; its processes were killed"
-                        .into(),
-                    ..AttemptFinished::default()
-                },
-            );
-        }
-        // Their processes are gone; the entries stay (without a process
-        // group) until the cluster acknowledges the reports, so a second
-        // crash reports them again.
-        let live: BTreeMap<Key, i32> = open.into_keys().map(|k| (k, 0)).collect();
-        let writer = Writer::create(path, live)?;
+        let writer = Writer::create(path, open.clone())?;
         remove_legacy(&data_dir.join(LEGACY_DIR));
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("attempt-journal".into())
             .spawn(move || writer.run(rx))?;
-        Ok((Journal { tx }, reports))
+        Ok((Journal { tx }, open))
     }
 
     /// The attempt's process group runs.
@@ -275,7 +247,17 @@ fn rewrite(path: &Path, live: &BTreeMap<Key, i32>) -> std::io::Result<std::fs::F
         start_line(&mut text, key, *pgid);
     }
     let tmp = path.with_extension("journal.new");
-    std::fs::write(&tmp, text)?;
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Readable by the agent's user only: it names what runs here.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+    }
     std::fs::rename(&tmp, path)?;
     std::fs::OpenOptions::new().append(true).open(path)
 }
@@ -327,9 +309,8 @@ mod tests {
             reports.keys().cloned().collect::<Vec<_>>(),
             vec![("b".to_owned(), 0, 1)]
         );
-        let report = &reports[&("b".to_owned(), 0, 1)];
-        assert_eq!(report.failure, FailureClass::Infra as i32);
-        // Until acknowledged, a second crash reports it again.
+        assert_eq!(reports[&("b".to_owned(), 0, 1)], i32::MAX - 2, "its process group is kept");
+        // Until acknowledged, a second crash finds it again.
         drop(journal);
         let (journal, reports) = Journal::open(dir.path()).unwrap();
         assert_eq!(reports.len(), 1);

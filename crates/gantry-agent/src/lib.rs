@@ -9,6 +9,8 @@
 //! longer assigns to it.
 
 pub mod capacity;
+pub mod cgroup;
+pub mod confine;
 pub mod executor;
 pub mod gpu;
 pub mod health;
@@ -16,6 +18,7 @@ pub mod journal;
 pub mod probe;
 pub mod scratch;
 pub mod stats;
+pub mod supervisor;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -65,7 +68,18 @@ pub struct AgentConfig {
     pub health: health::HealthConfig,
     /// A GPU inventory file (test/simulation input) read instead of NVML.
     pub gpu_inventory: Option<PathBuf>,
+    /// Supervisors, cgroups, the task user and limits.
+    pub confine: confine::ConfineConfig,
+    /// How long before the cluster's node grace ends the agent's tasks are
+    /// stopped when the cluster stops confirming the node.
+    pub fence_margin: Duration,
 }
+
+/// The least time between a confirmation and the fence that the agent
+/// accepts: below it every hiccup would stop the node's tasks.
+pub const MIN_FENCE_WINDOW: Duration = Duration::from_secs(2);
+/// The node grace assumed with a replica too old to say it.
+const LEGACY_NODE_GRACE_MS: u64 = 10_000;
 
 type Key = (String, u32, u32);
 
@@ -100,15 +114,21 @@ struct Shared {
     /// The last heartbeat round trips on the current stream, for the
     /// latency check.
     rtt: Mutex<health::RttWindow>,
-    /// Origin of the agent's monotonic clock sent in heartbeats.
-    started: tokio::time::Instant,
+    confinement: Arc<confine::Confinement>,
+    /// Until when (CLOCK_BOOTTIME ms) the cluster is known not to have
+    /// given this node's tasks away: supervisors stop their tasks then.
+    lease: watch::Sender<u64>,
+    /// The cluster's node grace, as the last welcome said (0: not known).
+    grace_ms: std::sync::atomic::AtomicU64,
+    /// Set when the agent must stop (a configuration the cluster refutes).
+    fatal: watch::Sender<Option<String>>,
 }
 
 impl Shared {
-    /// Milliseconds since the agent started, on the monotonic clock: the
-    /// replica echoes it in a pong, so no clock agreement is needed.
+    /// The agent's clock for heartbeats (CLOCK_BOOTTIME ms): the replica
+    /// echoes it in a pong, so no clock agreement is needed.
     fn clock_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        supervisor::boot_ms()
     }
 }
 
@@ -147,11 +167,9 @@ pub async fn run(
         return Err(AgentError::Config("node_id: must not be empty".into()));
     }
     let work = cfg.data_dir.join("work");
-    let scratch = Arc::new(scratch::ScratchDirs::open(&work).map_err(|e| {
-        AgentError::Config(format!("data_dir: cannot use {}: {e}", work.display()))
-    })?);
+    prepare_data_dir(&cfg.data_dir)?;
     cfg.health.validate().map_err(AgentError::Config)?;
-    let (journal, leftovers) = journal::Journal::open(&cfg.data_dir).map_err(|e| {
+    let (journal, open_attempts) = journal::Journal::open(&cfg.data_dir).map_err(|e| {
         AgentError::Config(format!(
             "data_dir: cannot write {}: {e}",
             cfg.data_dir.join(journal::FILE).display()
@@ -167,6 +185,22 @@ pub async fn run(
         gpus: gpus.len() as u32,
     };
     tracing::info!(node = %cfg.node_id, ?capacity, "agent starting");
+    let confinement = Arc::new(
+        confine::Confinement::resolve(
+            &cfg.confine,
+            &cfg.node_id,
+            &cfg.data_dir,
+            capacity.memory_mib,
+        )
+        .map_err(AgentError::Config)?,
+    );
+    log_confinement(&confinement);
+    let (lease, _) = watch::channel(0u64);
+    let recovered = recover(&confinement, open_attempts, cfg.shutdown_grace).await;
+    let keep: Vec<PathBuf> = recovered.running.iter().map(|r| r.dir.clone()).collect();
+    let scratch = Arc::new(scratch::ScratchDirs::open(&work, &keep).map_err(|e| {
+        AgentError::Config(format!("data_dir: cannot use {}: {e}", work.display()))
+    })?);
     // Checked once before the first connection so the hello carries a
     // report and the cluster judges the node from its first moment.
     let (report, telemetry) = health::run_checks(
@@ -178,6 +212,7 @@ pub async fn run(
     )
     .await;
     health::log_verdict_change(None, &report);
+    let report = health::with_limits_check(report, confinement.why_not.as_deref());
     let (health, _) = watch::channel(Arc::new(health::HealthSnapshot {
         report,
         gpus: telemetry,
@@ -198,7 +233,7 @@ pub async fn run(
         capacity,
         gpus,
         running: Mutex::default(),
-        unacked: Mutex::new(leftovers),
+        unacked: Mutex::new(recovered.reports),
         events,
         stats,
         journal,
@@ -206,13 +241,25 @@ pub async fn run(
         gpu_source,
         health,
         rtt: Mutex::default(),
-        started: tokio::time::Instant::now(),
+        confinement,
+        lease,
+        grace_ms: std::sync::atomic::AtomicU64::new(0),
+        fatal: watch::channel(None).0,
     });
+    for r in recovered.running {
+        resume(&shared, r).await;
+    }
     let checks = tokio::spawn(health_loop(shared.clone()));
+    let fence = tokio::spawn(fence_watch(shared.clone()));
     let connected = connect_loop(shared.clone(), events_rx);
     tokio::pin!(connected);
+    let mut fatal = shared.fatal.subscribe();
+    let mut failed = None;
     tokio::select! {
         () = &mut connected => {}
+        Ok(reason) = fatal.wait_for(Option::is_some) => {
+            failed = reason.clone();
+        }
         () = shutdown => {
             // The stream stays up while running attempts finish, so their
             // results (and the cluster's hand-back) still flow.
@@ -223,11 +270,244 @@ pub async fn run(
         }
     }
     checks.abort();
+    fence.abort();
     stop_all(&shared).await;
     if let Some(m) = metrics {
         m.abort();
     }
+    if shared.running.lock().await.is_empty()
+        && let Some(cg) = &shared.confinement.cgroups
+    {
+        cg.remove_if_empty();
+    }
+    match failed {
+        Some(reason) => Err(AgentError::Config(reason)),
+        None => Ok(()),
+    }
+}
+
+/// The data dir holds the journal and results (the agent's user only);
+/// tasks need to pass through it to their working directories.
+fn prepare_data_dir(dir: &std::path::Path) -> Result<(), AgentError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let fail = |what: &std::path::Path, e: std::io::Error| {
+        AgentError::Config(format!("data_dir: cannot use {}: {e}", what.display()))
+    };
+    std::fs::create_dir_all(dir).map_err(|e| fail(dir, e))?;
+    // Traversable, not listable: tasks reach their own directories only.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| fail(dir, e))?;
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).map_err(|e| fail(&work, e))?;
+    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| fail(&work, e))?;
+    let results = dir.join("results");
+    match std::fs::DirBuilder::new().mode(0o700).create(&results) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(fail(&results, e)),
+        _ => {}
+    }
+    std::fs::set_permissions(&results, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| fail(&results, e))?;
     Ok(())
+}
+
+fn log_confinement(c: &confine::Confinement) {
+    match (&c.cgroups, &c.why_not) {
+        (Some(cg), _) => {
+            let missing = cg.missing();
+            tracing::info!(dirs = ?cg.dirs.iter().map(|(_, d)| d.display().to_string()).collect::<Vec<_>>(), "tasks run in cgroups (memory, CPU and process limits)");
+            if !missing.is_empty() {
+                tracing::warn!(?missing, "these cgroup controllers are not mounted: their limits are not enforced");
+            }
+        }
+        (None, why) => tracing::warn!(
+            reason = why.as_deref().unwrap_or("unknown"),
+            "task limits are NOT enforced on this node (no usable cgroups); the node reports it and placement policy strict avoids it"
+        ),
+    }
+    match &c.user {
+        Some(u) if u.uid == 0 => tracing::warn!("tasks run as root (--task-user root): a task can read this agent's keys and act as it"),
+        Some(u) => tracing::info!(user = %u.name, uid = u.uid, "tasks run as an unprivileged user"),
+        None => tracing::info!("the agent is not root: tasks run as its own user"),
+    }
+}
+
+/// An attempt a previous run of the agent left running under its supervisor.
+struct Resumed {
+    token: AttemptToken,
+    link: executor::Link,
+    started: supervisor::Started,
+    dir: PathBuf,
+}
+
+/// What a restarted agent found of its previous life's attempts.
+struct Recovered {
+    running: Vec<Resumed>,
+    reports: BTreeMap<Key, AttemptFinished>,
+}
+
+/// Finds the attempts a previous run left open: re-attaches to supervisors
+/// still running, takes results they left on disk, and kills (by cgroup and
+/// process group) what is left of the others, reporting them as
+/// infrastructure failures.
+async fn recover(
+    c: &confine::Confinement,
+    open: BTreeMap<Key, i32>,
+    _grace: Duration,
+) -> Recovered {
+    let mut found = Recovered {
+        running: Vec::new(),
+        reports: BTreeMap::new(),
+    };
+    for (key, pgid) in open {
+        let (job_id, task, attempt) = key.clone();
+        let token = AttemptToken {
+            job_id,
+            task,
+            attempt,
+        };
+        let mut outcome = executor::take_result_file(&c.result_file(&token));
+        if outcome.is_none()
+            && let Ok(stream) = supervisor::connect(&c.socket_name(&token)).await
+        {
+            let (mut rd, wr) = stream.into_split();
+            let first = tokio::time::timeout(Duration::from_secs(2), supervisor::read_frame(&mut rd)).await;
+            let stream = rd.reunite(wr).ok();
+            match (first, stream) {
+                (Ok(Ok(Some(supervisor::Frame::Started(st)))), Some(stream)) => {
+                    tracing::info!(attempt = ?key, pid = st.pid, "re-attached to an attempt still running from the agent's previous run");
+                    found.running.push(Resumed {
+                        token,
+                        dir: st.dir.clone(),
+                        link: executor::Link { pid: pgid, stream },
+                        started: *st,
+                    });
+                    continue;
+                }
+                (Ok(Ok(Some(supervisor::Frame::Finished(o)))), Some(mut stream)) => {
+                    let _ = supervisor::write_frame(&mut stream, &supervisor::Frame::Ack).await;
+                    outcome = Some(*o);
+                }
+                _ => {}
+            }
+        }
+        let report = match outcome {
+            Some(o) => {
+                tracing::info!(attempt = ?key, "an attempt ended while the agent was away: reporting its result");
+                executor::report(&token, &o, None, &JobSpec::default())
+            }
+            None => {
+                if let Some(cg) = &c.cgroups {
+                    let task = cg.task(&executor::attempt_name(&token));
+                    task.kill_all(Duration::from_secs(1));
+                    task.remove();
+                }
+                if pgid > 1 {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pgid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                tracing::warn!(attempt = ?key, pgid, "attempt left by a previous agent run with no supervisor: killed what was left of it");
+                AttemptFinished {
+                    attempt: Some(token),
+                    failure: gantry_proto::v1::FailureClass::Infra as i32,
+                    message: "the agent restarted while the attempt ran and its supervisor was gone; what was left of it was killed".into(),
+                    ..AttemptFinished::default()
+                }
+            }
+        };
+        found.reports.insert(key, report);
+    }
+    found
+}
+
+/// Follows an attempt re-attached after a restart like one it started.
+async fn resume(shared: &Arc<Shared>, r: Resumed) {
+    let Resumed {
+        token,
+        link,
+        started,
+        dir,
+    } = r;
+    let spec = JobSpec {
+        timeout_ms: started.timeout_ms,
+        ..JobSpec::default()
+    };
+    let k = key(&token);
+    let (exec, cancel_tx) = execution(shared, token.clone(), spec, Vec::new());
+    let shared2 = shared.clone();
+    let first = supervisor::Frame::Started(Box::new(started));
+    let handle = tokio::spawn(async move {
+        let report = executor::resume(exec, link, first, dir).await;
+        finish(&shared2, token, report).await;
+    });
+    shared.running.lock().await.insert(
+        k,
+        Running {
+            cancel: Some(cancel_tx),
+            handle,
+        },
+    );
+}
+
+/// An attempt's execution on this node, and the sender that cancels it.
+fn execution(
+    shared: &Arc<Shared>,
+    token: AttemptToken,
+    spec: JobSpec,
+    gpus: Vec<u32>,
+) -> (executor::Execution, oneshot::Sender<String>) {
+    let (cancel_tx, cancel) = oneshot::channel();
+    let exec = executor::Execution {
+        token,
+        spec,
+        confinement: shared.confinement.clone(),
+        lease: shared.lease.subscribe(),
+        scratch: shared.scratch.clone(),
+        kill_grace: shared.cfg.kill_grace,
+        events: shared.events.clone(),
+        cancel,
+        record: Some(shared.journal.clone()),
+        stats: shared.stats.clone(),
+        // A node without GPUs leaves CUDA's environment as the job set it.
+        gpus: (!shared.gpus.is_empty()).then_some(gpus),
+    };
+    (exec, cancel_tx)
+}
+
+/// An attempt ended: keep its report until the cluster acknowledges it.
+async fn finish(shared: &Shared, token: AttemptToken, report: AttemptFinished) {
+    let k = key(&token);
+    tracing::info!(attempt = ?k, failure = report.failure, message = %report.message, "finished");
+    shared.unacked.lock().await.insert(k.clone(), report.clone());
+    shared.running.lock().await.remove(&k);
+    let _ = shared.events.try_send(AgentMessage {
+        msg: Some(AgentMsg::Finished(report)),
+    });
+}
+
+/// Logs when the lease lapses with attempts running (their supervisors stop
+/// them) and when it is renewed again.
+async fn fence_watch(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut lapsed = false;
+    loop {
+        tick.tick().await;
+        let lease = *shared.lease.borrow();
+        let now = supervisor::boot_ms();
+        let running = shared.running.lock().await.len();
+        if lease <= now && running > 0 && !lapsed {
+            lapsed = true;
+            tracing::error!(
+                running,
+                "the cluster has not confirmed this node in time: stopping its tasks before the cluster gives them to another node"
+            );
+        } else if lease > now && lapsed {
+            lapsed = false;
+            tracing::info!("the cluster confirms this node again");
+        }
+    }
 }
 
 /// A graceful exit: the node drains (no new tasks), running attempts get
@@ -269,6 +549,60 @@ async fn leave(shared: &Shared) {
         }
     }
 }
+
+/// Extends the lease from a pong. The heartbeat it answers left at `sent`
+/// (CLOCK_BOOTTIME ms); the replica's report that the leader acknowledged
+/// was sent `confirmed_ago` before the pong, so no earlier than
+/// `sent - confirmed_ago`, and the leader's confirmation came later still.
+/// The leader marks the node lost no sooner than a node grace after its
+/// last confirmation: stopping the tasks a margin before that, measured
+/// from this lower bound, is stopping them before the cluster can run them
+/// elsewhere (docs/architecture.md, "Fencing").
+fn renew_lease(shared: &Shared, sent: u64, confirmed_ago: Option<u64>) {
+    let grace = shared.grace_ms.load(Ordering::Relaxed);
+    let (at, grace) = match (grace, confirmed_ago) {
+        // A replica from before leases: the pong itself is all there is.
+        (0, _) => (sent, LEGACY_NODE_GRACE_MS),
+        (g, Some(ago)) => (sent.saturating_sub(ago), g),
+        (_, None) => return,
+    };
+    let margin = u64::try_from(shared.cfg.fence_margin.as_millis()).unwrap_or(u64::MAX);
+    let lease = (at + grace).saturating_sub(margin);
+    shared.lease.send_if_modified(|l| {
+        let later = lease > *l;
+        if later {
+            *l = lease;
+        }
+        later
+    });
+}
+
+/// The cluster's node grace must leave the fence margin room: refused on
+/// the first connection, warned about on a later one (another replica's
+/// setting) and the lease then kept short.
+fn check_grace(shared: &Shared, grace_ms: u64) -> Result<(), tonic::Status> {
+    let margin = shared.cfg.fence_margin;
+    if grace_ms == 0 {
+        tracing::warn!("this replica does not say its node grace (an older release): fencing assumes 10 s");
+    }
+    let grace = Duration::from_millis(grace_ms);
+    if grace_ms > 0 && grace < margin + MIN_FENCE_WINDOW {
+        let reason = format!(
+            "the cluster's node grace ({grace:?}) leaves less than {MIN_FENCE_WINDOW:?} after this agent's fence margin ({margin:?}): tasks would be stopped at every hiccup. Lower --fence-margin on the agent or raise --node-grace-ms on the replicas"
+        );
+        if shared.stats.streams_opened.load(Ordering::Relaxed) <= 1 {
+            tracing::error!("{reason}");
+            shared.fatal.send_replace(Some(reason.clone()));
+            return Err(tonic::Status::failed_precondition(reason));
+        }
+        tracing::warn!("{reason}");
+    }
+    shared.grace_ms.store(grace_ms, Ordering::Relaxed);
+    Ok(())
+}
+
+/// How long a new attempt waits for the node's first confirmed lease.
+const LEASE_WAIT: Duration = Duration::from_secs(10);
 
 /// Time after the grace period and kill grace for the last reports.
 const LEAVE_SLACK: Duration = Duration::from_secs(5);
@@ -388,6 +722,7 @@ async fn session(
         _ => return Err(tonic::Status::internal("the replica did not send welcome")),
     };
     tracing::info!(%server, replica = welcome.replica_id, session = %welcome.session_id, "connected");
+    check_grace(shared, welcome.node_grace_ms)?;
     if shared.stats.streams_opened.fetch_add(1, Ordering::Relaxed) > 0 {
         shared.stats.reconnects.fetch_add(1, Ordering::Relaxed);
     } else {
@@ -451,6 +786,7 @@ async fn handle(shared: &Arc<Shared>, msg: Option<ServerMsg>) {
         Some(ServerMsg::Pong(p)) => {
             let rtt = shared.clock_ms().saturating_sub(p.sent_at_ms);
             shared.rtt.lock().await.push(Duration::from_millis(rtt));
+            renew_lease(shared, p.sent_at_ms, p.confirmed_ago_ms);
         }
         Some(ServerMsg::Welcome(_)) | None => {}
     }
@@ -471,37 +807,21 @@ async fn start(
     if running.contains_key(&k) || shared.unacked.lock().await.contains_key(&k) {
         return;
     }
-    let (cancel_tx, cancel) = oneshot::channel();
-    let exec = executor::Execution {
-        token: token.clone(),
-        spec,
-        scratch: shared.scratch.clone(),
-        kill_grace: shared.cfg.kill_grace,
-        events: shared.events.clone(),
-        cancel,
-        record: Some(shared.journal.clone()),
-        stats: shared.stats.clone(),
-        // A node without GPUs leaves CUDA's environment as the job set it.
-        gpus: (!shared.gpus.is_empty()).then_some(gpus),
-    };
+    let (exec, cancel_tx) = execution(shared, token.clone(), spec, gpus);
     let shared2 = shared.clone();
+    let mut lease = shared.lease.subscribe();
     tracing::info!(attempt = ?k, "starting");
     let handle = tokio::spawn(async move {
+        // A task starts under a lease: a fresh agent waits for the cluster's
+        // first confirmation of its node (a second or so), not longer.
+        let valid = lease.wait_for(|l| *l > supervisor::boot_ms());
+        let _ = tokio::time::timeout(LEASE_WAIT, valid).await;
+        drop(lease);
         // The attempt's run, in the job's trace under the dispatch.
         let span = tracing::info_span!("run", job = %token.job_id, task = token.task, attempt = token.attempt);
         gantry_telemetry::otel::set_parent(&span, &traceparent);
         let report = tracing::Instrument::instrument(executor::run(exec), span).await;
-        let k = key(&token);
-        tracing::info!(attempt = ?k, failure = report.failure, message = %report.message, "finished");
-        shared2
-            .unacked
-            .lock()
-            .await
-            .insert(k.clone(), report.clone());
-        shared2.running.lock().await.remove(&k);
-        let _ = shared2.events.try_send(AgentMessage {
-            msg: Some(AgentMsg::Finished(report)),
-        });
+        finish(&shared2, token, report).await;
     });
     running.insert(
         k,

@@ -56,8 +56,9 @@ impl Scratch {
 
 impl ScratchDirs {
     /// Scratch directories under `root`; those an earlier run left empty
-    /// are reused, anything else it left there is removed.
-    pub fn open(root: &Path) -> std::io::Result<ScratchDirs> {
+    /// are reused, anything else it left there is removed, except `keep`
+    /// (directories of attempts still running under their supervisors).
+    pub fn open(root: &Path, keep: &[PathBuf]) -> std::io::Result<ScratchDirs> {
         std::fs::create_dir_all(root)?;
         let mut free = Vec::new();
         let mut next = 0;
@@ -72,6 +73,9 @@ impl ScratchDirs {
             };
             next = next.max(n + 1);
             let path = entry.path();
+            if keep.contains(&path) {
+                continue;
+            }
             match Scratch::of(path.clone()) {
                 Ok(s) if s.reusable() => free.push(s),
                 _ => {
@@ -87,8 +91,34 @@ impl ScratchDirs {
         })
     }
 
-    /// An empty directory for one attempt.
-    pub async fn take(&self) -> std::io::Result<Scratch> {
+    /// A directory of this set an attempt from before a restart ran in.
+    pub fn adopt(&self, path: &Path) -> Option<Scratch> {
+        if path.parent() != Some(self.root.as_path()) {
+            return None;
+        }
+        Scratch::of(path.to_path_buf()).ok()
+    }
+
+    /// An empty directory for one attempt, owned by `owner` (uid, gid)
+    /// when given (mode 0700), else by the agent.
+    pub async fn take(&self, owner: Option<(u32, u32)>) -> std::io::Result<Scratch> {
+        let s = self.take_any().await?;
+        match owner {
+            Some((uid, gid)) if (s.uid, s.gid) != (uid, gid) => {
+                tokio::task::spawn_blocking(move || {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::os::unix::fs::chown(&s.path, Some(uid), Some(gid))?;
+                    std::fs::set_permissions(&s.path, std::fs::Permissions::from_mode(0o700))?;
+                    Scratch::of(s.path)
+                })
+                .await
+                .map_err(std::io::Error::other)?
+            }
+            _ => Ok(s),
+        }
+    }
+
+    async fn take_any(&self) -> std::io::Result<Scratch> {
         if let Some(s) = self.free.lock().await.pop() {
             return Ok(s);
         }
@@ -150,14 +180,14 @@ mod tests {
     #[tokio::test]
     async fn t10_an_empty_directory_is_reused_and_a_used_one_is_not() {
         let root = tempfile::tempdir().unwrap();
-        let dirs = ScratchDirs::open(root.path()).unwrap();
-        let a = dirs.take().await.unwrap();
+        let dirs = ScratchDirs::open(root.path(), &[]).unwrap();
+        let a = dirs.take(None).await.unwrap();
         let a_path = a.path.clone();
-        let b = dirs.take().await.unwrap();
+        let b = dirs.take(None).await.unwrap();
         assert_ne!(a_path, b.path, "two attempts at once never share one");
         dirs.give_back(a).await;
         assert_eq!(
-            dirs.take().await.unwrap().path,
+            dirs.take(None).await.unwrap().path,
             a_path,
             "an empty one is reused"
         );
@@ -166,20 +196,20 @@ mod tests {
         let b_path = b.path.clone();
         dirs.give_back(b).await;
         assert!(!b_path.exists(), "a directory with leftovers is removed");
-        let c = dirs.take().await.unwrap();
+        let c = dirs.take(None).await.unwrap();
         assert!(std::fs::read_dir(&c.path).unwrap().next().is_none());
     }
 
     #[tokio::test]
     async fn t10_changed_permissions_are_not_passed_on() {
         let root = tempfile::tempdir().unwrap();
-        let dirs = ScratchDirs::open(root.path()).unwrap();
-        let a = dirs.take().await.unwrap();
+        let dirs = ScratchDirs::open(root.path(), &[]).unwrap();
+        let a = dirs.take(None).await.unwrap();
         let path = a.path.clone();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o500)).unwrap();
         dirs.give_back(a).await;
         assert!(!path.exists());
-        let b = dirs.take().await.unwrap();
+        let b = dirs.take(None).await.unwrap();
         let mode = std::fs::metadata(&b.path).unwrap().permissions().mode();
         assert_ne!(mode & 0o777, 0o500);
     }
@@ -190,7 +220,7 @@ mod tests {
         std::fs::create_dir_all(root.path().join("slot-3/deep")).unwrap();
         std::fs::create_dir_all(root.path().join("slot-7")).unwrap();
         std::fs::create_dir_all(root.path().join("not-ours")).unwrap();
-        let dirs = ScratchDirs::open(root.path()).unwrap();
+        let dirs = ScratchDirs::open(root.path(), &[]).unwrap();
         assert!(
             !root.path().join("slot-3").exists(),
             "a used one is removed"
@@ -199,9 +229,9 @@ mod tests {
             root.path().join("not-ours").exists(),
             "others are left alone"
         );
-        let a = dirs.take().await.unwrap();
+        let a = dirs.take(None).await.unwrap();
         assert_eq!(a.path, root.path().join("slot-7"), "an empty one is reused");
-        let b = dirs.take().await.unwrap();
+        let b = dirs.take(None).await.unwrap();
         assert_eq!(
             b.path,
             root.path().join("slot-8"),

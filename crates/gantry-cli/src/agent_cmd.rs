@@ -53,10 +53,36 @@ pub struct AgentArgs {
     gpu_inventory: Option<PathBuf>,
     #[command(flatten)]
     health: HealthArgs,
+    #[command(flatten)]
+    tasks: TaskArgs,
     #[arg(long, env = "GANTRY_LOG_FORMAT", default_value = "human")]
     log_format: gantry_telemetry::LogFormat,
     #[command(flatten)]
     security: crate::security::SecurityArgs,
+}
+
+/// How tasks are confined (docs/operations.md, "Task limits and users").
+#[derive(clap::Args)]
+#[command(next_help_heading = "Tasks")]
+struct TaskArgs {
+    /// The user tasks run as when the agent runs as root (a name or uid).
+    #[arg(long, env = "GANTRY_AGENT_TASK_USER", default_value = "nobody")]
+    task_user: String,
+    /// Users a job may ask to run as (`job submit --user`), comma-separated.
+    #[arg(long, env = "GANTRY_AGENT_ALLOW_TASK_USER", value_delimiter = ',')]
+    allow_task_user: Vec<String>,
+    /// Do not put tasks in cgroups: no memory, CPU or process limits (the
+    /// node then reports it, and placement policy strict avoids it).
+    #[arg(long, env = "GANTRY_AGENT_NO_CGROUPS")]
+    no_cgroups: bool,
+    /// Most processes (and threads) one task may have; 0: no limit.
+    #[arg(long, env = "GANTRY_AGENT_TASK_PIDS_MAX", default_value_t = gantry_agent::confine::DEFAULT_PIDS_MAX)]
+    task_pids_max: u64,
+    /// How long before the cluster's node grace ends the node's tasks are
+    /// stopped when the cluster stops confirming it (agent dead, frozen or
+    /// cut off): the cluster runs them elsewhere only after the grace.
+    #[arg(long, env = "GANTRY_AGENT_FENCE_MARGIN", value_parser = parse::duration_ms, default_value = "3s")]
+    fence_margin: u64,
 }
 
 /// Health check thresholds; the defaults are `HealthConfig::default()`'s.
@@ -155,6 +181,14 @@ async fn run_agent(args: AgentArgs) -> Result<(), Failure> {
         metrics_listen: args.metrics_listen,
         health: args.health.config(),
         gpu_inventory: args.gpu_inventory,
+        confine: gantry_agent::confine::ConfineConfig {
+            supervisor: supervisor_command()?,
+            cgroups: !args.tasks.no_cgroups,
+            task_user: args.tasks.task_user,
+            allowed_users: args.tasks.allow_task_user,
+            pids_max: args.tasks.task_pids_max,
+        },
+        fence_margin: Duration::from_millis(args.tasks.fence_margin),
     };
     gantry_agent::run(cfg, shutdown_signal())
         .await
@@ -162,6 +196,15 @@ async fn run_agent(args: AgentArgs) -> Result<(), Failure> {
             message: e.to_string(),
             code: EXIT_USAGE,
         })
+}
+
+/// This binary's `supervise` subcommand.
+fn supervisor_command() -> Result<Vec<std::ffi::OsString>, Failure> {
+    let exe = std::env::current_exe().map_err(|e| Failure {
+        message: format!("cannot find this program's path to start task supervisors: {e}"),
+        code: EXIT_USAGE,
+    })?;
+    Ok(vec![exe.into_os_string(), "supervise".into()])
 }
 
 #[cfg(test)]

@@ -166,6 +166,10 @@ fn spawn_agent(
             // free; a local cluster should still run jobs.
             "--health-min-free-disk",
             "1Gi",
+            // Ctrl-C stops the local cluster's tasks rather than waiting
+            // for them to finish.
+            "--shutdown-grace",
+            "0s",
         ])
         .args(security_args(pki, "agent", &node_id))
         .arg("--data-dir")
@@ -173,6 +177,8 @@ fn spawn_agent(
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)
+        // Ctrl-C reaches `gantry dev` only, which stops the agents first.
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .context("starting an agent")?;
@@ -212,6 +218,8 @@ fn spawn_replica(
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
+        // Ctrl-C reaches `gantry dev` only: it stops the agents first.
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .context("starting a replica")?;
@@ -339,7 +347,7 @@ async fn run_inner(args: DevArgs) -> anyhow::Result<()> {
         Some(spawn_replica(&dir, i as u64 + 1, addr, &peers, pki.as_deref()).map(|(c, _)| c))
     };
     supervise(&mut children, respawn).await;
-    stop_all(&mut children).await;
+    stop_all(&mut children, args.replicas as usize).await;
     println!("dev cluster stopped");
     Ok(())
 }
@@ -425,19 +433,26 @@ async fn supervise(
     }
 }
 
-/// SIGTERM to every child (agents first), SIGKILL to those still running after 10 s.
-async fn stop_all(children: &mut [Child]) {
-    for c in children.iter().rev() {
-        if let Some(pid) = c.id().and_then(|p| i32::try_from(p).ok()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+/// Stops the agents (children from `first_agent` on) and waits for them:
+/// each stops its tasks and reports them while the replicas still run.
+/// Then the replicas. SIGTERM, then SIGKILL to a child still running after
+/// `STOP_WAIT` (an agent's supervisors then stop its tasks on their own
+/// when its lease runs out).
+async fn stop_all(children: &mut [Child], first_agent: usize) {
+    let (replicas, agents) = children.split_at_mut(first_agent.min(children.len()));
+    for group in [agents, replicas] {
+        for c in group.iter() {
+            if let Some(pid) = c.id().and_then(|p| i32::try_from(p).ok()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
         }
-    }
-    for c in children.iter_mut() {
-        if tokio::time::timeout(Duration::from_secs(10), c.wait())
-            .await
-            .is_err()
-        {
-            let _ = c.kill().await;
+        for c in group.iter_mut() {
+            if tokio::time::timeout(STOP_WAIT, c.wait()).await.is_err() {
+                let _ = c.kill().await;
+            }
         }
     }
 }
+
+/// How long a child may take to stop (an agent: its tasks' kill grace).
+const STOP_WAIT: Duration = Duration::from_secs(15);

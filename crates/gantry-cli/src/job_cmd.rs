@@ -61,9 +61,14 @@ pub struct SubmitArgs {
     /// CPU per task: cores (0.5) or millicores (500m).
     #[arg(long, value_parser = parse::cpu_millis)]
     cpu: Option<u64>,
-    /// Memory per task: MiB (512), 512Mi or 2Gi.
+    /// Memory per task: MiB (512), 512Mi or 2Gi. Enforced on the node: a
+    /// task that uses more is killed and reported out of memory.
     #[arg(long, value_parser = parse::memory_mib)]
     mem: Option<u64>,
+    /// The user the tasks run as (a name or uid); the node must allow it
+    /// (gantry agent --allow-task-user). Default: the node's task user.
+    #[arg(long, default_value = "")]
+    user: String,
     /// GPUs per task; the task sees exactly these through CUDA_VISIBLE_DEVICES.
     #[arg(long, default_value_t = 0)]
     gpus: u32,
@@ -186,6 +191,7 @@ impl SubmitArgs {
             timeout_ms: s.timeout.unwrap_or(0),
             max_attempts: s.max_attempts,
             idempotency_key: s.idempotency_key,
+            user: s.user,
         }
     }
 }

@@ -106,6 +106,9 @@ enum Command {
         #[command(subcommand)]
         command: cluster_cmd::ClusterCommand,
     },
+    /// A task's supervisor (started by the agent; reads its spec on stdin).
+    #[command(hide = true)]
+    Supervise,
 }
 
 /// What a failed command reports and how it exits.
@@ -140,6 +143,10 @@ impl From<anyhow::Error> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Supervise = cli.command {
+        // Before any runtime: the supervisor makes its own, single-threaded.
+        return ExitCode::from(u8::try_from(gantry_agent::supervisor::main()).unwrap_or(1));
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -163,6 +170,7 @@ fn main() -> ExitCode {
                 r
             }
             Command::Cluster { client, command } => cluster_cmd::run(&client, command).await,
+            Command::Supervise => unreachable!("handled before the runtime starts"),
         }
     });
     // A task stuck in blocking I/O (a storage call on a failing disk) must

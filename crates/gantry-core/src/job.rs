@@ -88,6 +88,9 @@ pub struct JobSpec {
     /// A service task is ready only once this passes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub readiness: Option<Probe>,
+    /// The user tasks run as on the node; empty: the node's task user.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
 }
 
 /// Which nodes a job's tasks may go to.
@@ -443,6 +446,7 @@ mod tests {
                 interval_ms: 11,
                 timeout_ms: 12,
             }),
+            user: "svc".into(),
         };
         let back: JobSpec = serde_json::from_slice(&serde_json::to_vec(&every).unwrap()).unwrap();
         assert_eq!(back, every);

@@ -102,6 +102,24 @@ fn check_exec_args(field: &str, argv: &[String]) -> Result<(), ValidationError> 
 
 /// A working directory may not climb out of where it is given (`..`), and
 /// a path cannot hold a NUL byte.
+/// A user name as `useradd` takes it (or a numeric uid); empty: the node's default.
+fn check_user(user: &str) -> Result<(), ValidationError> {
+    let ok = user.len() <= 32
+        && user
+            .chars()
+            .enumerate()
+            .all(|(i, c)| c.is_ascii_lowercase() || c == '_' || (i > 0 && (c.is_ascii_digit() || c == '-')))
+        || (!user.is_empty() && user.len() <= 10 && user.bytes().all(|b| b.is_ascii_digit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(err(
+            "user",
+            "is not a user name (lowercase letters, digits, '_' and '-', at most 32, not starting with a digit or '-') or a numeric uid",
+        ))
+    }
+}
+
 fn check_working_dir(dir: &str) -> Result<(), ValidationError> {
     if dir.contains('\0') {
         return Err(err("working_dir", "contains a NUL byte"));
@@ -177,6 +195,7 @@ impl JobSpec {
         check_len("idempotency_key", &self.idempotency_key, MAX_NAME_BYTES)?;
         check_len("working_dir", &self.working_dir, MAX_PATH_BYTES)?;
         check_working_dir(&self.working_dir)?;
+        check_user(&self.user)?;
         if self.constraints.len() > MAX_CONSTRAINTS {
             return Err(err(
                 "constraints",
@@ -348,6 +367,20 @@ mod tests {
         let mut s = spec();
         s.env.insert("A=B".into(), "c".into());
         assert_eq!(s.validate().unwrap_err().field, "env");
+    }
+
+    #[test]
+    fn t10_task_users_are_names_or_uids() {
+        for ok in ["", "nobody", "svc_train-1", "_x", "1000"] {
+            let mut s = spec();
+            s.user = ok.into();
+            assert!(s.validate().is_ok(), "{ok:?}");
+        }
+        for bad in ["Root", "-x", "a b", "x:y", "1a2b;", "../etc", &"u".repeat(33)] {
+            let mut s = spec();
+            s.user = bad.into();
+            assert_eq!(s.validate().unwrap_err().field, "user", "{bad:?}");
+        }
     }
 
     #[test]

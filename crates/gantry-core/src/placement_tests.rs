@@ -410,6 +410,48 @@ fn t10_strict_wants_a_record_and_ranking_favours_success() {
 }
 
 #[test]
+fn t24_strict_avoids_a_node_that_does_not_enforce_limits() {
+    let mut s = State::default();
+    open(&mut s, 1, node("a", 64_000, 0, 0, &[]));
+    open(&mut s, 2, node("b", 64_000, 0, 0, &[]));
+    let mut index = 3;
+    end_on(&mut s, &mut index, "a", 1, None);
+    end_on(&mut s, &mut index, "b", 1, None);
+    // "a" says its limits are not enforced: healthy still, but not for strict.
+    s.apply(
+        index,
+        &Command::NodeHealth {
+            now_ms: 0,
+            node_id: "a".into(),
+            session_id: "s-a".into(),
+            health: Health {
+                score: 100,
+                healthy: true,
+                failing: vec![FailingCheck {
+                    name: crate::scheduler::LIMITS_CHECK.into(),
+                    detail: "limits are not enforced on this node: no cgroups".into(),
+                }],
+                checked_at_ms: 0,
+            },
+        },
+    );
+    index += 1;
+    let mut strict = job("strict", 1000, 0);
+    strict.spec.placement = PlacementPolicy::Strict;
+    strict.spec.count = 2;
+    submit(&mut s, index, vec![strict, job("plain", 63_500, 0)]);
+    let p = schedule(&s, 1, 10);
+    let on = |id: &str| -> Vec<&str> {
+        p.iter()
+            .filter(|p| p.attempt.job_id == id)
+            .map(|p| p.node_id.as_str())
+            .collect()
+    };
+    assert_eq!(on("strict"), vec!["b", "b"], "strict only where limits hold");
+    assert_eq!(on("plain"), vec!["a"], "balanced still uses the node");
+}
+
+#[test]
 fn t10_at_most_a_third_of_the_nodes_are_blacklisted_automatically() {
     // A fault that hits every host must not take the whole cluster out.
     let mut s = State::default();

@@ -266,8 +266,18 @@ fn admits(policy: PlacementPolicy, node: &Node, now_ms: u64) -> bool {
     match policy {
         PlacementPolicy::Aggressive => true,
         PlacementPolicy::Balanced | PlacementPolicy::ClusterDefault => node.health.healthy,
-        PlacementPolicy::Strict => node.health.healthy && node.reputation.is_proven(now_ms),
+        PlacementPolicy::Strict => {
+            node.health.healthy && node.reputation.is_proven(now_ms) && enforces_limits(node)
+        }
     }
+}
+
+/// The agent's advisory check of that name fails where tasks are not held
+/// to their limits (no usable cgroups).
+pub const LIMITS_CHECK: &str = "limits";
+
+fn enforces_limits(node: &Node) -> bool {
+    !node.health.failing.iter().any(|c| c.name == LIMITS_CHECK)
 }
 
 fn feasible(node: &Node, usage: &Usage, spec: &JobSpec) -> bool {

@@ -139,6 +139,7 @@ impl AgentService for AgentApi {
             session_id: session.id.clone(),
             heartbeat_interval_ms: HEARTBEAT_INTERVAL.as_millis() as u64,
             replica_id: replica.id,
+            node_grace_ms: replica.config.node_grace_ms,
         };
         let _ = tx.send(msg(ServerMsg::Welcome(welcome))).await;
 
@@ -369,8 +370,14 @@ async fn heartbeat(
     writer: &HealthWriter,
 ) {
     // Best effort: a full queue means the agent is behind; it gets the next one.
+    let confirmed_ago_ms = replica
+        .sessions
+        .confirmed_ago(node_id)
+        .await
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let _ = tx.try_send_pong(msg(ServerMsg::Pong(Pong {
         sent_at_ms: hb.sent_at_ms,
+        confirmed_ago_ms,
     })));
     if hb.health.is_some() || !hb.gpus.is_empty() {
         let checked_at_ms = hb.health.as_ref().map(|r| r.checked_at_ms);

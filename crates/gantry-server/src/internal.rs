@@ -275,6 +275,11 @@ impl RaftService for InternalService {
             .liveness
             .record_telemetry(report.telemetry)
             .await;
+        // The reporter tells its agents their session is confirmed from this
+        // ack: only a leader a quorum still follows may give it, or a deposed
+        // leader could keep agents' leases alive after another one took over.
+        let deadline = tokio::time::Instant::now() + crate::leader::SESSION_REPORT_INTERVAL;
+        self.replica.serve_read_index(deadline).await?;
         Ok(Response::new(SessionsReportAck { leader_now_ms: now }))
     }
 }

@@ -235,12 +235,21 @@ pub async fn report_sessions(replica: Arc<Replica>) {
         match leader {
             Some((id, _)) if id == replica.id => {
                 replica.skew.set(0);
+                let sent = tokio::time::Instant::now();
+                let ids: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
                 replica.liveness.confirm(nodes).await;
+                // As for the other replicas' reports: only with a quorum behind it.
+                let deadline = sent + SESSION_REPORT_INTERVAL;
+                if replica.serve_read_index(deadline).await.is_ok() {
+                    replica.sessions.confirmed(ids, sent).await;
+                }
                 let telemetry = replica.sessions.take_telemetry(new_leader).await;
                 replica.liveness.record_telemetry(telemetry).await;
             }
             Some((id, addr)) => {
                 let sent_ms = now_ms();
+                let sent_at = tokio::time::Instant::now();
+                let ids: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
                 let seen_ago_ms = nodes
                     .iter()
                     .map(|(_, seen)| sent_ms.saturating_sub(*seen))
@@ -261,6 +270,7 @@ pub async fn report_sessions(replica: Arc<Replica>) {
                 };
                 match sent.await {
                     Ok(ack) => {
+                        replica.sessions.confirmed(ids, sent_at).await;
                         let leader_ms = ack.into_inner().leader_now_ms;
                         if leader_ms > 0 {
                             replica.skew.record(sent_ms, now_ms(), leader_ms);

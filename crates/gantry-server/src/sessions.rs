@@ -21,9 +21,30 @@ pub struct Sessions {
     /// The latest health-check time and GPU telemetry per node, and whether
     /// it changed since the last report to the leader.
     telemetry: RwLock<HashMap<String, (NodeTelemetry, bool)>>,
+    /// When a session report naming the node was sent to the leader that
+    /// acknowledged it: the leader's own confirmation came no earlier.
+    confirmed: RwLock<HashMap<String, Instant>>,
 }
 
 impl Sessions {
+    /// The leader took note of `nodes` from a report sent at `sent`.
+    pub async fn confirmed(&self, nodes: impl IntoIterator<Item = String>, sent: Instant) {
+        let mut all = self.confirmed.write().await;
+        for n in nodes {
+            let at = all.entry(n).or_insert(sent);
+            *at = (*at).max(sent);
+        }
+    }
+
+    /// How long ago the leader's latest known confirmation of `node` was.
+    pub async fn confirmed_ago(&self, node_id: &str) -> Option<std::time::Duration> {
+        self.confirmed
+            .read()
+            .await
+            .get(node_id)
+            .map(|at| at.elapsed())
+    }
+
     pub async fn open(&self, node_id: &str, session_id: &str) {
         self.held.write().await.insert(
             node_id.to_owned(),
@@ -47,6 +68,7 @@ impl Sessions {
         if held.get(node_id).is_some_and(|(s, _, _)| s == session_id) {
             held.remove(node_id);
             self.telemetry.write().await.remove(node_id);
+            self.confirmed.write().await.remove(node_id);
         }
     }
 

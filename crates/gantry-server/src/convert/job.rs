@@ -39,6 +39,7 @@ pub fn spec_from_api(s: api::JobSpec) -> Result<core::JobSpec, Status> {
         gpu_min_memory_mib: s.gpu_min_memory_mib,
         placement,
         readiness,
+        user: s.user,
     })
 }
 
@@ -121,6 +122,7 @@ pub fn spec_to_api(s: &core::JobSpec) -> api::JobSpec {
         gpu_min_memory_mib: s.gpu_min_memory_mib,
         placement: s.placement.as_str().to_owned(),
         readiness: s.readiness.as_ref().map(probe_to_api),
+        user: s.user.clone(),
     }
 }
 
