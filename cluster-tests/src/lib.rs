@@ -48,7 +48,8 @@ impl Default for Timings {
             election_min_ms: 300,
             election_max_ms: 600,
             snapshot_every: 1_000,
-            node_grace_ms: 3_000,
+            // Room for the agents' 1 s fence margin and a busy test machine.
+            node_grace_ms: 5_000,
         }
     }
 }
@@ -96,6 +97,9 @@ const AGENT_TEST_DEFAULTS: &[(&str, &str)] = &[
     // which only root may enter; t24's tests run tasks as the default
     // unprivileged user. Cgroups and supervisors are on everywhere.
     ("--task-user", "root"),
+    // The clusters' node grace is short (5 s): stop a cut-off node's tasks
+    // 1 s before it ends rather than the production 3 s.
+    ("--fence-margin", "1s"),
 ];
 
 pub struct Cluster {

@@ -304,7 +304,7 @@ impl TaskCgroup {
     /// SIGKILLs everything in the group until it is empty (or `limit`
     /// passes: a process stuck in the kernel); true once empty.
     pub fn kill_all(&self, limit: Duration) -> bool {
-        let deadline = std::time::Instant::now() + limit;
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             // cgroup v2 (5.14+) kills the whole subtree at once.
             for (kind, d) in &self.dirs {
@@ -322,7 +322,7 @@ impl TaskCgroup {
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
-            if std::time::Instant::now() >= deadline {
+            if tokio::time::Instant::now() >= deadline {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(5));

@@ -60,7 +60,10 @@ fn t24_limits_are_written_in_each_hierarchys_terms() {
     };
     // cgroup v2: one directory, every controller.
     let v2 = root.path().join("v2/task");
-    fake(&v2, &["memory.max", "memory.swap.max", "cpu.max", "pids.max"]);
+    fake(
+        &v2,
+        &["memory.max", "memory.swap.max", "cpu.max", "pids.max"],
+    );
     let task = TaskCgroup {
         dirs: vec![(Kind::V2, v2.clone())],
     };
@@ -110,7 +113,11 @@ fn t24_oom_kills_and_usage_are_read_from_the_kernels_files() {
     let root = tempfile::tempdir().unwrap();
     let v2 = root.path().join("v2");
     fake(&v2, &[]);
-    std::fs::write(v2.join("memory.events"), "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n").unwrap();
+    std::fs::write(
+        v2.join("memory.events"),
+        "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+    )
+    .unwrap();
     std::fs::write(v2.join("cpu.stat"), "usage_usec 1500\nuser_usec 1000\n").unwrap();
     let t = TaskCgroup {
         dirs: vec![(Kind::V2, v2.clone())],
@@ -124,7 +131,11 @@ fn t24_oom_kills_and_usage_are_read_from_the_kernels_files() {
     let acct = root.path().join("cpuacct");
     fake(&mem, &[]);
     fake(&acct, &[]);
-    std::fs::write(mem.join("memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n").unwrap();
+    std::fs::write(
+        mem.join("memory.oom_control"),
+        "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+    )
+    .unwrap();
     std::fs::write(acct.join("cpuacct.usage"), "123456\n").unwrap();
     let t = TaskCgroup {
         dirs: vec![(Kind::V1Memory, mem), (Kind::V1Cpuacct, acct)],
@@ -155,13 +166,19 @@ fn t24_a_real_cgroup_holds_a_process_and_kill_all_empties_it() {
         pids: 64,
     })
     .unwrap();
-    let mut child = std::process::Command::new("sleep").arg("300").spawn().unwrap();
+    let mut child = std::process::Command::new("sleep")
+        .arg("300")
+        .spawn()
+        .unwrap();
     let pid = child.id() as i32;
     for (_, d) in &task.dirs {
         std::fs::write(d.join("cgroup.procs"), pid.to_string()).unwrap();
     }
     assert_eq!(task.pids(), vec![pid]);
-    assert!(task.kill_all(Duration::from_secs(5)), "the group is empty after kill_all");
+    assert!(
+        task.kill_all(Duration::from_secs(5)),
+        "the group is empty after kill_all"
+    );
     let _ = child.wait();
     task.remove();
     assert!(task.dirs.iter().all(|(_, d)| !d.exists()));

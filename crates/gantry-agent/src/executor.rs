@@ -170,7 +170,10 @@ async fn run_in(dir: &Path, user: Option<(u32, u32)>, exec: Execution) -> Attemp
         env: c.environment(&exec.token, &exec.spec, dir, exec.gpus.as_deref()),
         dir: dir.to_path_buf(),
         user,
-        cgroup: c.cgroups.as_ref().map(|cg| cg.task(&attempt_name(&exec.token))),
+        cgroup: c
+            .cgroups
+            .as_ref()
+            .map(|cg| cg.task(&attempt_name(&exec.token))),
         limits,
         nofile: c.nofile,
         core: 0,
@@ -281,7 +284,11 @@ pub async fn attach(
     let (mut rd, mut wr) = link.stream.into_split();
     let renew = supervisor::Frame::Lease(*lease.borrow_and_update());
     if supervisor::write_frame(&mut wr, &renew).await.is_err() {
-        return finished(&token, FailureClass::Infra, "the task's supervisor hung up".into());
+        return finished(
+            &token,
+            FailureClass::Infra,
+            "the task's supervisor hung up".into(),
+        );
     }
     let mut tally = readiness.as_ref().map(probe::Tally::new);
     let mut ready = Box::pin(become_ready(
@@ -303,20 +310,23 @@ pub async fn attach(
         };
         let event = if let Some(f) = first.take() {
             Event::Frame(Ok(Some(f)))
-        } else { tokio::select! {
-            f = supervisor::read_frame(&mut rd) => Event::Frame(f),
-            () = timeout, if stop.is_none() => Event::Stop(Stop::Timeout),
-            reason = &mut cancel, if stop.is_none() => Event::Stop(Stop::Cancel(
-                reason.unwrap_or_else(|_| "agent shutting down".into()),
-            )),
-            message = &mut ready, if stop.is_none() => Event::Stop(Stop::WarmUp(message)),
-            Ok(()) = lease.changed() => Event::Lease,
-        } };
+        } else {
+            tokio::select! {
+                f = supervisor::read_frame(&mut rd) => Event::Frame(f),
+                () = timeout, if stop.is_none() => Event::Stop(Stop::Timeout),
+                reason = &mut cancel, if stop.is_none() => Event::Stop(Stop::Cancel(
+                    reason.unwrap_or_else(|_| "agent shutting down".into()),
+                )),
+                message = &mut ready, if stop.is_none() => Event::Stop(Stop::WarmUp(message)),
+                Ok(()) = lease.changed() => Event::Lease,
+            }
+        };
         match event {
             Event::Stop(s) => {
                 stop = Some(s);
                 let grace_ms = u64::try_from(kill_grace.as_millis()).unwrap_or(u64::MAX);
-                let _ = supervisor::write_frame(&mut wr, &supervisor::Frame::Stop { grace_ms }).await;
+                let _ =
+                    supervisor::write_frame(&mut wr, &supervisor::Frame::Stop { grace_ms }).await;
             }
             Event::Lease => {
                 let f = supervisor::Frame::Lease(*lease.borrow_and_update());
@@ -339,10 +349,24 @@ pub async fn attach(
                     }
                 }
                 supervisor::Frame::Stdout(data) => {
-                    output(&events, &stats, &token, OutputStream::Stdout, &mut sequence[0], data);
+                    output(
+                        &events,
+                        &stats,
+                        &token,
+                        OutputStream::Stdout,
+                        &mut sequence[0],
+                        data,
+                    );
                 }
                 supervisor::Frame::Stderr(data) => {
-                    output(&events, &stats, &token, OutputStream::Stderr, &mut sequence[1], data);
+                    output(
+                        &events,
+                        &stats,
+                        &token,
+                        OutputStream::Stderr,
+                        &mut sequence[1],
+                        data,
+                    );
                 }
                 supervisor::Frame::Finished(o) => {
                     let _ = supervisor::write_frame(&mut wr, &supervisor::Frame::Ack).await;
@@ -365,7 +389,10 @@ pub async fn attach(
         }
     };
     if outcome.escaped > 0 {
-        tracing::warn!(processes = outcome.escaped, "processes of the task survived SIGKILL (stuck in the kernel?)");
+        tracing::warn!(
+            processes = outcome.escaped,
+            "processes of the task survived SIGKILL (stuck in the kernel?)"
+        );
     }
     let mut report = report(&token, &outcome, stop, &spec);
     report.diagnostics = tally.map(|t| t.diagnostics()).unwrap_or_default();
@@ -483,7 +510,10 @@ pub(crate) fn report(
         ),
         (None, Some(Stop::Timeout), _, _) => (
             FailureClass::Timeout,
-            format!("timed out after {} ms; the task was killed", spec.timeout_ms),
+            format!(
+                "timed out after {} ms; the task was killed",
+                spec.timeout_ms
+            ),
         ),
         (None, Some(Stop::Cancel(reason)), _, _) => (
             FailureClass::Cancelled,
@@ -502,7 +532,9 @@ pub(crate) fn report(
         ),
         (None, None, Some(0), _) => (FailureClass::Unspecified, String::new()),
         (None, None, Some(code), _) => (FailureClass::Workload, format!("exited with code {code}")),
-        (None, None, None, Some(sig)) => (FailureClass::Workload, format!("killed by signal {sig}")),
+        (None, None, None, Some(sig)) => {
+            (FailureClass::Workload, format!("killed by signal {sig}"))
+        }
         (None, None, None, None) => (
             FailureClass::Workload,
             "ended without an exit status".into(),
@@ -519,4 +551,3 @@ pub(crate) fn report(
         ..AttemptFinished::default()
     }
 }
-

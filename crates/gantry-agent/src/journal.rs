@@ -309,7 +309,11 @@ mod tests {
             reports.keys().cloned().collect::<Vec<_>>(),
             vec![("b".to_owned(), 0, 1)]
         );
-        assert_eq!(reports[&("b".to_owned(), 0, 1)], i32::MAX - 2, "its process group is kept");
+        assert_eq!(
+            reports[&("b".to_owned(), 0, 1)],
+            i32::MAX - 2,
+            "its process group is kept"
+        );
         // Until acknowledged, a second crash finds it again.
         drop(journal);
         let (journal, reports) = Journal::open(dir.path()).unwrap();

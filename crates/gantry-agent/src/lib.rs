@@ -317,7 +317,10 @@ fn log_confinement(c: &confine::Confinement) {
             let missing = cg.missing();
             tracing::info!(dirs = ?cg.dirs.iter().map(|(_, d)| d.display().to_string()).collect::<Vec<_>>(), "tasks run in cgroups (memory, CPU and process limits)");
             if !missing.is_empty() {
-                tracing::warn!(?missing, "these cgroup controllers are not mounted: their limits are not enforced");
+                tracing::warn!(
+                    ?missing,
+                    "these cgroup controllers are not mounted: their limits are not enforced"
+                );
             }
         }
         (None, why) => tracing::warn!(
@@ -326,7 +329,9 @@ fn log_confinement(c: &confine::Confinement) {
         ),
     }
     match &c.user {
-        Some(u) if u.uid == 0 => tracing::warn!("tasks run as root (--task-user root): a task can read this agent's keys and act as it"),
+        Some(u) if u.uid == 0 => tracing::warn!(
+            "tasks run as root (--task-user root): a task can read this agent's keys and act as it"
+        ),
         Some(u) => tracing::info!(user = %u.name, uid = u.uid, "tasks run as an unprivileged user"),
         None => tracing::info!("the agent is not root: tasks run as its own user"),
     }
@@ -371,7 +376,8 @@ async fn recover(
             && let Ok(stream) = supervisor::connect(&c.socket_name(&token)).await
         {
             let (mut rd, wr) = stream.into_split();
-            let first = tokio::time::timeout(Duration::from_secs(2), supervisor::read_frame(&mut rd)).await;
+            let first =
+                tokio::time::timeout(Duration::from_secs(2), supervisor::read_frame(&mut rd)).await;
             let stream = rd.reunite(wr).ok();
             match (first, stream) {
                 (Ok(Ok(Some(supervisor::Frame::Started(st)))), Some(stream)) => {
@@ -480,7 +486,11 @@ fn execution(
 async fn finish(shared: &Shared, token: AttemptToken, report: AttemptFinished) {
     let k = key(&token);
     tracing::info!(attempt = ?k, failure = report.failure, message = %report.message, "finished");
-    shared.unacked.lock().await.insert(k.clone(), report.clone());
+    shared
+        .unacked
+        .lock()
+        .await
+        .insert(k.clone(), report.clone());
     shared.running.lock().await.remove(&k);
     let _ = shared.events.try_send(AgentMessage {
         msg: Some(AgentMsg::Finished(report)),
@@ -582,8 +592,16 @@ fn renew_lease(shared: &Shared, sent: u64, confirmed_ago: Option<u64>) {
 /// setting) and the lease then kept short.
 fn check_grace(shared: &Shared, grace_ms: u64) -> Result<(), tonic::Status> {
     let margin = shared.cfg.fence_margin;
+    if margin < Duration::from_secs(1) {
+        tracing::warn!(
+            ?margin,
+            "a fence margin under 1 s may not cover the time to stop a task and machines' clock differences"
+        );
+    }
     if grace_ms == 0 {
-        tracing::warn!("this replica does not say its node grace (an older release): fencing assumes 10 s");
+        tracing::warn!(
+            "this replica does not say its node grace (an older release): fencing assumes 10 s"
+        );
     }
     let grace = Duration::from_millis(grace_ms);
     if grace_ms > 0 && grace < margin + MIN_FENCE_WINDOW {

@@ -116,7 +116,9 @@ pub enum Frame {
     /// Agent → supervisor: the new lease deadline (CLOCK_BOOTTIME ms).
     Lease(u64),
     /// Agent → supervisor: SIGTERM now, SIGKILL after `grace_ms`.
-    Stop { grace_ms: u64 },
+    Stop {
+        grace_ms: u64,
+    },
     /// Agent → supervisor: the result is the agent's now; exit.
     Ack,
 }
@@ -231,13 +233,11 @@ async fn supervise() -> Result<(), String> {
     let spec: Spec = serde_json::from_slice(&raw).map_err(|e| format!("bad spec: {e}"))?;
     // Out of the agent's session: its terminal's signals are not ours.
     let _ = nix::unistd::setsid();
-    let listener = std::os::unix::net::UnixListener::bind_addr(&address(&spec.socket).map_err(
-        |e| format!("socket name {:?}: {e}", spec.socket),
-    )?)
+    let listener = std::os::unix::net::UnixListener::bind_addr(
+        &address(&spec.socket).map_err(|e| format!("socket name {:?}: {e}", spec.socket))?,
+    )
     .map_err(|e| format!("cannot listen on {:?}: {e}", spec.socket))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| e.to_string())?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     let listener = tokio::net::UnixListener::from_std(listener).map_err(|e| e.to_string())?;
     // The agent waits for this line before it connects; then stdout goes.
     {
@@ -503,9 +503,13 @@ impl Supervised {
             return;
         };
         let tmp = spec.result_file.with_extension("tmp");
-        let written = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &spec.result_file));
+        let written =
+            std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &spec.result_file));
         if let Err(e) = written {
-            eprintln!("gantry supervise: cannot write {}: {e}", spec.result_file.display());
+            eprintln!(
+                "gantry supervise: cannot write {}: {e}",
+                spec.result_file.display()
+            );
         }
     }
 

@@ -127,7 +127,11 @@ async fn execute_on(
 async fn t10_success_streams_output_and_keeps_the_tail() {
     let dir = tempfile::tempdir().unwrap();
     let (report, mut rx, _) = execute(spec(&["/bin/echo", "hello", "$HOME"]), dir.path()).await;
-    assert_eq!(report.failure, FailureClass::Unspecified as i32, "{report:?}");
+    assert_eq!(
+        report.failure,
+        FailureClass::Unspecified as i32,
+        "{report:?}"
+    );
     assert_eq!(report.exit_code, Some(0));
     // argv is executed directly: no shell expands $HOME.
     assert_eq!(report.stdout_tail, "hello $HOME\n");
@@ -462,7 +466,10 @@ fn marker(n: u32) -> String {
 async fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + limit;
     while !ok() {
-        assert!(tokio::time::Instant::now() < deadline, "{what}: not within {limit:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -480,7 +487,11 @@ async fn t24_children_that_left_the_process_group_end_with_the_task() {
     )]);
     s.shell = true;
     let (report, _) = run_confined(s, dir.path(), c).await;
-    assert_eq!(report.failure, FailureClass::Unspecified as i32, "{report:?}");
+    assert_eq!(
+        report.failure,
+        FailureClass::Unspecified as i32,
+        "{report:?}"
+    );
     assert_eq!(report.stdout_tail, "spawned\n");
     // The task is over when its shell exits; what it left was killed with it.
     wait_until("the strays are gone", Duration::from_secs(5), || {
@@ -571,9 +582,11 @@ async fn t24_a_cpu_quota_holds_a_busy_loop_to_its_share() {
         events,
         cancel,
     )));
-    wait_until("the loop runs in its cgroup", Duration::from_secs(10), || {
-        !cgroup.pids().is_empty()
-    })
+    wait_until(
+        "the loop runs in its cgroup",
+        Duration::from_secs(10),
+        || !cgroup.pids().is_empty(),
+    )
     .await;
     // The cgroup's own counter over a measured window.
     let (t0, u0) = (std::time::Instant::now(), cgroup.cpu_usage_ns().unwrap());
@@ -607,7 +620,11 @@ async fn t24_tasks_run_unprivileged_and_cannot_read_the_agents_keys() {
     let lines: Vec<&str> = report.stdout_tail.lines().collect();
     assert_ne!(lines[0], "0", "the task ran as root: {report:?}");
     assert!(lines[1].ends_with("|job-1|0|1|unset"), "{}", lines[1]);
-    assert!(lines[1].starts_with(dir.path().join("work").to_str().unwrap()), "{}", lines[1]);
+    assert!(
+        lines[1].starts_with(dir.path().join("work").to_str().unwrap()),
+        "{}",
+        lines[1]
+    );
     assert_eq!(lines[2], "unreadable", "{report:?}");
     assert_eq!(lines[3], "writable", "its own work dir: {report:?}");
 }
@@ -622,14 +639,26 @@ async fn t24_a_lease_that_runs_out_stops_the_task() {
     let (events, _rx) = mpsc::channel(1024);
     let (_cancel_tx, cancel) = oneshot::channel();
     let s = spec(&["sleep", &m]);
-    let handle = tokio::spawn(run(execution_in(s, dir.path(), c, lease, None, events, cancel)));
+    let handle = tokio::spawn(run(execution_in(
+        s,
+        dir.path(),
+        c,
+        lease,
+        None,
+        events,
+        cancel,
+    )));
     let report = tokio::time::timeout(Duration::from_secs(20), handle)
         .await
         .expect("the task outlived its lease")
         .unwrap();
     drop(lease_tx);
     assert_eq!(report.failure, FailureClass::Infra as i32, "{report:?}");
-    assert!(report.message.contains("lease ran out"), "{}", report.message);
+    assert!(
+        report.message.contains("lease ran out"),
+        "{}",
+        report.message
+    );
     assert!(processes_with(&m).is_empty());
 }
 
@@ -660,17 +689,26 @@ async fn t24_the_supervisor_outlives_its_agent_and_fences_on_its_own() {
     // The agent dies: its side of the supervisor's socket goes with it.
     agent.abort();
     let _ = agent.await;
-    assert!(!processes_with(&m).is_empty(), "the task runs on without the agent");
+    assert!(
+        !processes_with(&m).is_empty(),
+        "the task runs on without the agent"
+    );
     // At the lease's end the supervisor kills the task and leaves its result.
     let result = c.result_file(&token());
-    wait_until("the result is left on disk", Duration::from_secs(15), || {
-        result.exists()
-    })
+    wait_until(
+        "the result is left on disk",
+        Duration::from_secs(15),
+        || result.exists(),
+    )
     .await;
     assert!(processes_with(&m).is_empty());
     let last = std::fs::read_to_string(&beat).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(std::fs::read_to_string(&beat).unwrap(), last, "the beat stopped for good");
+    assert_eq!(
+        std::fs::read_to_string(&beat).unwrap(),
+        last,
+        "the beat stopped for good"
+    );
     let o = gantry_agent::executor::take_result_file(&result).unwrap();
     assert!(o.fenced.is_some(), "{o:?}");
 }

@@ -105,10 +105,9 @@ fn check_exec_args(field: &str, argv: &[String]) -> Result<(), ValidationError> 
 /// A user name as `useradd` takes it (or a numeric uid); empty: the node's default.
 fn check_user(user: &str) -> Result<(), ValidationError> {
     let ok = user.len() <= 32
-        && user
-            .chars()
-            .enumerate()
-            .all(|(i, c)| c.is_ascii_lowercase() || c == '_' || (i > 0 && (c.is_ascii_digit() || c == '-')))
+        && user.chars().enumerate().all(|(i, c)| {
+            c.is_ascii_lowercase() || c == '_' || (i > 0 && (c.is_ascii_digit() || c == '-'))
+        })
         || (!user.is_empty() && user.len() <= 10 && user.bytes().all(|b| b.is_ascii_digit()));
     if ok {
         Ok(())
@@ -376,7 +375,15 @@ mod tests {
             s.user = ok.into();
             assert!(s.validate().is_ok(), "{ok:?}");
         }
-        for bad in ["Root", "-x", "a b", "x:y", "1a2b;", "../etc", &"u".repeat(33)] {
+        for bad in [
+            "Root",
+            "-x",
+            "a b",
+            "x:y",
+            "1a2b;",
+            "../etc",
+            &"u".repeat(33),
+        ] {
             let mut s = spec();
             s.user = bad.into();
             assert_eq!(s.validate().unwrap_err().field, "user", "{bad:?}");

@@ -447,7 +447,11 @@ fn t24_strict_avoids_a_node_that_does_not_enforce_limits() {
             .map(|p| p.node_id.as_str())
             .collect()
     };
-    assert_eq!(on("strict"), vec!["b", "b"], "strict only where limits hold");
+    assert_eq!(
+        on("strict"),
+        vec!["b", "b"],
+        "strict only where limits hold"
+    );
     assert_eq!(on("plain"), vec!["a"], "balanced still uses the node");
 }
 
