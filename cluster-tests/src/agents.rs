@@ -103,6 +103,35 @@ impl Cluster {
         Ok(())
     }
 
+    /// SIGKILLs the supervisors of an agent's attempts (their process groups,
+    /// from the agent's journal) and so the tasks under them: with
+    /// [`Cluster::kill_agent`], the node as a crash leaves it. Returns how
+    /// many were killed.
+    pub fn kill_supervisors(&self, node_id: &str) -> anyhow::Result<usize> {
+        let journal =
+            std::fs::read_to_string(self.agents[node_id].data_dir.join("attempts.journal"))?;
+        let mut open = std::collections::BTreeMap::new();
+        for line in journal.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            match f.as_slice() {
+                ["start", job, task, attempt, pgid] => {
+                    open.insert((*job, *task, *attempt), pgid.parse::<i32>()?);
+                }
+                ["end", job, task, attempt] => {
+                    open.remove(&(*job, *task, *attempt));
+                }
+                _ => {}
+            }
+        }
+        let mut killed = 0;
+        for pgid in open.values().filter(|p| **p > 1) {
+            if nix::sys::signal::killpg(Pid::from_raw(*pgid), Signal::SIGKILL).is_ok() {
+                killed += 1;
+            }
+        }
+        Ok(killed)
+    }
+
     /// SIGTERM an agent and wait for it to exit.
     pub async fn stop_agent(&mut self, node_id: &str) -> anyhow::Result<std::process::ExitStatus> {
         kill(self.agent_pid(node_id)?, Signal::SIGTERM)?;

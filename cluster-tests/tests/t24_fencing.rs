@@ -149,3 +149,70 @@ async fn t24_a_frozen_agents_tasks_stop_before_they_run_elsewhere() {
 async fn t24_a_cut_off_agents_tasks_stop_before_they_run_elsewhere() {
     fence_before_reschedule(Fault::Cut).await;
 }
+
+/// A node crash (the agent and every supervisor killed) that its agent
+/// comes back from before the grace ends: the six attempts it took down are
+/// reported as infra failures, and the node's reputation counts one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t24_an_agent_crash_is_one_infra_failure_for_its_node() {
+    let mut cluster = Cluster::start(3, Timings::default()).await.unwrap();
+    cluster.start_agent("a", &[1, 2, 3]).unwrap();
+    cluster.wait_nodes_ready(&["a"]).await.unwrap();
+    let client = Client::new(&cluster.live_addrs(), ClientOptions::default()).unwrap();
+    let job = client
+        .submit_jobs(vec![api::JobSpec {
+            argv: vec!["sleep".into(), "300".into()],
+            count: 6,
+            max_attempts: 1,
+            ..Default::default()
+        }])
+        .await
+        .unwrap()
+        .jobs
+        .remove(0)
+        .job_id;
+    wait_for("six running attempts", Duration::from_secs(30), || async {
+        let j = client.get_job(&job, false).await.ok()?;
+        (j.tasks
+            .iter()
+            .all(|t| t.attempts.last().is_some_and(|a| a.state == "running")))
+        .then_some(())
+    })
+    .await
+    .unwrap();
+    cluster.kill_agent("a").await.unwrap();
+    assert_eq!(cluster.kill_supervisors("a").unwrap(), 6);
+    cluster.restart_agent("a").unwrap();
+    // The six come back as infra failures and run again (on the same node).
+    wait_for(
+        "every task on its second attempt",
+        Duration::from_secs(60),
+        || async {
+            let j = client.get_job(&job, false).await.ok()?;
+            j.tasks.iter().all(|t| t.attempts.len() == 2).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let node = client
+        .list_nodes(false)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|n| n.id == "a")
+        .unwrap();
+    assert!(
+        (0.9..=1.0).contains(&node.infra_failures),
+        "one crash, {} infra failures counted",
+        node.infra_failures
+    );
+    assert!(!node.blacklisted, "{}", node.blacklist_reason);
+    let j = client.get_job(&job, false).await.unwrap();
+    let first = &j.tasks[0].attempts[0];
+    assert!(
+        first.message.contains("agent restarted"),
+        "{}",
+        first.message
+    );
+    let _ = client.cancel_job(&job, "test over").await;
+}

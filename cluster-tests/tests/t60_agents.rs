@@ -204,7 +204,7 @@ async fn t60_agent_crash_moves_the_task_and_its_stale_report_is_fenced() {
     // The crashed agent comes back and reports its old attempt: refused.
     let before = client.cluster_status().await.unwrap().stale_reports;
     cluster.restart_agent("a").unwrap();
-    wait_for(
+    let fenced = wait_for(
         "the stale report to be fenced off",
         Duration::from_secs(30),
         || async {
@@ -212,8 +212,11 @@ async fn t60_agent_crash_moves_the_task_and_its_stale_report_is_fenced() {
             (s.stale_reports > before).then_some(())
         },
     )
-    .await
-    .unwrap();
+    .await;
+    if fenced.is_err() {
+        eprintln!("{}", cluster.agent_log("a"));
+    }
+    fenced.unwrap();
     let after = client.get_job(&id, false).await.unwrap();
     assert_eq!(state(&after), api::JobState::Complete);
     assert_eq!(after.tasks[0].attempts.len(), 2);

@@ -503,6 +503,11 @@ pub(crate) fn report(
     if let Some(e) = &o.spawn_error {
         return finished(token, FailureClass::Workload, e.clone());
     }
+    let infra_event = if o.fenced.is_some() {
+        format!("lease-lapsed:{}", o.fenced_lease_ms)
+    } else {
+        String::new()
+    };
     let (failure, message) = match (&o.fenced, &stop, o.exit_code, o.signal) {
         (Some(why), _, _, _) => (
             FailureClass::Infra,
@@ -548,6 +553,7 @@ pub(crate) fn report(
         message,
         stdout_tail: o.stdout_tail.clone(),
         stderr_tail: o.stderr_tail.clone(),
+        infra_event,
         ..AttemptFinished::default()
     }
 }

@@ -364,6 +364,8 @@ async fn recover(
         running: Vec::new(),
         reports: BTreeMap::new(),
     };
+    // Every attempt this restart found gone is one event for the node.
+    let restart = format!("agent-restart:{}", supervisor::boot_ms());
     for (key, pgid) in open {
         let (job_id, task, attempt) = key.clone();
         let token = AttemptToken {
@@ -419,6 +421,7 @@ async fn recover(
                     attempt: Some(token),
                     failure: gantry_proto::v1::FailureClass::Infra as i32,
                     message: "the agent restarted while the attempt ran and its supervisor was gone; what was left of it was killed".into(),
+                    infra_event: restart.clone(),
                     ..AttemptFinished::default()
                 }
             }
@@ -507,7 +510,8 @@ async fn fence_watch(shared: Arc<Shared>) {
         let lease = *shared.lease.borrow();
         let now = supervisor::boot_ms();
         let running = shared.running.lock().await.len();
-        if lease <= now && running > 0 && !lapsed {
+        // No lease yet (a fresh agent) is not a lapse.
+        if lease != 0 && lease <= now && running > 0 && !lapsed {
             lapsed = true;
             tracing::error!(
                 running,
@@ -618,6 +622,9 @@ fn check_grace(shared: &Shared, grace_ms: u64) -> Result<(), tonic::Status> {
     shared.grace_ms.store(grace_ms, Ordering::Relaxed);
     Ok(())
 }
+
+/// Heartbeats before the first confirmed lease come this often.
+const FIRST_LEASE_POLL: Duration = Duration::from_millis(100);
 
 /// How long a new attempt waits for the node's first confirmed lease.
 const LEASE_WAIT: Duration = Duration::from_secs(10);
@@ -767,6 +774,13 @@ async fn session(
                 }
             }
             _ = heartbeat.tick() => {
+                let hb = heartbeat_message(shared, &mut health_sent);
+                if out.send(hb).await.is_err() {
+                    return Err(tonic::Status::unavailable("stream closed"));
+                }
+            }
+            // Until the first confirmation, ask often: tasks wait for it.
+            () = tokio::time::sleep(FIRST_LEASE_POLL), if *shared.lease.borrow() == 0 => {
                 let hb = heartbeat_message(shared, &mut health_sent);
                 if out.send(hb).await.is_err() {
                     return Err(tonic::Status::unavailable("stream closed"));

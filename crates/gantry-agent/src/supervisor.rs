@@ -91,6 +91,10 @@ pub struct Outcome {
     pub oom: bool,
     /// The lease ran out and the task was killed (the reason).
     pub fenced: Option<String>,
+    /// The lease (CLOCK_BOOTTIME ms) that ran out: the same for every task
+    /// of the agent, so the cluster counts the lapse once.
+    #[serde(default)]
+    pub fenced_lease_ms: u64,
     /// The task could not be started: the program (workload's fault).
     pub spawn_error: Option<String>,
     /// The task could not be started: the node (cgroup, user).
@@ -378,7 +382,9 @@ impl Supervised {
                     agent = Some(link);
                 }
                 Some(frame) = cmd_rx.recv() => match frame {
-                    Frame::Lease(ms) => lease = ms,
+                    // Every lease an agent sends is a valid bound; a
+                    // restarted one knows less than its predecessor did.
+                    Frame::Lease(ms) => lease = lease.max(ms),
                     Frame::Stop { grace_ms } if finished_at.is_none() => {
                         self.signal(spec, nix::sys::signal::Signal::SIGTERM);
                         let at = tokio::time::Instant::now() + Duration::from_millis(grace_ms);
@@ -412,6 +418,7 @@ impl Supervised {
                     match finished_at {
                         None if boot_ms() >= lease => {
                             if self.outcome.fenced.is_none() {
+                                self.outcome.fenced_lease_ms = lease;
                                 let late = boot_ms().saturating_sub(lease);
                                 self.outcome.fenced = Some(format!(
                                     "the agent's lease ran out {late} ms ago (agent dead, frozen or cut off from the cluster)"
@@ -503,8 +510,19 @@ impl Supervised {
             return;
         };
         let tmp = spec.result_file.with_extension("tmp");
-        let written =
-            std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &spec.result_file));
+        // Readable by the agent's user only, like the rest of its state.
+        let written = {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .and_then(|mut f| f.write_all(&body))
+                .and_then(|()| std::fs::rename(&tmp, &spec.result_file))
+        };
         if let Err(e) = written {
             eprintln!(
                 "gantry supervise: cannot write {}: {e}",

@@ -99,6 +99,10 @@ pub enum Command {
         blacklisted: bool,
         reason: String,
     },
+    /// Turns on apply rules up to `rules` (see `state::RULES`). The leader
+    /// proposes it once every voter runs a release that knows them, so
+    /// replicas of two releases never apply one entry two ways.
+    EnableRules { now_ms: u64, rules: u32 },
 }
 
 impl Command {
@@ -117,7 +121,8 @@ impl Command {
             | Self::NodeHealth { now_ms, .. }
             | Self::NodeLeaving { now_ms, .. }
             | Self::RestoreState { now_ms, .. }
-            | Self::SetBlacklist { now_ms, .. } => *now_ms,
+            | Self::SetBlacklist { now_ms, .. }
+            | Self::EnableRules { now_ms, .. } => *now_ms,
         }
     }
 
@@ -158,7 +163,8 @@ impl Command {
             | Self::NodeHealth { now_ms: t, .. }
             | Self::NodeLeaving { now_ms: t, .. }
             | Self::RestoreState { now_ms: t, .. }
-            | Self::SetBlacklist { now_ms: t, .. } => *t = now_ms,
+            | Self::SetBlacklist { now_ms: t, .. }
+            | Self::EnableRules { now_ms: t, .. } => *t = now_ms,
         }
     }
 }
@@ -290,6 +296,7 @@ impl std::fmt::Display for Command {
                 ..
             } => write!(f, "node {node_id} blacklisted={blacklisted}"),
             Self::NodeLeaving { node_id, .. } => write!(f, "node {node_id} leaving"),
+            Self::EnableRules { rules, .. } => write!(f, "enable apply rules {rules}"),
             Self::RestoreState { snapshot, .. } => {
                 write!(f, "restore a {} byte snapshot", snapshot.len())
             }

@@ -295,6 +295,10 @@ pub struct Exit {
     /// What the agent saw (a readiness probe's command and last output).
     #[serde(default)]
     pub diagnostics: String,
+    /// For an infra failure: the node event behind it (an agent restart, a
+    /// lapsed lease), the same for every attempt that event took down.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub infra_event: String,
 }
 
 /// One try at running a task on one node.

@@ -27,4 +27,4 @@ pub use node::{
     BLACKLIST_INFRA_FAILURES, BLACKLIST_TTL_MS, Blacklist, Eligibility, FailingCheck, Gpu, Health,
     Node, NodeId, NodeInfo, NodeStatus, REPUTATION_HALF_LIFE_MS, Reputation, Session,
 };
-pub use state::{JobFilter, Page, SnapshotCopy, SnapshotError, State, Usage};
+pub use state::{JobFilter, Page, RULES, SnapshotCopy, SnapshotError, State, Usage};

@@ -143,6 +143,10 @@ pub struct Reputation {
     pub success_milli: u64,
     /// When the two counts were last decayed.
     pub updated_at_ms: u64,
+    /// The event behind the last infra failure counted (rules ≥ 1): more
+    /// failures from the same event do not count again.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_infra_event: String,
 }
 
 /// An infra failure or a success counts half after this long.

@@ -274,6 +274,87 @@ fn end_on(s: &mut State, index: &mut u64, node_id: &str, now_ms: u64, class: Opt
     *index += 1;
 }
 
+/// An infra failure on `node_id` from the node event `event`.
+fn infra_from(s: &mut State, index: &mut u64, node_id: &str, now_ms: u64, event: &str) {
+    let id = format!("j{index}");
+    let mut j = job(&id, 1000, 0);
+    j.spec.placement = PlacementPolicy::Aggressive;
+    submit(s, *index, vec![j]);
+    *index += 1;
+    let attempt = AttemptRef {
+        job_id: id,
+        task: 0,
+        attempt: 1,
+    };
+    let placements = vec![Placement {
+        attempt: attempt.clone(),
+        node_id: node_id.into(),
+    }];
+    s.apply(*index, &Command::Assign { now_ms, placements });
+    *index += 1;
+    let exit = Exit {
+        failure: Some(FailureClass::Infra),
+        message: "the agent restarted".into(),
+        infra_event: event.into(),
+        ..Exit::default()
+    };
+    let reports = vec![AttemptReport {
+        node_id: node_id.into(),
+        attempt,
+        event: AttemptEvent::Finished(exit),
+    }];
+    s.apply(*index, &Command::ReportAttempts { now_ms, reports });
+    *index += 1;
+}
+
+#[test]
+fn t24_one_agent_crash_is_one_infra_failure_once_the_rules_are_on() {
+    let infra = |s: &State, id: &str| s.node(id).unwrap().reputation.at(5000).0;
+    // The first release's rules: every attempt counts (and the node is out).
+    let mut s = State::default();
+    open(&mut s, 1, node("a", 64_000, 0, 0, &[]));
+    open(&mut s, 2, node("b", 64_000, 0, 0, &[]));
+    open(&mut s, 3, node("c", 64_000, 0, 0, &[]));
+    let mut index = 4;
+    for t in 0..6 {
+        infra_from(&mut s, &mut index, "a", 1000 + t, "agent-restart:77");
+    }
+    assert!(infra(&s, "a") > 5_000);
+    assert!(s.node("a").unwrap().blacklisted_at(2000));
+
+    // Rules 1: six attempts of one crash are one failure, and no blacklist.
+    let mut s = State::default();
+    open(&mut s, 1, node("a", 64_000, 0, 0, &[]));
+    open(&mut s, 2, node("b", 64_000, 0, 0, &[]));
+    open(&mut s, 3, node("c", 64_000, 0, 0, &[]));
+    s.apply(
+        4,
+        &Command::EnableRules {
+            now_ms: 1,
+            rules: 1,
+        },
+    );
+    assert_eq!(s.rules(), 1);
+    let mut index = 5;
+    for t in 0..6 {
+        infra_from(&mut s, &mut index, "a", 1000 + t, "agent-restart:77");
+    }
+    assert!((990..=1000).contains(&infra(&s, "a")), "{}", infra(&s, "a"));
+    assert!(!s.node("a").unwrap().blacklisted_at(2000));
+    // Another crash is another failure; a failure without an event counts as before.
+    infra_from(&mut s, &mut index, "a", 1100, "agent-restart:99");
+    infra_from(&mut s, &mut index, "a", 1200, "");
+    assert!(
+        (2_900..=3_000).contains(&infra(&s, "a")),
+        "{}",
+        infra(&s, "a")
+    );
+    // The rules survive a snapshot.
+    let back = State::from_snapshot(&s.to_snapshot().unwrap()).unwrap();
+    assert_eq!(back.rules(), 1);
+    assert_eq!(back, s);
+}
+
 #[test]
 fn t10_infra_failures_blacklist_a_node_workload_failures_never_do() {
     let mut s = State::default();

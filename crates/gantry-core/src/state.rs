@@ -43,7 +43,14 @@ pub struct State {
     /// The latest time an applied entry carried: a new leader stamps no
     /// entry earlier than this.
     clock: Clock,
+    /// Apply rules turned on by `EnableRules` (see [`RULES`]).
+    rules: u32,
 }
+
+/// The newest apply rules this release knows:
+/// 1. infra failures that carry the same event id count once for the node
+///    (one agent crash that took six attempts down is one event).
+pub const RULES: u32 = 1;
 
 /// The latest entry time. Derived (after a restore, the latest time the
 /// state holds), so left out of equality like the histories above.
@@ -177,11 +184,17 @@ pub enum SnapshotError {
 
 const SNAPSHOT_VERSION: u32 = 1;
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 #[derive(Serialize)]
 struct SnapshotOut<'a> {
     version: u32,
     next_seq: u64,
     stale_reports: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    rules: u32,
     jobs: Vec<&'a Job>,
     nodes: Vec<&'a Node>,
 }
@@ -191,6 +204,7 @@ struct SnapshotOut<'a> {
 pub struct SnapshotCopy {
     next_seq: u64,
     stale_reports: u64,
+    rules: u32,
     /// In id order; written in submission (seq) order.
     jobs: Vec<Arc<Job>>,
     nodes: Vec<Node>,
@@ -205,6 +219,7 @@ impl SnapshotCopy {
             version: SNAPSHOT_VERSION,
             next_seq: self.next_seq,
             stale_reports: self.stale_reports,
+            rules: self.rules,
             jobs,
             nodes: self.nodes.iter().collect(),
         };
@@ -217,6 +232,8 @@ struct SnapshotIn {
     version: u32,
     next_seq: u64,
     stale_reports: u64,
+    #[serde(default)]
+    rules: u32,
     jobs: Vec<Job>,
     nodes: Vec<Node>,
 }
@@ -246,7 +263,8 @@ impl State {
             | Command::CancelJob { .. }
             | Command::Assign { .. }
             | Command::ReportAttempts { .. }
-            | Command::RestoreState { .. } => {}
+            | Command::RestoreState { .. }
+            | Command::EnableRules { .. } => {}
         }
         match cmd {
             Command::SubmitJobs { now_ms, jobs } => {
@@ -307,7 +325,16 @@ impl State {
             Command::RestoreState { now_ms, snapshot } => {
                 Outcome::Restored(self.apply_restore(index, *now_ms, snapshot))
             }
+            Command::EnableRules { rules, .. } => {
+                self.rules = self.rules.max(*rules);
+                Outcome::None
+            }
         }
+    }
+
+    /// The apply rules in force (0: the first release's).
+    pub fn rules(&self) -> u32 {
+        self.rules
     }
 
     fn apply_submit(
@@ -579,6 +606,7 @@ impl State {
         SnapshotCopy {
             next_seq: self.next_seq,
             stale_reports: self.stale_reports,
+            rules: self.rules,
             jobs: self.jobs.values().cloned().collect(),
             nodes: self.nodes.values().cloned().collect(),
         }
@@ -593,6 +621,7 @@ impl State {
         let mut state = State {
             next_seq: snap.next_seq,
             stale_reports: snap.stale_reports,
+            rules: snap.rules,
             nodes: snap
                 .nodes
                 .into_iter()

@@ -216,9 +216,11 @@ fn arb_exit() -> impl Strategy<Value = crate::Exit> {
         crate::FailureClass::Cancelled,
         crate::FailureClass::WarmUp,
     ]))
-    .prop_map(|failure| crate::Exit {
+    .prop_flat_map(|failure| (Just(failure), "(e[12])?"))
+    .prop_map(|(failure, infra_event)| crate::Exit {
         failure,
         exit_code: Some(i32::from(failure.is_some())),
+        infra_event,
         ..crate::Exit::default()
     })
 }
@@ -297,6 +299,9 @@ fn arb_command() -> impl Strategy<Value = Command> {
         }),
         1 => (any::<u16>(), arb_node_id(), any::<bool>()).prop_map(|(now, node_id, blacklisted)| {
             Command::SetBlacklist { now_ms: u64::from(now), node_id, blacklisted, reason: String::new() }
+        }),
+        1 => (any::<u16>(), 0u32..3).prop_map(|(now, rules)| {
+            Command::EnableRules { now_ms: u64::from(now), rules }
         }),
     ]
 }

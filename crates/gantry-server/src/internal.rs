@@ -52,6 +52,7 @@ pub(crate) fn local_status(replica: &Replica) -> LocalStatusResponse {
         clock_offset_ms: replica.skew.offset_ms(),
         data_dir_free_bytes: replica.admission.free(),
         nospace_alarm: replica.admission.disk_low(),
+        rules: gantry_core::RULES,
     }
 }
 

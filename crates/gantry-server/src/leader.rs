@@ -43,6 +43,9 @@ pub async fn supervise(replica: Arc<Replica>) {
             replica.liveness.reset().await;
             loops.push(tokio::spawn(schedule_loop(replica.clone())));
             loops.push(tokio::spawn(liveness_loop(replica.clone())));
+            loops.push(tokio::spawn(crate::rules::enable_when_all_know(
+                replica.clone(),
+            )));
         } else if !leading && !loops.is_empty() {
             tracing::info!(id = replica.id, "leadership lost: stopping leader loops");
             for l in loops.drain(..) {
@@ -224,7 +227,10 @@ pub async fn report_sessions(replica: Arc<Replica>) {
     let mut tick = tokio::time::interval(SESSION_REPORT_INTERVAL);
     let mut reported_to: Option<u64> = None;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = replica.sessions.report_now.notified() => {}
+        }
         // Sent even with no sessions held: the answer measures this
         // replica's clock against the leader's.
         let nodes = replica.sessions.nodes().await;

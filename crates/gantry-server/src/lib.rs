@@ -31,6 +31,7 @@ mod peers;
 mod ratelimit;
 mod reachability;
 mod replica;
+mod rules;
 mod sessions;
 mod snapshot_api;
 mod watch;

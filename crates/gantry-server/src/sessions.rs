@@ -24,6 +24,9 @@ pub struct Sessions {
     /// When a session report naming the node was sent to the leader that
     /// acknowledged it: the leader's own confirmation came no earlier.
     confirmed: RwLock<HashMap<String, Instant>>,
+    /// Wakes the session report loop: a new session's agent waits for its
+    /// first confirmation before it starts a task.
+    pub report_now: tokio::sync::Notify,
 }
 
 impl Sessions {
@@ -50,6 +53,7 @@ impl Sessions {
             node_id.to_owned(),
             (session_id.to_owned(), Instant::now(), now_ms()),
         );
+        self.report_now.notify_one();
     }
 
     /// Records that the agent spoke (any message, heartbeats included).

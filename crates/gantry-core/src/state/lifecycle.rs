@@ -238,13 +238,29 @@ impl State {
     /// Feeds an attempt's outcome into its node's reputation: successes and
     /// infra-class failures count, nothing else does. Enough recent infra
     /// failures blacklist the node for [`BLACKLIST_TTL_MS`].
-    fn record_outcome(&mut self, now_ms: u64, node_id: &str, infra: bool, message: &str) {
+    fn record_outcome(
+        &mut self,
+        now_ms: u64,
+        node_id: &str,
+        infra: bool,
+        message: &str,
+        event: &str,
+    ) {
+        let rules = self.rules;
         let Some(node) = self.nodes.get_mut(node_id) else {
             return;
         };
         if !infra {
             node.reputation.record_success(now_ms);
             return;
+        }
+        // Rules 1: one event (an agent crash) is one failure, however many
+        // attempts it took down.
+        if rules >= 1 && !event.is_empty() {
+            if node.reputation.last_infra_event == event {
+                return;
+            }
+            node.reputation.last_infra_event = event.to_owned();
         }
         node.reputation.record_infra_failure(now_ms);
         let (infra_milli, _) = node.reputation.at(now_ms);
@@ -379,7 +395,7 @@ impl State {
                 format!("node {id} lost: no replica held its session for the grace period");
             // One loss is one infra failure for the node, however many attempts it took down.
             if !live.is_empty() {
-                self.record_outcome(now_ms, id, true, &message);
+                self.record_outcome(now_ms, id, true, &message, "");
             }
             for r in live {
                 let exit = Exit {
@@ -548,10 +564,14 @@ impl State {
                 limits::truncate_tail(&mut exit.stderr_tail);
                 limits::truncate_tail(&mut exit.diagnostics);
                 match exit.failure {
-                    None => self.record_outcome(now_ms, &r.node_id, false, ""),
-                    Some(FailureClass::Infra) => {
-                        self.record_outcome(now_ms, &r.node_id, true, &exit.message)
-                    }
+                    None => self.record_outcome(now_ms, &r.node_id, false, "", ""),
+                    Some(FailureClass::Infra) => self.record_outcome(
+                        now_ms,
+                        &r.node_id,
+                        true,
+                        &exit.message,
+                        &exit.infra_event,
+                    ),
                     // The job's own failures (and cancels, timeouts, warm-ups)
                     // say nothing about the host.
                     Some(_) => {}

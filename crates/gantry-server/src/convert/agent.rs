@@ -44,7 +44,10 @@ pub fn exit_from_api(f: api::AttemptFinished) -> core::Exit {
         stdout_tail: f.stdout_tail,
         stderr_tail: f.stderr_tail,
         diagnostics: f.diagnostics,
+        infra_event: f.infra_event,
     };
+    // An id, not a message: anything longer is not one an agent made.
+    core::limits::truncate_utf8(&mut exit.infra_event, 128);
     core::limits::truncate_tail(&mut exit.stdout_tail);
     core::limits::truncate_tail(&mut exit.stderr_tail);
     core::limits::truncate_tail(&mut exit.diagnostics);
