@@ -70,6 +70,58 @@ fn v(invariant: &'static str, detail: String) -> Violation {
     Violation { invariant, detail }
 }
 
+/// At most one live execution per task, from the tasks' own marker files:
+/// `dir/JOB.TASK.ATTEMPT` holds one line per heartbeat (ns since the
+/// epoch). An attempt's last beat must come before any later attempt's first.
+pub fn overlapping_executions(dir: &std::path::Path) -> Vec<Violation> {
+    use std::collections::BTreeMap;
+    let mut tasks: BTreeMap<(String, String), BTreeMap<u32, (u128, u128)>> = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let mut parts = name.rsplitn(3, '.');
+        let (Some(attempt), Some(task), Some(job)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let Ok(attempt) = attempt.parse::<u32>() else {
+            continue;
+        };
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        // A line being written (no newline yet) may be a number cut short.
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        let beats: Vec<u128> = whole
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        if let (Some(first), Some(last)) = (beats.iter().min(), beats.iter().max()) {
+            tasks
+                .entry((job.to_owned(), task.to_owned()))
+                .or_default()
+                .insert(attempt, (*first, *last));
+        }
+    }
+    let mut out = Vec::new();
+    for ((job, task), attempts) in &tasks {
+        let lives: Vec<(&u32, &(u128, u128))> = attempts.iter().collect();
+        for pair in lives.windows(2) {
+            let ((a, (_, a_last)), (b, (b_first, _))) = (pair[0], pair[1]);
+            if a_last >= b_first {
+                out.push(v(
+                    "two live executions of one task",
+                    format!(
+                        "job {job} task {task}: attempt {a} still beat {} ms after attempt {b} began",
+                        (a_last - b_first) / 1_000_000
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// Invariant 1: every acknowledged submit is in the final state.
 pub fn lost_submits(h: &History, final_ids: &BTreeSet<String>) -> Vec<Violation> {
     h.submits
@@ -280,6 +332,39 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn t24_catches_two_live_executions_from_marker_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, beats: &[u128]| {
+            let text: String = beats.iter().map(|b| format!("{b}\n")).collect();
+            std::fs::write(dir.path().join(name), text).unwrap();
+        };
+        // Task 0: the first attempt stopped before the second began.
+        write("j1.0.1", &[100, 200, 300]);
+        write("j1.0.2", &[400, 500]);
+        // Task 1: the first attempt still beat after the second began.
+        write("j1.1.1", &[100, 200, 900_000_300]);
+        write("j1.1.2", &[250, 350]);
+        // A torn last line and a stray file are ignored.
+        write("j2.0.1", &[10]);
+        std::fs::write(dir.path().join("j2.0.2"), "20\n3").unwrap();
+        std::fs::write(dir.path().join("notes"), "x").unwrap();
+        let found = overlapping_executions(dir.path());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].detail.contains("job j1 task 1"),
+            "{}",
+            found[0].detail
+        );
+        assert!(
+            found[0]
+                .detail
+                .contains("attempt 1 still beat 900 ms after attempt 2"),
+            "{}",
+            found[0].detail
+        );
     }
 
     #[test]

@@ -12,6 +12,9 @@ pub enum Fault {
     ResumeReplica(u64),
     KillAgent(String),
     RestartAgent(String),
+    /// SIGSTOP / SIGCONT an agent (its stream stays open, it says nothing).
+    PauseAgent(String),
+    ResumeAgent(String),
     /// Let the workload run.
     Wait(u64),
     /// SIGKILL whichever replica leads at that moment.
@@ -71,6 +74,17 @@ pub fn named(name: &str) -> Option<Vec<Fault>> {
                 ]
             })
             .collect(),
+        // Frozen past the node grace: its tasks must stop before they run elsewhere.
+        "agent-freeze" => (0..2)
+            .flat_map(|_| {
+                [
+                    PauseAgent("a1".into()),
+                    Wait(7_000),
+                    ResumeAgent("a1".into()),
+                    Wait(1_500),
+                ]
+            })
+            .collect(),
         "membership-change" => (0..2)
             .flat_map(|_| [ReplaceFollower, Wait(1_500)])
             .collect(),
@@ -102,6 +116,7 @@ pub const SCENARIOS: &[&str] = &[
     "leader-kill-loop",
     "rolling-restart",
     "agent-flapping",
+    "agent-freeze",
     "membership-change",
 ];
 
@@ -113,7 +128,8 @@ pub fn schedule(seed: u64, replicas: u64, agents: &[&str], steps: usize) -> Vec<
     let minority = (replicas - 1) / 2;
     let mut down: Vec<u64> = Vec::new();
     let mut paused: Vec<u64> = Vec::new();
-    let mut agent_down: Option<String> = None;
+    // The agent that is down, and whether it is frozen rather than killed.
+    let mut agent_down: Option<(String, bool)> = None;
     let mut out = Vec::new();
     for _ in 0..steps {
         out.push(Fault::Wait(rng.random_range(200..700)));
@@ -143,21 +159,32 @@ pub fn schedule(seed: u64, replicas: u64, agents: &[&str], steps: usize) -> Vec<
             2 | 3 if !paused.is_empty() => out.push(Fault::ResumeReplica(paused.remove(0))),
             4 if agent_down.is_none() && !agents.is_empty() => {
                 let a = agents[rng.random_range(0..agents.len())].to_owned();
-                agent_down = Some(a.clone());
-                out.push(Fault::KillAgent(a));
+                let frozen = rng.random_bool(0.4);
+                out.push(if frozen {
+                    Fault::PauseAgent(a.clone())
+                } else {
+                    Fault::KillAgent(a.clone())
+                });
+                agent_down = Some((a, frozen));
             }
-            5 => {
-                if let Some(a) = agent_down.take() {
-                    out.push(Fault::RestartAgent(a));
-                }
-            }
+            5 => match agent_down.take() {
+                Some((a, true)) => out.push(Fault::ResumeAgent(a)),
+                Some((a, false)) => out.push(Fault::RestartAgent(a)),
+                None => {}
+            },
             _ => {}
         }
     }
     // Heal everything at the end.
     out.extend(down.into_iter().map(Fault::RestartReplica));
     out.extend(paused.into_iter().map(Fault::ResumeReplica));
-    out.extend(agent_down.map(Fault::RestartAgent));
+    out.extend(agent_down.map(|(a, frozen)| {
+        if frozen {
+            Fault::ResumeAgent(a)
+        } else {
+            Fault::RestartAgent(a)
+        }
+    }));
     out
 }
 

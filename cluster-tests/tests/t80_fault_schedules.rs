@@ -96,6 +96,8 @@ async fn apply(cluster: &mut Cluster, f: &Fault) -> anyhow::Result<()> {
         Fault::ResumeReplica(id) => cluster.pause(*id, false),
         Fault::KillAgent(a) => cluster.kill_agent(a).await,
         Fault::RestartAgent(a) => cluster.restart_agent(a),
+        Fault::PauseAgent(a) => cluster.pause_agent(a, true),
+        Fault::ResumeAgent(a) => cluster.pause_agent(a, false),
         Fault::Wait(ms) => {
             tokio::time::sleep(Duration::from_millis(*ms)).await;
             Ok(())
@@ -194,15 +196,31 @@ async fn run(seed: u64, schedule: Vec<Fault>) -> Summary {
     let start = Instant::now();
     let history = Arc::new(Mutex::new(History::default()));
     let stop = Arc::new(AtomicBool::new(false));
+    // Client 0's tasks beat into marker files: no task may have two live
+    // executions, whatever happens to agents (the tasks' own evidence).
+    let beats = tempfile::tempdir().unwrap();
+    let beat_script = format!(
+        "for i in 1 2 3 4 5 6 7 8; do date +%s%N >> {}/$GANTRY_JOB_ID.$GANTRY_TASK_INDEX.$GANTRY_ATTEMPT; sleep 0.1; done",
+        beats.path().display()
+    );
     let mut workers = Vec::new();
     for c in 0..3 {
         let (client, history, stop) = (quick_client(&cluster, c), history.clone(), stop.clone());
+        let beat_script = beat_script.clone();
         workers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let invoke = start.elapsed();
-                let spec = api::JobSpec {
-                    argv: vec!["/bin/sleep".into(), "0.1".into()],
-                    ..Default::default()
+                let spec = if c == 0 {
+                    api::JobSpec {
+                        argv: vec![beat_script.clone()],
+                        shell: true,
+                        ..Default::default()
+                    }
+                } else {
+                    api::JobSpec {
+                        argv: vec!["/bin/sleep".into(), "0.1".into()],
+                        ..Default::default()
+                    }
                 };
                 let r = client
                     .submit_jobs(vec![spec])
@@ -355,6 +373,7 @@ async fn run(seed: u64, schedule: Vec<Fault>) -> Summary {
     violations.extend(checkers::lost_submits(&h, &ids));
     violations.extend(checkers::double_results(&h.observed));
     violations.extend(checkers::two_live_attempts(&h.observed));
+    violations.extend(checkers::overlapping_executions(beats.path()));
     violations.extend(checkers::linearizable(&h));
     violations.extend(checkers::not_terminal(&final_jobs));
     violations.extend(checkers::diverged(&replicas));
