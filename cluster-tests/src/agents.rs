@@ -132,6 +132,34 @@ impl Cluster {
         Ok(killed)
     }
 
+    /// After a test: each agent, its supervisors and tasks killed, and its
+    /// cgroup directories removed (a test's agents never run again).
+    pub(crate) fn clean_up_agents(&mut self) {
+        for (node_id, a) in &self.agents {
+            if let Some(pid) = a.child.as_ref().and_then(Child::id) {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+            let _ = self.kill_supervisors(node_id);
+            let name = gantry_agent::confine::agent_name(node_id, &a.data_dir);
+            let cgroups = gantry_agent::cgroup::Cgroups::existing(&name);
+            for (_, dir) in &cgroups.dirs {
+                let Ok(slots) = std::fs::read_dir(dir) else {
+                    continue;
+                };
+                for slot in slots
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                {
+                    let task = gantry_agent::cgroup::TaskCgroup {
+                        dirs: vec![(gantry_agent::cgroup::Kind::V2, slot.path())],
+                    };
+                    task.kill_all(Duration::from_secs(2));
+                }
+            }
+            cgroups.remove_if_empty();
+        }
+    }
+
     /// SIGTERM an agent and wait for it to exit.
     pub async fn stop_agent(&mut self, node_id: &str) -> anyhow::Result<std::process::ExitStatus> {
         kill(self.agent_pid(node_id)?, Signal::SIGTERM)?;

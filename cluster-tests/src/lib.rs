@@ -102,6 +102,12 @@ const AGENT_TEST_DEFAULTS: &[(&str, &str)] = &[
     ("--fence-margin", "1s"),
 ];
 
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.clean_up_agents();
+    }
+}
+
 pub struct Cluster {
     pub replicas: BTreeMap<u64, Replica>,
     pub agents: BTreeMap<String, Agent>,

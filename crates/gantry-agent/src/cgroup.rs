@@ -21,6 +21,10 @@ use serde::{Deserialize, Serialize};
 
 /// Below the mount point: the directory every Gantry agent uses.
 pub const ROOT: &str = "gantry";
+/// Task cgroups are slots (`slot-N`), made once and reused: making and
+/// removing cgroups serialises on a kernel-wide lock, which a node starting
+/// hundreds of short tasks a second would queue on.
+pub const SLOT_PREFIX: &str = "slot-";
 /// CFS period for CPU quotas.
 const CPU_PERIOD_US: u64 = 100_000;
 
@@ -163,6 +167,19 @@ impl Cgroups {
         Ok(cgroups)
     }
 
+    /// An agent's directories where they exist, made by nobody (for
+    /// cleaning up after an agent that will not run again).
+    pub fn existing(agent_name: &str) -> Cgroups {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        Cgroups {
+            dirs: mounts(&mountinfo)
+                .into_iter()
+                .map(|(k, m)| (k, m.join(ROOT).join(agent_name)))
+                .filter(|(_, d)| d.is_dir())
+                .collect(),
+        }
+    }
+
     /// Which limits these hierarchies can hold, for the log and the node's report.
     pub fn missing(&self) -> Vec<&'static str> {
         let has = |k: Kind| self.dirs.iter().any(|(d, _)| *d == k || *d == Kind::V2);
@@ -187,11 +204,39 @@ impl Cgroups {
         }
     }
 
-    /// Removes the agent's directories if empty (on a clean exit).
+    /// Removes the agent's directories and the empty slots in them (on a
+    /// clean exit).
     pub fn remove_if_empty(&self) {
         for (_, d) in &self.dirs {
+            if let Ok(entries) = std::fs::read_dir(d) {
+                for e in entries.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        let _ = std::fs::remove_dir(e.path());
+                    }
+                }
+            }
             let _ = std::fs::remove_dir(d);
         }
+    }
+
+    /// The slot numbers whose directories exist (`slot-N`).
+    pub fn existing_slots(&self) -> Vec<u32> {
+        let Some((_, d)) = self.dirs.first() else {
+            return Vec::new();
+        };
+        let Ok(entries) = std::fs::read_dir(d) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_prefix(SLOT_PREFIX)?
+                    .parse()
+                    .ok()
+            })
+            .collect()
     }
 }
 
@@ -219,8 +264,10 @@ fn enable_controllers(dir: &Path) -> Result<(), String> {
 }
 
 fn write(path: &Path, value: &str) -> Result<(), String> {
+    // O_TRUNC as a shell's `>` does: ignored by the kernel's files.
     std::fs::OpenOptions::new()
         .write(true)
+        .truncate(true)
         .open(path)
         .and_then(|mut f| f.write_all(value.as_bytes()))
         .map_err(|e| format!("cannot write {value:?} to {}: {e}", path.display()))
@@ -233,51 +280,65 @@ pub struct TaskCgroup {
 }
 
 impl TaskCgroup {
-    /// Makes the directories and writes the limits.
+    /// Makes the directories (if they are not there from an earlier
+    /// attempt) and writes the limits, resetting what is not asked for.
     pub fn create(&self, limits: &Limits) -> Result<(), String> {
+        let bytes = |n: u64, none: &str| -> String {
+            if n > 0 {
+                n.to_string()
+            } else {
+                none.to_owned()
+            }
+        };
+        let quota = limits.cpu_millis * CPU_PERIOD_US / 1000;
         for (kind, dir) in &self.dirs {
             make_dir(dir)?;
             match kind {
                 Kind::V2 => {
-                    if limits.memory_bytes > 0 {
-                        write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
-                        // Absent without swap accounting: nothing to hold then.
-                        let _ = write(&dir.join("memory.swap.max"), "0");
-                    }
-                    if limits.cpu_millis > 0 {
-                        let quota = limits.cpu_millis * CPU_PERIOD_US / 1000;
-                        write(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
-                    }
-                    if limits.pids > 0 {
-                        write(&dir.join("pids.max"), &limits.pids.to_string())?;
-                    }
+                    write(&dir.join("memory.max"), &bytes(limits.memory_bytes, "max"))?;
+                    // Absent without swap accounting: nothing to hold then.
+                    let swap = if limits.memory_bytes > 0 { "0" } else { "max" };
+                    let _ = write(&dir.join("memory.swap.max"), swap);
+                    write(
+                        &dir.join("cpu.max"),
+                        &format!("{} {CPU_PERIOD_US}", bytes(quota, "max")),
+                    )?;
+                    write(&dir.join("pids.max"), &bytes(limits.pids, "max"))?;
                 }
-                Kind::V1Memory if limits.memory_bytes > 0 => {
-                    let bytes = limits.memory_bytes.to_string();
-                    write(&dir.join("memory.limit_in_bytes"), &bytes)?;
-                    // memory + swap: the same, so no swap beyond the limit
-                    // (absent when the kernel does not account swap).
-                    let _ = write(&dir.join("memory.memsw.limit_in_bytes"), &bytes);
+                Kind::V1Memory => {
+                    let limit = bytes(limits.memory_bytes, "-1");
+                    // memory + swap may never be below memory alone: lift it
+                    // first, then set both (absent without swap accounting).
+                    let memsw = dir.join("memory.memsw.limit_in_bytes");
+                    let _ = write(&memsw, "-1");
+                    let file = dir.join("memory.limit_in_bytes");
+                    if write(&file, &limit).is_err() {
+                        // Cache an earlier attempt left above the new limit.
+                        let _ = write(&dir.join("memory.force_empty"), "0");
+                        write(&file, &limit)?;
+                    }
+                    let _ = write(&memsw, &limit);
                 }
-                Kind::V1Cpu if limits.cpu_millis > 0 => {
-                    let quota = limits.cpu_millis * CPU_PERIOD_US / 1000;
+                Kind::V1Cpu => {
                     write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
-                    write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                    write(&dir.join("cpu.cfs_quota_us"), &bytes(quota, "-1"))?;
                 }
-                Kind::V1Pids if limits.pids > 0 => {
-                    write(&dir.join("pids.max"), &limits.pids.to_string())?;
-                }
-                _ => {}
+                Kind::V1Pids => write(&dir.join("pids.max"), &bytes(limits.pids, "max"))?,
+                Kind::V1Cpuacct => {}
             }
         }
         Ok(())
     }
 
-    /// `cgroup.procs` of each directory, opened for writing: the child
-    /// writes "0" to each after fork, before exec (no allocation there).
-    pub fn procs_files(&self) -> Result<Vec<std::fs::File>, String> {
+    /// `cgroup.procs` of each directory the task joins, opened for writing:
+    /// the child writes "0" to each after fork, before exec (no allocation
+    /// there). A task without a CPU quota stays out of the v1 `cpu` and
+    /// `cpuacct` hierarchies: each v1 join is a migration that stalls every
+    /// fork on the host for a moment.
+    pub fn procs_files(&self, limits: &Limits) -> Result<Vec<std::fs::File>, String> {
         self.dirs
             .iter()
+            .filter(|(k, _)| limits.cpu_millis > 0 || !matches!(k, Kind::V1Cpu | Kind::V1Cpuacct))
             .map(|(_, d)| {
                 let p = d.join("cgroup.procs");
                 std::fs::OpenOptions::new()
@@ -336,22 +397,23 @@ impl TaskCgroup {
         }
     }
 
-    /// Whether the kernel's OOM killer killed a process of the group.
-    pub fn oom_killed(&self) -> bool {
-        self.dirs.iter().any(|(kind, d)| {
-            let file = match kind {
-                Kind::V2 => "memory.events",
-                Kind::V1Memory => "memory.oom_control",
-                _ => return false,
-            };
-            std::fs::read_to_string(d.join(file)).is_ok_and(|s| {
-                s.lines().any(|l| {
-                    l.strip_prefix("oom_kill ")
-                        .and_then(|n| n.trim().parse::<u64>().ok())
-                        .is_some_and(|n| n > 0)
-                })
+    /// How many processes of the group the kernel's OOM killer has killed
+    /// (ever: compare with the count before a task starts).
+    pub fn oom_kills(&self) -> u64 {
+        self.dirs
+            .iter()
+            .filter_map(|(kind, d)| {
+                let file = match kind {
+                    Kind::V2 => "memory.events",
+                    Kind::V1Memory => "memory.oom_control",
+                    _ => return None,
+                };
+                let text = std::fs::read_to_string(d.join(file)).ok()?;
+                text.lines()
+                    .find_map(|l| l.strip_prefix("oom_kill "))
+                    .and_then(|n| n.trim().parse::<u64>().ok())
             })
-        })
+            .sum()
     }
 
     /// CPU time the group used, in nanoseconds (None where not accounted).

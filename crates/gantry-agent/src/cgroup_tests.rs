@@ -97,15 +97,24 @@ fn t24_limits_are_written_in_each_hierarchys_terms() {
     assert_eq!(read(&cpu, "cpu.cfs_quota_us"), "25000");
     assert_eq!(read(&pids, "pids.max"), "100");
 
-    // No limit asked: nothing written.
-    let none = root.path().join("v2/none");
-    fake(&none, &["memory.max"]);
-    TaskCgroup {
-        dirs: vec![(Kind::V2, none.clone())],
-    }
-    .create(&Limits::default())
-    .unwrap();
-    assert_eq!(read(&none, "memory.max"), "");
+    // A slot used again without limits: each one is reset.
+    task_v2_reset(&v2);
+    task.create(&Limits::default()).unwrap();
+    assert_eq!(read(&mem, "memory.limit_in_bytes"), "-1");
+    assert_eq!(read(&mem, "memory.memsw.limit_in_bytes"), "-1");
+    assert_eq!(read(&cpu, "cpu.cfs_quota_us"), "-1");
+    assert_eq!(read(&pids, "pids.max"), "max");
+}
+
+fn task_v2_reset(v2: &Path) {
+    let task = TaskCgroup {
+        dirs: vec![(Kind::V2, v2.to_path_buf())],
+    };
+    task.create(&Limits::default()).unwrap();
+    assert_eq!(read(v2, "memory.max"), "max");
+    assert_eq!(read(v2, "memory.swap.max"), "max");
+    assert_eq!(read(v2, "cpu.max"), "max 100000");
+    assert_eq!(read(v2, "pids.max"), "max");
 }
 
 #[test]
@@ -122,10 +131,10 @@ fn t24_oom_kills_and_usage_are_read_from_the_kernels_files() {
     let t = TaskCgroup {
         dirs: vec![(Kind::V2, v2.clone())],
     };
-    assert!(t.oom_killed());
+    assert_eq!(t.oom_kills(), 1);
     assert_eq!(t.cpu_usage_ns(), Some(1_500_000));
     std::fs::write(v2.join("memory.events"), "oom 0\noom_kill 0\n").unwrap();
-    assert!(!t.oom_killed());
+    assert_eq!(t.oom_kills(), 0);
 
     let mem = root.path().join("memory");
     let acct = root.path().join("cpuacct");
@@ -140,7 +149,7 @@ fn t24_oom_kills_and_usage_are_read_from_the_kernels_files() {
     let t = TaskCgroup {
         dirs: vec![(Kind::V1Memory, mem), (Kind::V1Cpuacct, acct)],
     };
-    assert!(t.oom_killed());
+    assert_eq!(t.oom_kills(), 2);
     assert_eq!(t.cpu_usage_ns(), Some(123_456));
 }
 

@@ -73,6 +73,9 @@ pub struct Confinement {
     /// PATH and LANG given to tasks.
     path: String,
     lang: String,
+    /// Cgroup slots no attempt holds, and the next number to make.
+    free_slots: tokio::sync::Mutex<Vec<u32>>,
+    next_slot: std::sync::atomic::AtomicU32,
 }
 
 /// FNV-1a: a stable hash for names (the standard hasher may change between releases).
@@ -80,6 +83,18 @@ fn fnv(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// The name of an agent's cgroup directories and supervisor sockets: its
+/// node id and a hash of its data dir (two agents on one host differ; a
+/// restarted one finds its own).
+pub fn agent_name(node_id: &str, data_dir: &Path) -> String {
+    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    format!(
+        "{}.{:08x}",
+        crate::cgroup::component(node_id),
+        fnv(dir.as_os_str().as_encoded_bytes()) as u32
+    )
 }
 
 /// Looks a user up by name or numeric uid.
@@ -110,12 +125,7 @@ impl Confinement {
         data_dir: &Path,
         node_memory_mib: u64,
     ) -> Result<Confinement, String> {
-        let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-        let agent_name = format!(
-            "{}.{:08x}",
-            crate::cgroup::component(node_id),
-            fnv(dir.as_os_str().as_encoded_bytes()) as u32
-        );
+        let agent_name = agent_name(node_id, data_dir);
         let (cgroups, why_not) = if cfg.cgroups {
             match Cgroups::open(&agent_name) {
                 Ok(c) => (Some(c), None),
@@ -144,7 +154,42 @@ impl Confinement {
             nofile: DEFAULT_NOFILE,
             path: std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into()),
             lang: std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".into()),
+            free_slots: tokio::sync::Mutex::const_new(Vec::new()),
+            next_slot: std::sync::atomic::AtomicU32::new(0),
         })
+    }
+
+    /// Takes over the slots an earlier run of the agent made: those in
+    /// `busy` (attempts still running) stay out of the pool.
+    pub async fn adopt_slots(&self, busy: &std::collections::BTreeSet<u32>) {
+        let Some(cg) = &self.cgroups else { return };
+        let existing = cg.existing_slots();
+        let next = existing.iter().chain(busy).max().map_or(0, |n| n + 1);
+        self.next_slot
+            .store(next, std::sync::atomic::Ordering::Relaxed);
+        let mut free = self.free_slots.lock().await;
+        free.extend(existing.into_iter().filter(|n| !busy.contains(n)));
+    }
+
+    /// A cgroup slot for an attempt (`None` without cgroups).
+    pub async fn take_slot(&self) -> Option<u32> {
+        self.cgroups.as_ref()?;
+        let reused = self.free_slots.lock().await.pop();
+        Some(reused.unwrap_or_else(|| {
+            self.next_slot
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        }))
+    }
+
+    /// The slot's attempt is over and its cgroup empty: a later one may use it.
+    pub async fn give_back_slot(&self, n: u32) {
+        self.free_slots.lock().await.push(n);
+    }
+
+    /// The cgroup of slot `n`.
+    pub fn slot_cgroup(&self, n: u32) -> Option<crate::cgroup::TaskCgroup> {
+        let cg = self.cgroups.as_ref()?;
+        Some(cg.task(&format!("{}{n}", crate::cgroup::SLOT_PREFIX)))
     }
 
     /// Whether the node holds tasks to their limits.

@@ -162,7 +162,17 @@ async fn run_in(dir: &Path, user: Option<(u32, u32)>, exec: Execution) -> Attemp
             ),
         );
     }
-    let c = &exec.confinement;
+    // Cancelled while it waited for the node's lease: nothing to start.
+    let mut exec = exec;
+    if let Ok(reason) = exec.cancel.try_recv() {
+        return finished(
+            &exec.token,
+            FailureClass::Cancelled,
+            format!("cancelled ({reason}) before it started"),
+        );
+    }
+    let c = exec.confinement.clone();
+    let slot = c.take_slot().await;
     let limits = c.limits(exec.spec.resources.as_ref());
     let spec = supervisor::Spec {
         socket: c.socket_name(&exec.token),
@@ -170,10 +180,7 @@ async fn run_in(dir: &Path, user: Option<(u32, u32)>, exec: Execution) -> Attemp
         env: c.environment(&exec.token, &exec.spec, dir, exec.gpus.as_deref()),
         dir: dir.to_path_buf(),
         user,
-        cgroup: c
-            .cgroups
-            .as_ref()
-            .map(|cg| cg.task(&attempt_name(&exec.token))),
+        cgroup: slot.and_then(|n| c.slot_cgroup(n)),
         limits,
         nofile: c.nofile,
         core: 0,
@@ -192,9 +199,13 @@ async fn run_in(dir: &Path, user: Option<(u32, u32)>, exec: Execution) -> Attemp
         }
     };
     if let Some(journal) = &exec.record {
-        journal.started(&exec.token, link.pid);
+        journal.started(&exec.token, link.pid, slot);
     }
-    attach(exec, link, readiness, None).await
+    let (report, emptied) = attach(exec, link, readiness, None).await;
+    if let (Some(n), true) = (slot, emptied) {
+        c.give_back_slot(n).await;
+    }
+    report
 }
 
 /// Follows an attempt whose supervisor a previous run of the agent started
@@ -204,12 +215,17 @@ pub async fn resume(
     link: Link,
     first: supervisor::Frame,
     dir: PathBuf,
+    slot: Option<u32>,
 ) -> AttemptFinished {
     let stats = exec.stats.clone();
     stats.running.fetch_add(1, Ordering::Relaxed);
     let _running = Running(&stats);
     let scratch = exec.scratch.clone();
-    let report = attach(exec, link, None, Some(first)).await;
+    let c = exec.confinement.clone();
+    let (report, emptied) = attach(exec, link, None, Some(first)).await;
+    if let (Some(n), true) = (slot, emptied) {
+        c.give_back_slot(n).await;
+    }
     if let Some(s) = scratch.adopt(&dir) {
         scratch.give_back(s).await;
     }
@@ -261,14 +277,15 @@ async fn launch(argv: &[std::ffi::OsString], spec: &supervisor::Spec) -> std::io
 }
 
 /// Follows a supervised attempt to its end: output, readiness, lease
-/// renewals, cancel and timeout; returns the finished report.
+/// renewals, cancel and timeout; returns the finished report, and whether
+/// its cgroup is known to be empty (its slot may be used again).
 /// `reattached`: a restarted agent took over a running supervisor.
 pub async fn attach(
     exec: Execution,
     link: Link,
     readiness: Option<probe::Probe>,
     mut first: Option<supervisor::Frame>,
-) -> AttemptFinished {
+) -> (AttemptFinished, bool) {
     let reattached = first.is_some();
     let Execution {
         token,
@@ -284,11 +301,12 @@ pub async fn attach(
     let (mut rd, mut wr) = link.stream.into_split();
     let renew = supervisor::Frame::Lease(*lease.borrow_and_update());
     if supervisor::write_frame(&mut wr, &renew).await.is_err() {
-        return finished(
+        let report = finished(
             &token,
             FailureClass::Infra,
             "the task's supervisor hung up".into(),
         );
+        return (report, false);
     }
     let mut tally = readiness.as_ref().map(probe::Tally::new);
     let mut ready = Box::pin(become_ready(
@@ -381,11 +399,12 @@ pub async fn attach(
     let outcome = match outcome.or_else(|| take_result_file(&confinement.result_file(&token))) {
         Some(o) => o,
         None => {
-            return finished(
+            let report = finished(
                 &token,
                 FailureClass::Infra,
                 "the task's supervisor exited without a result".into(),
             );
+            return (report, false);
         }
     };
     if outcome.escaped > 0 {
@@ -396,7 +415,7 @@ pub async fn attach(
     }
     let mut report = report(&token, &outcome, stop, &spec);
     report.diagnostics = tally.map(|t| t.diagnostics()).unwrap_or_default();
-    report
+    (report, outcome.escaped == 0)
 }
 
 enum Event {

@@ -34,8 +34,18 @@ pub const LEGACY_DIR: &str = "attempts";
 const COMPACT_LINES: usize = 4096;
 
 enum Entry {
-    Start(Key, i32),
+    Start(Key, Record),
     End(Key),
+}
+
+/// What the journal keeps of a running attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// The process group to kill if nothing else is left of it (the
+    /// supervisor's; an agent from before supervisors wrote the task's).
+    pub pgid: i32,
+    /// The cgroup slot the task runs in (`slot-N`), if any.
+    pub slot: Option<u32>,
 }
 
 /// Appends to the journal; cheap to clone, never blocks the caller.
@@ -50,11 +60,11 @@ impl Journal {
     /// supervisor's; an agent from before supervisors recorded the task's).
     /// They stay open until their reports are acknowledged, so a second
     /// crash finds them again.
-    pub fn open(data_dir: &Path) -> std::io::Result<(Journal, BTreeMap<Key, i32>)> {
+    pub fn open(data_dir: &Path) -> std::io::Result<(Journal, BTreeMap<Key, Record>)> {
         let path = data_dir.join(FILE);
         let mut open = read(&path);
         for (key, pgid) in read_legacy(&data_dir.join(LEGACY_DIR)) {
-            open.entry(key).or_insert(pgid);
+            open.entry(key).or_insert(Record { pgid, slot: None });
         }
         let writer = Writer::create(path, open.clone())?;
         remove_legacy(&data_dir.join(LEGACY_DIR));
@@ -65,9 +75,12 @@ impl Journal {
         Ok((Journal { tx }, open))
     }
 
-    /// The attempt's process group runs.
-    pub fn started(&self, token: &AttemptToken, pgid: i32) {
-        let _ = self.tx.send(Entry::Start(crate::key(token), pgid));
+    /// The attempt's supervisor (process group `pgid`) runs, its task in
+    /// cgroup slot `slot`.
+    pub fn started(&self, token: &AttemptToken, pgid: i32, slot: Option<u32>) {
+        let _ = self
+            .tx
+            .send(Entry::Start(crate::key(token), Record { pgid, slot }));
     }
 
     /// The cluster acknowledged the attempt's result: nothing to recover.
@@ -82,9 +95,12 @@ fn journaled(job_id: &str) -> bool {
     !job_id.is_empty() && !job_id.contains(char::is_whitespace)
 }
 
-fn start_line(out: &mut String, (job, task, attempt): &Key, pgid: i32) {
+fn start_line(out: &mut String, (job, task, attempt): &Key, r: Record) {
     use std::fmt::Write as _;
-    let _ = writeln!(out, "start {job} {task} {attempt} {pgid}");
+    let _ = match r.slot {
+        Some(slot) => writeln!(out, "start {job} {task} {attempt} {} {slot}", r.pgid),
+        None => writeln!(out, "start {job} {task} {attempt} {}", r.pgid),
+    };
 }
 
 fn end_line(out: &mut String, (job, task, attempt): &Key) {
@@ -94,7 +110,7 @@ fn end_line(out: &mut String, (job, task, attempt): &Key) {
 
 /// The attempts a journal leaves open, with their process groups. Lines
 /// that do not parse (a torn last write) are skipped.
-fn read(path: &Path) -> BTreeMap<Key, i32> {
+fn read(path: &Path) -> BTreeMap<Key, Record> {
     let mut open = BTreeMap::new();
     let Ok(text) = std::fs::read_to_string(path) else {
         return open;
@@ -109,14 +125,22 @@ fn read(path: &Path) -> BTreeMap<Key, i32> {
                 f.next()?.parse().ok()?,
             );
             match kind {
-                "start" => Some((key, Some(f.next()?.parse::<i32>().ok()?))),
+                "start" => {
+                    let pgid = f.next()?.parse::<i32>().ok()?;
+                    // Agents before cgroup slots wrote no slot.
+                    let slot = match f.next() {
+                        None => None,
+                        Some(n) => Some(n.parse::<u32>().ok()?),
+                    };
+                    Some((key, Some(Record { pgid, slot })))
+                }
                 "end" => Some((key, None)),
                 _ => None,
             }
         })();
         match parsed {
-            Some((key, Some(pgid))) => {
-                open.insert(key, pgid);
+            Some((key, Some(record))) => {
+                open.insert(key, record);
             }
             Some((key, None)) => {
                 open.remove(&key);
@@ -173,13 +197,13 @@ struct Writer {
     path: PathBuf,
     file: std::fs::File,
     /// Open attempts and their process groups (0: none left).
-    live: BTreeMap<Key, i32>,
+    live: BTreeMap<Key, Record>,
     lines: usize,
 }
 
 impl Writer {
     /// A fresh journal holding `live`.
-    fn create(path: PathBuf, live: BTreeMap<Key, i32>) -> std::io::Result<Writer> {
+    fn create(path: PathBuf, live: BTreeMap<Key, Record>) -> std::io::Result<Writer> {
         let file = rewrite(&path, &live)?;
         Ok(Writer {
             path,
@@ -219,13 +243,13 @@ impl Writer {
 
     fn add(&mut self, out: &mut String, entry: Entry) {
         match entry {
-            Entry::Start(key, pgid) => {
+            Entry::Start(key, record) => {
                 if !journaled(&key.0) {
                     tracing::warn!(job_id = %key.0, "job id cannot be journaled; a crash would leave this attempt's processes running");
                     return;
                 }
-                start_line(out, &key, pgid);
-                self.live.insert(key, pgid);
+                start_line(out, &key, record);
+                self.live.insert(key, record);
             }
             Entry::End(key) => {
                 if self.live.remove(&key).is_none() {
@@ -241,10 +265,10 @@ impl Writer {
 /// Writes the journal anew with just `live` (beside it, then renamed over
 /// it, so a crash leaves the old or the new one whole) and opens it for
 /// appending.
-fn rewrite(path: &Path, live: &BTreeMap<Key, i32>) -> std::io::Result<std::fs::File> {
+fn rewrite(path: &Path, live: &BTreeMap<Key, Record>) -> std::io::Result<std::fs::File> {
     let mut text = String::new();
-    for (key, pgid) in live {
-        start_line(&mut text, key, *pgid);
+    for (key, record) in live {
+        start_line(&mut text, key, *record);
     }
     let tmp = path.with_extension("journal.new");
     {
@@ -297,8 +321,8 @@ mod tests {
         let (journal, reports) = Journal::open(dir.path()).unwrap();
         assert!(reports.is_empty());
         // Process groups that do not exist: killpg fails quietly.
-        journal.started(&token("a", 1), i32::MAX - 1);
-        journal.started(&token("b", 1), i32::MAX - 2);
+        journal.started(&token("a", 1), i32::MAX - 1, None);
+        journal.started(&token("b", 1), i32::MAX - 2, Some(7));
         journal.ended(crate::key(&token("a", 1)));
         let path = dir.path().join(FILE);
         wait_for_file(&path, |t| t.contains("end a 0 1"));
@@ -311,8 +335,11 @@ mod tests {
         );
         assert_eq!(
             reports[&("b".to_owned(), 0, 1)],
-            i32::MAX - 2,
-            "its process group is kept"
+            Record {
+                pgid: i32::MAX - 2,
+                slot: Some(7)
+            },
+            "its process group and slot are kept"
         );
         // Until acknowledged, a second crash finds it again.
         drop(journal);
@@ -330,12 +357,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE);
         let (journal, _) = Journal::open(dir.path()).unwrap();
-        journal.started(&token("kept", 1), i32::MAX - 3);
+        journal.started(&token("kept", 1), i32::MAX - 3, None);
         for i in 0..COMPACT_LINES as u32 {
-            journal.started(&token("gone", i), i32::MAX - 4);
+            journal.started(&token("gone", i), i32::MAX - 4, None);
             journal.ended(("gone".to_owned(), 0, i));
         }
-        journal.started(&token("last", 1), i32::MAX - 5);
+        journal.started(&token("last", 1), i32::MAX - 5, None);
         // After compaction the file holds the open attempts, not thousands of lines.
         wait_for_file(&path, |t| {
             t.contains("start last 0 1") && t.lines().count() < COMPACT_LINES
@@ -355,11 +382,16 @@ mod tests {
         std::fs::write(legacy.join("old-0-1"), "old\n0\n1\n0\n").unwrap();
         std::fs::write(legacy.join("junk"), "not a record").unwrap();
         // A crash in the middle of a write leaves a partial last line.
-        std::fs::write(dir.path().join(FILE), "start j 0 2 0\nstart half 0").unwrap();
+        std::fs::write(
+            dir.path().join(FILE),
+            "start j 0 2 0\nstart k 0 1 0 3\nstart half 0",
+        )
+        .unwrap();
         let (_, reports) = Journal::open(dir.path()).unwrap();
         let mut jobs: Vec<_> = reports.keys().map(|k| k.0.clone()).collect();
         jobs.sort();
-        assert_eq!(jobs, vec!["j", "old"]);
+        assert_eq!(jobs, vec!["j", "k", "old"]);
+        assert_eq!(reports[&("k".to_owned(), 0, 1)].slot, Some(3));
         assert!(
             !legacy.exists(),
             "legacy records are folded into the journal"
@@ -370,8 +402,8 @@ mod tests {
     fn t10_job_ids_that_cannot_be_read_back_are_not_written() {
         let dir = tempfile::tempdir().unwrap();
         let (journal, _) = Journal::open(dir.path()).unwrap();
-        journal.started(&token("two words", 1), i32::MAX - 6);
-        journal.started(&token("fine", 1), i32::MAX - 7);
+        journal.started(&token("two words", 1), i32::MAX - 6, None);
+        journal.started(&token("fine", 1), i32::MAX - 7, None);
         wait_for_file(&dir.path().join(FILE), |t| t.contains("fine"));
         drop(journal);
         let (_, reports) = Journal::open(dir.path()).unwrap();

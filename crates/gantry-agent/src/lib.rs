@@ -120,6 +120,9 @@ struct Shared {
     lease: watch::Sender<u64>,
     /// The cluster's node grace, as the last welcome said (0: not known).
     grace_ms: std::sync::atomic::AtomicU64,
+    /// The latest moment (CLOCK_BOOTTIME ms) the lease was seen lapsed: an
+    /// assignment that arrived before it is not started after it.
+    last_lapse: std::sync::atomic::AtomicU64,
     /// Set when the agent must stop (a configuration the cluster refutes).
     fatal: watch::Sender<Option<String>>,
 }
@@ -196,7 +199,8 @@ pub async fn run(
     );
     log_confinement(&confinement);
     let (lease, _) = watch::channel(0u64);
-    let recovered = recover(&confinement, open_attempts, cfg.shutdown_grace).await;
+    let recovered = recover(&confinement, open_attempts).await;
+    confinement.adopt_slots(&recovered.busy).await;
     let keep: Vec<PathBuf> = recovered.running.iter().map(|r| r.dir.clone()).collect();
     let scratch = Arc::new(scratch::ScratchDirs::open(&work, &keep).map_err(|e| {
         AgentError::Config(format!("data_dir: cannot use {}: {e}", work.display()))
@@ -244,6 +248,7 @@ pub async fn run(
         confinement,
         lease,
         grace_ms: std::sync::atomic::AtomicU64::new(0),
+        last_lapse: std::sync::atomic::AtomicU64::new(0),
         fatal: watch::channel(None).0,
     });
     for r in recovered.running {
@@ -343,11 +348,15 @@ struct Resumed {
     link: executor::Link,
     started: supervisor::Started,
     dir: PathBuf,
+    slot: Option<u32>,
 }
 
 /// What a restarted agent found of its previous life's attempts.
 struct Recovered {
     running: Vec<Resumed>,
+    /// Cgroup slots not to hand out: attempts still running, or processes
+    /// that would not die.
+    busy: std::collections::BTreeSet<u32>,
     reports: BTreeMap<Key, AttemptFinished>,
 }
 
@@ -355,18 +364,15 @@ struct Recovered {
 /// still running, takes results they left on disk, and kills (by cgroup and
 /// process group) what is left of the others, reporting them as
 /// infrastructure failures.
-async fn recover(
-    c: &confine::Confinement,
-    open: BTreeMap<Key, i32>,
-    _grace: Duration,
-) -> Recovered {
+async fn recover(c: &confine::Confinement, open: BTreeMap<Key, journal::Record>) -> Recovered {
     let mut found = Recovered {
         running: Vec::new(),
+        busy: std::collections::BTreeSet::new(),
         reports: BTreeMap::new(),
     };
     // Every attempt this restart found gone is one event for the node.
     let restart = format!("agent-restart:{}", supervisor::boot_ms());
-    for (key, pgid) in open {
+    for (key, journal::Record { pgid, slot }) in open {
         let (job_id, task, attempt) = key.clone();
         let token = AttemptToken {
             job_id,
@@ -384,11 +390,13 @@ async fn recover(
             match (first, stream) {
                 (Ok(Ok(Some(supervisor::Frame::Started(st)))), Some(stream)) => {
                     tracing::info!(attempt = ?key, pid = st.pid, "re-attached to an attempt still running from the agent's previous run");
+                    found.busy.extend(slot);
                     found.running.push(Resumed {
                         token,
                         dir: st.dir.clone(),
                         link: executor::Link { pid: pgid, stream },
                         started: *st,
+                        slot,
                     });
                     continue;
                 }
@@ -405,10 +413,10 @@ async fn recover(
                 executor::report(&token, &o, None, &JobSpec::default())
             }
             None => {
-                if let Some(cg) = &c.cgroups {
-                    let task = cg.task(&executor::attempt_name(&token));
-                    task.kill_all(Duration::from_secs(1));
-                    task.remove();
+                if let Some(task) = slot.and_then(|n| c.slot_cgroup(n))
+                    && !task.kill_all(Duration::from_secs(5))
+                {
+                    found.busy.extend(slot);
                 }
                 if pgid > 1 {
                     let _ = nix::sys::signal::killpg(
@@ -438,6 +446,7 @@ async fn resume(shared: &Arc<Shared>, r: Resumed) {
         link,
         started,
         dir,
+        slot,
     } = r;
     let spec = JobSpec {
         timeout_ms: started.timeout_ms,
@@ -448,7 +457,7 @@ async fn resume(shared: &Arc<Shared>, r: Resumed) {
     let shared2 = shared.clone();
     let first = supervisor::Frame::Started(Box::new(started));
     let handle = tokio::spawn(async move {
-        let report = executor::resume(exec, link, first, dir).await;
+        let report = executor::resume(exec, link, first, dir, slot).await;
         finish(&shared2, token, report).await;
     });
     shared.running.lock().await.insert(
@@ -582,7 +591,11 @@ fn renew_lease(shared: &Shared, sent: u64, confirmed_ago: Option<u64>) {
     };
     let margin = u64::try_from(shared.cfg.fence_margin.as_millis()).unwrap_or(u64::MAX);
     let lease = (at + grace).saturating_sub(margin);
+    let now = supervisor::boot_ms();
     shared.lease.send_if_modified(|l| {
+        if *l != 0 && *l <= now {
+            shared.last_lapse.fetch_max(*l, Ordering::Relaxed);
+        }
         let later = lease > *l;
         if later {
             *l = lease;
@@ -748,6 +761,7 @@ async fn session(
     };
     tracing::info!(%server, replica = welcome.replica_id, session = %welcome.session_id, "connected");
     check_grace(shared, welcome.node_grace_ms)?;
+    let opened = supervisor::boot_ms();
     if shared.stats.streams_opened.fetch_add(1, Ordering::Relaxed) > 0 {
         shared.stats.reconnects.fetch_add(1, Ordering::Relaxed);
     } else {
@@ -765,7 +779,19 @@ async fn session(
     loop {
         tokio::select! {
             m = inbound.message() => match m? {
-                Some(m) => handle(shared, m.msg).await,
+                Some(m) => {
+                    // A stream that outlived a lapse of the lease (the agent
+                    // was frozen, or cut off while the stream stayed open)
+                    // may hold assignments the cluster has since given to
+                    // another node: start afresh on a new stream, whose
+                    // assignments are current.
+                    let lease = *shared.lease.borrow();
+                    if lease != 0 && lease >= opened && lease <= supervisor::boot_ms() {
+                        tracing::warn!(%server, "this stream outlived the node's lease: reconnecting rather than acting on what it holds");
+                        return Err(tonic::Status::unavailable("the lease ran out during this stream"));
+                    }
+                    handle(shared, m.msg).await
+                }
                 None => return Ok(()),
             },
             Some(ev) = events.recv() => {
@@ -842,13 +868,34 @@ async fn start(
     let (exec, cancel_tx) = execution(shared, token.clone(), spec, gpus);
     let shared2 = shared.clone();
     let mut lease = shared.lease.subscribe();
+    let received = supervisor::boot_ms();
     tracing::info!(attempt = ?k, "starting");
     let handle = tokio::spawn(async move {
         // A task starts under a lease: a fresh agent waits for the cluster's
-        // first confirmation of its node (a second or so), not longer.
+        // first confirmation of its node (moments), not longer.
         let valid = lease.wait_for(|l| *l > supervisor::boot_ms());
         let _ = tokio::time::timeout(LEASE_WAIT, valid).await;
+        let current = *lease.borrow();
         drop(lease);
+        // The lease lapsed since the assignment arrived (the agent froze,
+        // or lost the cluster): the cluster may have given the attempt to
+        // another node. Not started, and reported so: an infra failure the
+        // cluster retries if the attempt is still current, and fences off
+        // if it is not.
+        let now = supervisor::boot_ms();
+        let lapse = shared2.last_lapse.load(Ordering::Relaxed);
+        if lapse >= received || (current != 0 && current <= now) {
+            tracing::warn!(attempt = ?key(&token), "not starting an assignment that arrived before the node's lease ran out");
+            let report = AttemptFinished {
+                attempt: Some(token.clone()),
+                failure: gantry_proto::v1::FailureClass::Infra as i32,
+                message: "not started: the node's lease ran out after it was assigned (its agent froze or lost the cluster)".into(),
+                infra_event: format!("lease-lapsed:{}", lapse.max(current)),
+                ..AttemptFinished::default()
+            };
+            finish(&shared2, token, report).await;
+            return;
+        }
         // The attempt's run, in the job's trace under the dispatch.
         let span = tracing::info_span!("run", job = %token.job_id, task = token.task, attempt = token.attempt);
         gantry_telemetry::otel::set_parent(&span, &traceparent);

@@ -43,6 +43,8 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 const HOLD_RESULT: Duration = Duration::from_secs(3);
 /// How often the lease and the stop deadline are checked.
 const CHECK_EVERY: Duration = Duration::from_millis(20);
+/// How long a kill keeps at a cgroup until it is empty.
+const KILL_LIMIT: Duration = Duration::from_secs(5);
 /// Output frames queued towards a slow agent before output is dropped.
 const OUT_QUEUE: usize = 256;
 
@@ -266,6 +268,9 @@ struct Supervised {
     outcome: Outcome,
     tails: Vec<tokio::task::JoinHandle<String>>,
     out_rx: mpsc::Receiver<Frame>,
+    /// The slot's OOM kills and CPU time before this task (slots are reused).
+    oom_before: u64,
+    cpu_before: u64,
 }
 
 impl Supervised {
@@ -282,11 +287,29 @@ impl Supervised {
             },
             tails: Vec::new(),
             out_rx,
+            oom_before: 0,
+            cpu_before: 0,
         };
         let procs = match &spec.cgroup {
             None => Vec::new(),
-            Some(cg) => match cg.create(&spec.limits).and_then(|()| cg.procs_files()) {
-                Ok(files) => files,
+            Some(cg) => match cg
+                .create(&spec.limits)
+                .and_then(|()| cg.procs_files(&spec.limits))
+            {
+                Ok(files) => {
+                    // A slot is handed out only once emptied: anything in it
+                    // belongs to someone else.
+                    if !cg.pids().is_empty() {
+                        s.outcome.setup_error = Some(
+                            "the task's cgroup slot still holds processes of an earlier task"
+                                .into(),
+                        );
+                        return s;
+                    }
+                    s.oom_before = cg.oom_kills();
+                    s.cpu_before = cg.cpu_usage_ns().unwrap_or(0);
+                    files
+                }
                 Err(e) => {
                     s.outcome.setup_error = Some(format!("cannot make the task's cgroup: {e}"));
                     return s;
@@ -470,7 +493,8 @@ impl Supervised {
     fn kill(&self, spec: &Spec) {
         match &spec.cgroup {
             Some(cg) => {
-                cg.kill_all(Duration::from_millis(500));
+                // A process in uninterruptible sleep dies when it leaves it.
+                cg.kill_all(KILL_LIMIT);
             }
             None => self.signal(spec, nix::sys::signal::Signal::SIGKILL),
         }
@@ -482,8 +506,9 @@ impl Supervised {
         self.kill(spec);
         if let Some(cg) = &spec.cgroup {
             self.outcome.escaped = cg.pids().len();
-            self.outcome.oom = cg.oom_killed();
-            self.outcome.cpu_usage_ns = cg.cpu_usage_ns();
+            self.outcome.oom = cg.oom_kills() > self.oom_before;
+            self.outcome.cpu_usage_ns =
+                cg.cpu_usage_ns().map(|n| n.saturating_sub(self.cpu_before));
         }
         match status {
             Ok(s) => {
@@ -531,12 +556,9 @@ impl Supervised {
         }
     }
 
-    fn cleanup(&self, spec: &Spec) {
-        if let Some(cg) = &spec.cgroup {
-            cg.kill_all(Duration::from_millis(500));
-            cg.remove();
-        }
-    }
+    /// The task's cgroup was emptied before its result went out; the
+    /// agent hands the slot to a later attempt, so it is not touched here.
+    fn cleanup(&self, _spec: &Spec) {}
 }
 
 /// errnos of the privileged set-up between fork and exec (not the program's).

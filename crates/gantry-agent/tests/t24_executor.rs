@@ -564,7 +564,7 @@ async fn t24_a_cpu_quota_holds_a_busy_loop_to_its_share() {
         return;
     };
     let _cleanup = CgroupCleanup(c.clone());
-    let cgroup = c.cgroups.as_ref().unwrap().task("job-1.0.1");
+    let cgroup = c.slot_cgroup(0).unwrap();
     let mut s = spec(&["while :; do :; done"]);
     s.shell = true;
     s.resources = Some(gantry_proto::v1::Resources {

@@ -319,7 +319,8 @@ fn t24_one_agent_crash_is_one_infra_failure_once_the_rules_are_on() {
     for t in 0..6 {
         infra_from(&mut s, &mut index, "a", 1000 + t, "agent-restart:77");
     }
-    assert!(infra(&s, "a") > 5_000);
+    // (Three count; then the node is out and takes no more attempts.)
+    assert!(infra(&s, "a") >= 2_900, "{}", infra(&s, "a"));
     assert!(s.node("a").unwrap().blacklisted_at(2000));
 
     // Rules 1: six attempts of one crash are one failure, and no blacklist.
