@@ -114,7 +114,8 @@ impl Cluster {
         for line in journal.lines() {
             let f: Vec<&str> = line.split(' ').collect();
             match f.as_slice() {
-                ["start", job, task, attempt, pgid] => {
+                // (With the cgroup slot after the process group, or not.)
+                ["start", job, task, attempt, pgid, ..] => {
                     open.insert((*job, *task, *attempt), pgid.parse::<i32>()?);
                 }
                 ["end", job, task, attempt] => {

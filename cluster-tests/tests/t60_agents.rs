@@ -177,7 +177,17 @@ async fn t60_agent_crash_moves_the_task_and_its_stale_report_is_fenced() {
     let mut spec = shell("sleep 4; echo done");
     spec.max_attempts = 3;
     let id = submit(&client, vec![spec]).await.remove(0);
-    wait_state(&client, &id, api::JobState::Running).await;
+    // Started on a (the job reads running once it is assigned).
+    wait_for(
+        "the attempt to start on a",
+        Duration::from_secs(30),
+        || async {
+            let j = client.get_job(&id, false).await.ok()?;
+            (j.tasks[0].attempts.first()?.state == "running").then_some(())
+        },
+    )
+    .await
+    .unwrap();
 
     cluster.start_agent("b", &[2, 3, 1]).unwrap();
     cluster.wait_nodes_ready(&["b"]).await.unwrap();
