@@ -88,6 +88,27 @@ pub fn process_usage(pid: u32) -> Option<(f64, f64)> {
 }
 
 /// Resident memory (MiB) of a process now, from /proc; `None` once it is gone.
+/// CPU seconds every core of the machine has spent busy since boot
+/// (`/proc/stat`: user, nice, system, irq, softirq, steal).
+pub fn machine_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().next() else {
+        return 0.0;
+    };
+    let ticks: Vec<f64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: f64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|i| ticks.get(*i))
+        .sum();
+    // /proc/stat counts in USER_HZ, 100 on every Linux architecture.
+    busy / 100.0
+}
+
 pub fn rss_now(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib: f64 = status

@@ -111,6 +111,10 @@ enum Scenario {
         agents: usize,
         #[arg(long, default_value_t = 4000)]
         jobs: usize,
+        /// Agents without cgroups (`gantry agent --no-cgroups`): limits not
+        /// enforced, for the cost of enforcing them.
+        #[arg(long)]
+        no_cgroups: bool,
     },
     /// Leader SIGKILL under load, with simulated agents running tasks.
     Failover {
@@ -533,10 +537,17 @@ async fn e2e(cli: &Cli, agents: usize, jobs: usize, samples: usize) -> anyhow::R
     Ok(())
 }
 
-async fn real(cli: &Cli, agents: usize, jobs: usize) -> anyhow::Result<()> {
+async fn real(cli: &Cli, agents: usize, jobs: usize, no_cgroups: bool) -> anyhow::Result<()> {
     preamble(
         cli,
-        &format!("{agents} real `gantry agent` processes running /bin/true"),
+        &format!(
+            "{agents} real `gantry agent` processes running /bin/true, each under its supervisor, {}",
+            if no_cgroups {
+                "limits not enforced (--no-cgroups)"
+            } else {
+                "in cgroups with limits"
+            }
+        ),
     );
     let mut cluster = start(cli).await?;
     let ids: Vec<u64> = cluster.replicas.keys().copied().collect();
@@ -544,7 +555,11 @@ async fn real(cli: &Cli, agents: usize, jobs: usize) -> anyhow::Result<()> {
     for (i, n) in names.iter().enumerate() {
         let mut order = ids.clone();
         order.rotate_left(i % ids.len());
-        cluster.start_agent_with(n, &order, &["--max-tasks", "64"])?;
+        let mut flags = vec!["--max-tasks", "64"];
+        if no_cgroups {
+            flags.push("--no-cgroups");
+        }
+        cluster.start_agent_with(n, &order, &flags)?;
     }
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     cluster.wait_nodes_ready(&refs).await?;
@@ -552,6 +567,7 @@ async fn real(cli: &Cli, agents: usize, jobs: usize) -> anyhow::Result<()> {
     let leader = cluster.leader().await?;
     let metrics = cluster.replicas[&leader].metrics_addr.clone();
     let cpu_before = cpu_of(&processes);
+    let machine_before = cluster_tests::bench::machine_cpu_seconds();
     let start = Instant::now();
     let submitted = submit_batches(&cluster, jobs).await?;
     wait_for(
@@ -567,6 +583,7 @@ async fn real(cli: &Cli, agents: usize, jobs: usize) -> anyhow::Result<()> {
     .await?;
     let elapsed = start.elapsed();
     let cpu = cpu_of(&processes) - cpu_before;
+    let machine = cluster_tests::bench::machine_cpu_seconds() - machine_before;
     let (_, text) = http_get(&metrics, "/metrics").await?;
     let failed = sample(&text, "gantry_jobs{state=\"failed\"}").unwrap_or(0.0);
     println!("\n{}", header());
@@ -581,6 +598,10 @@ async fn real(cli: &Cli, agents: usize, jobs: usize) -> anyhow::Result<()> {
     println!(
         "\nCPU per job: replicas, agents and the load generator (not the /bin/true processes themselves): {:.2} ms (Slurm here: 20-25 ms); failed jobs: {failed}",
         cpu * 1e3 / submitted as f64
+    );
+    println!(
+        "CPU per job, the whole machine (supervisors, cgroups and /bin/true included): {:.2} ms",
+        machine * 1e3 / submitted as f64
     );
     print!("{}", usage_table(&processes));
     Ok(())
@@ -811,7 +832,11 @@ async fn main() -> anyhow::Result<()> {
             jobs,
             latency_samples,
         } => e2e(&cli, *agents, *jobs, *latency_samples).await,
-        Scenario::Real { agents, jobs } => real(&cli, *agents, *jobs).await,
+        Scenario::Real {
+            agents,
+            jobs,
+            no_cgroups,
+        } => real(&cli, *agents, *jobs, *no_cgroups).await,
         Scenario::Failover {
             agents,
             runs,
