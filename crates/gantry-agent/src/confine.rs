@@ -30,6 +30,9 @@ pub struct ConfineConfig {
     pub allowed_users: Vec<String>,
     /// Most processes per task (0: no limit).
     pub pids_max: u64,
+    /// Absolute working directories jobs may name (each a path prefix);
+    /// none by default: a job's `--workdir` is relative to its own directory.
+    pub allowed_workdirs: Vec<PathBuf>,
 }
 
 impl Default for ConfineConfig {
@@ -40,6 +43,7 @@ impl Default for ConfineConfig {
             task_user: "nobody".into(),
             allowed_users: Vec::new(),
             pids_max: DEFAULT_PIDS_MAX,
+            allowed_workdirs: Vec::new(),
         }
     }
 }
@@ -64,6 +68,7 @@ pub struct Confinement {
     /// `None`: tasks run as the agent's own user (the agent is not root).
     pub user: Option<TaskUser>,
     pub allowed_users: Vec<String>,
+    pub allowed_workdirs: Vec<PathBuf>,
     pub node_id: String,
     pub results_dir: PathBuf,
     /// The memory limit of a task that asks for none: what the node offers.
@@ -147,6 +152,7 @@ impl Confinement {
             why_not,
             user,
             allowed_users: cfg.allowed_users.clone(),
+            allowed_workdirs: cfg.allowed_workdirs.clone(),
             node_id: node_id.to_owned(),
             results_dir: data_dir.join("results"),
             node_memory_bytes: node_memory_mib << 20,
@@ -190,6 +196,24 @@ impl Confinement {
     pub fn slot_cgroup(&self, n: u32) -> Option<crate::cgroup::TaskCgroup> {
         let cg = self.cgroups.as_ref()?;
         Some(cg.task(&format!("{}{n}", crate::cgroup::SLOT_PREFIX)))
+    }
+
+    /// Whether a job may run in the absolute directory `dir`.
+    pub fn allows_workdir(&self, dir: &Path) -> bool {
+        self.allowed_workdirs.iter().any(|p| dir.starts_with(p))
+    }
+
+    /// The allowed absolute working directories, for an error message.
+    pub fn allowed_workdirs_text(&self) -> String {
+        if self.allowed_workdirs.is_empty() {
+            return "none: gantry agent --allow-workdir PREFIX allows some".into();
+        }
+        let all: Vec<String> = self
+            .allowed_workdirs
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        format!("under {}", all.join(", "))
     }
 
     /// Whether the node holds tasks to their limits.

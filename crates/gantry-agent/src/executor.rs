@@ -107,7 +107,23 @@ pub async fn run(exec: Execution) -> AttemptFinished {
         Ok(u) => u,
         Err(e) => return finished(&exec.token, FailureClass::Workload, e),
     };
-    let fresh = if exec.spec.working_dir.is_empty() {
+    let asked = PathBuf::from(&exec.spec.working_dir);
+    // An absolute work dir only where the node allows it; a relative one
+    // (or none) is inside the attempt's own directory.
+    if asked.is_absolute() && !exec.confinement.allows_workdir(&asked) {
+        return finished(
+            &exec.token,
+            FailureClass::Workload,
+            format!(
+                "working directory {} is outside what this node allows ({}); give a path relative to the task's own directory",
+                asked.display(),
+                exec.confinement.allowed_workdirs_text()
+            ),
+        );
+    }
+    let fresh = if asked.is_absolute() {
+        None
+    } else {
         match scratch.take(user).await {
             Ok(s) => Some(s),
             Err(e) => {
@@ -118,17 +134,48 @@ pub async fn run(exec: Execution) -> AttemptFinished {
                 );
             }
         }
-    } else {
-        None
     };
-    let dir = fresh
-        .as_ref()
-        .map_or_else(|| PathBuf::from(&exec.spec.working_dir), |s| s.path.clone());
-    let report = run_in(&dir, user, exec).await;
+    let dir = match &fresh {
+        None => Ok(asked),
+        Some(s) if asked.as_os_str().is_empty() => Ok(s.path.clone()),
+        Some(s) => {
+            let dir = s.path.join(&asked);
+            match make_owned_dirs(&s.path, &asked, user) {
+                Ok(()) => Ok(dir),
+                Err(e) => Err(format!(
+                    "cannot create working directory {}: {e}",
+                    dir.display()
+                )),
+            }
+        }
+    };
+    let report = match dir {
+        Ok(dir) => run_in(&dir, user, exec).await,
+        Err(e) => finished(&exec.token, FailureClass::Infra, e),
+    };
     if let Some(s) = fresh {
         scratch.give_back(s).await;
     }
     report
+}
+
+/// Creates `relative` (each of its components) under `base`, owned by
+/// `user` when given, as a task's own directories are.
+fn make_owned_dirs(base: &Path, relative: &Path, user: Option<(u32, u32)>) -> std::io::Result<()> {
+    let mut dir = base.to_path_buf();
+    for part in relative.components() {
+        dir.push(part);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {
+                if let Some((uid, gid)) = user {
+                    std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// [`run`] in the working directory `dir`.

@@ -3,6 +3,9 @@
 //! `gantry supervise` runs the same code). Tests that need root and cgroups
 //! say SKIPPED otherwise.
 
+// Tests may unwrap; measurements use std's clock.
+#![allow(clippy::unwrap_used, clippy::disallowed_types)]
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +53,8 @@ fn confine(root: &Path, cgroups: bool, task_user: &str, node_id_salt: u64) -> Ar
         supervisor: vec![env!("CARGO_BIN_EXE_gantry-supervise").into()],
         cgroups,
         task_user: task_user.into(),
+        // The tests' own directories, wherever the system keeps them.
+        allowed_workdirs: vec![std::env::temp_dir()],
         ..ConfineConfig::default()
     };
     std::fs::create_dir_all(root.join("results")).unwrap();
@@ -711,4 +716,60 @@ async fn t24_the_supervisor_outlives_its_agent_and_fences_on_its_own() {
     );
     let o = gantry_agent::executor::take_result_file(&result).unwrap();
     assert!(o.fenced.is_some(), "{o:?}");
+}
+
+#[tokio::test]
+async fn t24_a_relative_workdir_is_inside_the_tasks_own_directory_and_absolute_ones_need_leave() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec(&["pwd"]);
+    s.working_dir = "build/out".into();
+    let (report, _, _) = execute(s, dir.path()).await;
+    assert_eq!(
+        report.failure,
+        FailureClass::Unspecified as i32,
+        "{report:?}"
+    );
+    let pwd = report.stdout_tail.trim();
+    assert!(
+        pwd.starts_with(dir.path().join("work").to_str().unwrap()),
+        "{pwd}"
+    );
+    assert!(pwd.ends_with("/build/out"), "{pwd}");
+
+    // A node that allows no absolute work dirs refuses /etc, and says how.
+    let c = Arc::new(
+        Confinement::resolve(
+            &ConfineConfig {
+                supervisor: vec![env!("CARGO_BIN_EXE_gantry-supervise").into()],
+                cgroups: false,
+                task_user: "root".into(),
+                ..ConfineConfig::default()
+            },
+            "strict-node",
+            dir.path(),
+            1024,
+        )
+        .unwrap(),
+    );
+    let mut s = spec(&["pwd"]);
+    s.working_dir = "/etc".into();
+    let (events, _rx) = mpsc::channel(1024);
+    let (_cancel_tx, cancel) = oneshot::channel();
+    let report = run(execution_in(
+        s,
+        dir.path(),
+        c,
+        long_lease(),
+        None,
+        events,
+        cancel,
+    ))
+    .await;
+    assert_eq!(report.failure, FailureClass::Workload as i32, "{report:?}");
+    assert!(
+        report.message.contains("outside what this node allows")
+            && report.message.contains("--allow-workdir"),
+        "{}",
+        report.message
+    );
 }

@@ -75,6 +75,11 @@ struct TaskArgs {
     /// node then reports it, and placement policy strict avoids it).
     #[arg(long, env = "GANTRY_AGENT_NO_CGROUPS")]
     no_cgroups: bool,
+    /// An absolute working directory jobs may name (`--workdir /data/x`),
+    /// as a path prefix; repeatable. Without it a job's work dir is
+    /// relative to its own directory.
+    #[arg(long, env = "GANTRY_AGENT_ALLOW_WORKDIR", value_delimiter = ',')]
+    allow_workdir: Vec<PathBuf>,
     /// Most processes (and threads) one task may have; 0: no limit.
     #[arg(long, env = "GANTRY_AGENT_TASK_PIDS_MAX", default_value_t = gantry_agent::confine::DEFAULT_PIDS_MAX)]
     task_pids_max: u64,
@@ -187,6 +192,7 @@ async fn run_agent(args: AgentArgs) -> Result<(), Failure> {
             task_user: args.tasks.task_user,
             allowed_users: args.tasks.allow_task_user,
             pids_max: args.tasks.task_pids_max,
+            allowed_workdirs: args.tasks.allow_workdir,
         },
         fence_margin: Duration::from_millis(args.tasks.fence_margin),
     };

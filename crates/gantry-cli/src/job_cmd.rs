@@ -105,7 +105,9 @@ pub struct SubmitArgs {
     /// Environment variable, KEY=VALUE; repeatable.
     #[arg(long = "env", value_parser = parse::key_value)]
     env: Vec<(String, String)>,
-    /// Working directory (default: a fresh one per attempt).
+    /// Working directory, relative to the attempt's own fresh directory
+    /// (made if missing); an absolute path only where the node allows it
+    /// (gantry agent --allow-workdir). Default: the fresh directory itself.
     #[arg(long, default_value = "")]
     workdir: String,
     /// Per-attempt timeout (30s, 5m, 1h).
