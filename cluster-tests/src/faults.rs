@@ -123,7 +123,7 @@ pub const SCENARIOS: &[&str] = &[
 const FREEZE_IN_SCHEDULES: bool = false;
 
 /// Scenarios not in CI's list, run by name (`GANTRY_SCENARIO=agent-freeze`):
-/// under this workload on two cores, about one run in three has a first
+/// under this workload on two cores, about one run in ten still has a first
 /// attempt beat on after its second began (issue 24's notes).
 pub const EXTRA_SCENARIOS: &[&str] = &["agent-freeze"];
 

@@ -575,10 +575,7 @@ pub(crate) fn report(
         String::new()
     };
     let (failure, message) = match (&o.fenced, &stop, o.exit_code, o.signal) {
-        (Some(why), _, _, _) => (
-            FailureClass::Infra,
-            format!("stopped on the node: {why}; the task was killed"),
-        ),
+        (Some(why), _, _, _) => (FailureClass::Infra, format!("stopped on the node: {why}")),
         (None, Some(Stop::Timeout), _, _) => (
             FailureClass::Timeout,
             format!(

@@ -290,6 +290,17 @@ impl Supervised {
             oom_before: 0,
             cpu_before: 0,
         };
+        // The agent may have stopped (frozen, say) between handing over the
+        // spec and now: a task is never started past its lease.
+        let now = boot_ms();
+        if now >= spec.lease_ms {
+            s.outcome.fenced_lease_ms = spec.lease_ms;
+            s.outcome.fenced = Some(format!(
+                "the agent's lease had run out {} ms before the task could start; it was not started",
+                now - spec.lease_ms
+            ));
+            return s;
+        }
         let procs = match &spec.cgroup {
             None => Vec::new(),
             Some(cg) => match cg
@@ -444,7 +455,7 @@ impl Supervised {
                                 self.outcome.fenced_lease_ms = lease;
                                 let late = boot_ms().saturating_sub(lease);
                                 self.outcome.fenced = Some(format!(
-                                    "the agent's lease ran out {late} ms ago (agent dead, frozen or cut off from the cluster)"
+                                    "the agent's lease ran out {late} ms ago (agent dead, frozen or cut off from the cluster); the task was killed"
                                 ));
                             }
                             self.kill(spec);
