@@ -216,25 +216,31 @@ impl Replica {
     /// Once per term: the entries earlier leaders committed applied, and
     /// entry time going on from the latest of them (as gantry-server's
     /// `establish_entry_clock`).
-    async fn establish_entry_clock(&self) {
+    async fn establish_entry_clock(&self) -> bool {
         let (term, last) = {
             let m = self.raft.metrics();
             let m = m.borrow_watched();
             (m.current_term, m.last_log_index)
         };
         if self.clock_term.load(Ordering::Acquire) == term {
-            return;
+            return true;
         }
-        let _ = self
+        let applied = self
             .raft
             .wait(Some(Duration::from_secs(2)))
             .applied_index_at_least(last, "earlier terms applied")
             .await;
+        if applied.is_err() {
+            // Not established: stamping now could go earlier than an
+            // earlier term's entry that commits later.
+            return false;
+        }
         let latest = self.reader.read(|s, _| s.clock_ms()).await;
         self.clock_ahead
             .store(latest.saturating_sub(self.clock()), Ordering::Relaxed);
         self.entry_clock.fetch_max(latest, Ordering::Relaxed);
         self.clock_term.store(term, Ordering::Release);
+        true
     }
 
     /// The leader's time for entries and deadlines (gantry-server's `EntryClock::now`).
@@ -251,7 +257,9 @@ impl Replica {
     /// The leader stamps every entry with its own clock, never earlier than
     /// the last entry (as gantry-server's `propose_raw`).
     async fn propose_local(&self, mut cmd: Command) -> Result<(Outcome, u64), Retry> {
-        self.establish_entry_clock().await;
+        if !self.establish_entry_clock().await {
+            return Err(Retry::Again);
+        }
         let now = self.entry_now();
         cmd.restamp(self.entry_clock.fetch_max(now, Ordering::Relaxed).max(now));
         match self.raft.client_write(cmd.into()).await {

@@ -241,7 +241,13 @@ impl Replica {
     ) -> Result<(Outcome, u64), Try> {
         // Every time in the log is the leader's, taken here: never the
         // clock of the replica that forwarded the request, nor an agent's.
-        self.establish_entry_clock(deadline).await;
+        if !self.establish_entry_clock(deadline).await {
+            // Stamping before the earlier terms' entries are applied could
+            // stamp this entry earlier than one of theirs.
+            return Err(Try::Fail(Status::unavailable(
+                "this new leader has not applied the earlier terms' entries yet; retry",
+            )));
+        }
         cmd.restamp(self.entry_clock.stamp());
         let started = Instant::now();
         match tokio::time::timeout_at(deadline, self.raft.client_write(cmd.into())).await {
@@ -264,14 +270,16 @@ impl Replica {
     /// committed (this replica may not have yet), and stamp nothing earlier
     /// than the latest entry time then in the state, so time in the log
     /// never goes back across a change of leader.
-    pub(crate) async fn establish_entry_clock(&self, deadline: Instant) {
+    /// False if the earlier terms' entries were not applied by `deadline`
+    /// (the clock is then not established: the next proposal tries again).
+    pub(crate) async fn establish_entry_clock(&self, deadline: Instant) -> bool {
         let (term, last) = {
             let m = self.raft.metrics();
             let m = m.borrow_watched();
             (m.current_term, m.last_log_index)
         };
         if self.entry_clock.established(term) {
-            return;
+            return true;
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if let Err(e) = self
@@ -280,7 +288,8 @@ impl Replica {
             .applied_index_at_least(last, "entries of earlier terms applied")
             .await
         {
-            tracing::warn!(error = %e, "stamping entries before the earlier terms' entries were applied");
+            tracing::warn!(error = %e, "the earlier terms' entries are not applied yet: not stamping entries");
+            return false;
         }
         let latest = self.state.read(|s, _| s.clock_ms()).await;
         let behind = self.entry_clock.establish(term, latest);
@@ -290,6 +299,7 @@ impl Replica {
                 "this leader's clock is behind the latest entry's time: entry times go on from that entry at this clock's rate (fix the clock)"
             );
         }
+        true
     }
 
     /// Leader side of a forwarded write.
