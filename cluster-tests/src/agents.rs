@@ -108,25 +108,10 @@ impl Cluster {
     /// [`Cluster::kill_agent`], the node as a crash leaves it. Returns how
     /// many were killed.
     pub fn kill_supervisors(&self, node_id: &str) -> anyhow::Result<usize> {
-        let journal =
-            std::fs::read_to_string(self.agents[node_id].data_dir.join("attempts.journal"))?;
-        let mut open = std::collections::BTreeMap::new();
-        for line in journal.lines() {
-            let f: Vec<&str> = line.split(' ').collect();
-            match f.as_slice() {
-                // (With the cgroup slot after the process group, or not.)
-                ["start", job, task, attempt, pgid, ..] => {
-                    open.insert((*job, *task, *attempt), pgid.parse::<i32>()?);
-                }
-                ["end", job, task, attempt] => {
-                    open.remove(&(*job, *task, *attempt));
-                }
-                _ => {}
-            }
-        }
+        let open = gantry_agent::journal::Journal::read_open(&self.agents[node_id].data_dir);
         let mut killed = 0;
-        for pgid in open.values().filter(|p| **p > 1) {
-            if nix::sys::signal::killpg(Pid::from_raw(*pgid), Signal::SIGKILL).is_ok() {
+        for r in open.values().filter(|r| r.pgid > 1) {
+            if nix::sys::signal::killpg(Pid::from_raw(r.pgid), Signal::SIGKILL).is_ok() {
                 killed += 1;
             }
         }

@@ -75,6 +75,12 @@ impl Journal {
         Ok((Journal { tx }, open))
     }
 
+    /// The attempts a journal in `data_dir` leaves open, without opening it
+    /// for writing (for tools that clean up after an agent).
+    pub fn read_open(data_dir: &Path) -> BTreeMap<Key, Record> {
+        read(&data_dir.join(FILE))
+    }
+
     /// The attempt's supervisor (process group `pgid`) runs, its task in
     /// cgroup slot `slot`.
     pub fn started(&self, token: &AttemptToken, pgid: i32, slot: Option<u32>) {

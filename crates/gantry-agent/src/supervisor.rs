@@ -425,7 +425,6 @@ impl Supervised {
                         kill_at = Some(kill_at.map_or(at, |k| k.min(at)));
                     }
                     Frame::Ack if finished_at.is_some() => {
-                        self.cleanup(spec);
                         return;
                     }
                     _ => {}
@@ -467,14 +466,12 @@ impl Supervised {
                         }
                         Some(at) if agent.is_none() && at.elapsed() >= HOLD_RESULT => {
                             self.leave_result(spec);
-                            self.cleanup(spec);
-                            return;
+                                return;
                         }
                         Some(at) if at.elapsed() >= HOLD_RESULT * 10 => {
                             // An agent that holds the socket and never acknowledges.
                             self.leave_result(spec);
-                            self.cleanup(spec);
-                            return;
+                                return;
                         }
                         Some(_) => {}
                     }
@@ -566,10 +563,6 @@ impl Supervised {
             );
         }
     }
-
-    /// The task's cgroup was emptied before its result went out; the
-    /// agent hands the slot to a later attempt, so it is not touched here.
-    fn cleanup(&self, _spec: &Spec) {}
 }
 
 /// errnos of the privileged set-up between fork and exec (not the program's).
