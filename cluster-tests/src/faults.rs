@@ -116,16 +116,12 @@ pub const SCENARIOS: &[&str] = &[
     "leader-kill-loop",
     "rolling-restart",
     "agent-flapping",
+    "agent-freeze",
     "membership-change",
 ];
 
-/// Whether random schedules freeze agents (not yet: see EXTRA_SCENARIOS).
-const FREEZE_IN_SCHEDULES: bool = false;
-
-/// Scenarios not in CI's list, run by name (`GANTRY_SCENARIO=agent-freeze`):
-/// under this workload on two cores, about one run in ten still has a first
-/// attempt beat on after its second began (issue 24's notes).
-pub const EXTRA_SCENARIOS: &[&str] = &["agent-freeze"];
+/// Scenarios not in CI's list, run by name (`GANTRY_SCENARIO=NAME`).
+pub const EXTRA_SCENARIOS: &[&str] = &[];
 
 /// A schedule for `replicas` replicas and `agents` agents, `steps` long. At
 /// most a minority of replicas is down or paused at any time (one of three),
@@ -166,9 +162,7 @@ pub fn schedule(seed: u64, replicas: u64, agents: &[&str], steps: usize) -> Vec<
             2 | 3 if !paused.is_empty() => out.push(Fault::ResumeReplica(paused.remove(0))),
             4 if agent_down.is_none() && !agents.is_empty() => {
                 let a = agents[rng.random_range(0..agents.len())].to_owned();
-                // Freezes only in the named scenario for now (see
-                // EXTRA_SCENARIOS).
-                let frozen = FREEZE_IN_SCHEDULES && rng.random_bool(0.4);
+                let frozen = rng.random_bool(0.4);
                 out.push(if frozen {
                     Fault::PauseAgent(a.clone())
                 } else {

@@ -15,7 +15,13 @@ pub mod executor;
 pub mod gpu;
 pub mod health;
 pub mod journal;
+mod lease;
 pub mod probe;
+mod recover;
+
+pub use lease::MIN_FENCE_WINDOW;
+use lease::{FIRST_LEASE_POLL, LEASE_WAIT, check_grace, fence_watch, renew_lease};
+use recover::{recover, resume};
 pub mod scratch;
 pub mod stats;
 pub mod supervisor;
@@ -75,12 +81,6 @@ pub struct AgentConfig {
     pub fence_margin: Duration,
 }
 
-/// The least time between a confirmation and the fence that the agent
-/// accepts: below it every hiccup would stop the node's tasks.
-pub const MIN_FENCE_WINDOW: Duration = Duration::from_secs(2);
-/// The node grace assumed with a replica too old to say it.
-const LEGACY_NODE_GRACE_MS: u64 = 10_000;
-
 type Key = (String, u32, u32);
 
 fn key(t: &AttemptToken) -> Key {
@@ -90,6 +90,9 @@ fn key(t: &AttemptToken) -> Key {
 struct Running {
     cancel: Option<oneshot::Sender<String>>,
     handle: JoinHandle<()>,
+    /// Not started yet: waiting for a lease, assigned on this stream
+    /// (`Shared::stream`). Dropped when another stream opens.
+    waiting_on: Option<u64>,
 }
 
 /// Shared between the stream and the executors.
@@ -125,6 +128,8 @@ struct Shared {
     last_lapse: std::sync::atomic::AtomicU64,
     /// Set when the agent must stop (a configuration the cluster refutes).
     fatal: watch::Sender<Option<String>>,
+    /// Counts streams opened (changed only while `running` is locked).
+    stream: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -249,6 +254,7 @@ pub async fn run(
         lease,
         grace_ms: std::sync::atomic::AtomicU64::new(0),
         last_lapse: std::sync::atomic::AtomicU64::new(0),
+        stream: std::sync::atomic::AtomicU64::new(0),
         fatal: watch::channel(None).0,
     });
     for r in recovered.running {
@@ -342,133 +348,6 @@ fn log_confinement(c: &confine::Confinement) {
     }
 }
 
-/// An attempt a previous run of the agent left running under its supervisor.
-struct Resumed {
-    token: AttemptToken,
-    link: executor::Link,
-    started: supervisor::Started,
-    dir: PathBuf,
-    slot: Option<u32>,
-}
-
-/// What a restarted agent found of its previous life's attempts.
-struct Recovered {
-    running: Vec<Resumed>,
-    /// Cgroup slots not to hand out: attempts still running, or processes
-    /// that would not die.
-    busy: std::collections::BTreeSet<u32>,
-    reports: BTreeMap<Key, AttemptFinished>,
-}
-
-/// Finds the attempts a previous run left open: re-attaches to supervisors
-/// still running, takes results they left on disk, and kills (by cgroup and
-/// process group) what is left of the others, reporting them as
-/// infrastructure failures.
-async fn recover(c: &confine::Confinement, open: BTreeMap<Key, journal::Record>) -> Recovered {
-    let mut found = Recovered {
-        running: Vec::new(),
-        busy: std::collections::BTreeSet::new(),
-        reports: BTreeMap::new(),
-    };
-    // Every attempt this restart found gone is one event for the node.
-    let restart = format!("agent-restart:{}", supervisor::boot_ms());
-    for (key, journal::Record { pgid, slot }) in open {
-        let (job_id, task, attempt) = key.clone();
-        let token = AttemptToken {
-            job_id,
-            task,
-            attempt,
-        };
-        let mut outcome = executor::take_result_file(&c.result_file(&token));
-        if outcome.is_none()
-            && let Ok(stream) = supervisor::connect(&c.socket_name(&token)).await
-        {
-            let (mut rd, wr) = stream.into_split();
-            let first =
-                tokio::time::timeout(Duration::from_secs(2), supervisor::read_frame(&mut rd)).await;
-            let stream = rd.reunite(wr).ok();
-            match (first, stream) {
-                (Ok(Ok(Some(supervisor::Frame::Started(st)))), Some(stream)) => {
-                    tracing::info!(attempt = ?key, pid = st.pid, "re-attached to an attempt still running from the agent's previous run");
-                    found.busy.extend(slot);
-                    found.running.push(Resumed {
-                        token,
-                        dir: st.dir.clone(),
-                        link: executor::Link { pid: pgid, stream },
-                        started: *st,
-                        slot,
-                    });
-                    continue;
-                }
-                (Ok(Ok(Some(supervisor::Frame::Finished(o)))), Some(mut stream)) => {
-                    let _ = supervisor::write_frame(&mut stream, &supervisor::Frame::Ack).await;
-                    outcome = Some(*o);
-                }
-                _ => {}
-            }
-        }
-        let report = match outcome {
-            Some(o) => {
-                tracing::info!(attempt = ?key, "an attempt ended while the agent was away: reporting its result");
-                executor::report(&token, &o, None, &JobSpec::default())
-            }
-            None => {
-                if let Some(task) = slot.and_then(|n| c.slot_cgroup(n))
-                    && !task.kill_all(Duration::from_secs(5))
-                {
-                    found.busy.extend(slot);
-                }
-                if pgid > 1 {
-                    let _ = nix::sys::signal::killpg(
-                        nix::unistd::Pid::from_raw(pgid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                tracing::warn!(attempt = ?key, pgid, "attempt left by a previous agent run with no supervisor: killed what was left of it");
-                AttemptFinished {
-                    attempt: Some(token),
-                    failure: gantry_proto::v1::FailureClass::Infra as i32,
-                    message: "the agent restarted while the attempt ran and its supervisor was gone; what was left of it was killed".into(),
-                    infra_event: restart.clone(),
-                    ..AttemptFinished::default()
-                }
-            }
-        };
-        found.reports.insert(key, report);
-    }
-    found
-}
-
-/// Follows an attempt re-attached after a restart like one it started.
-async fn resume(shared: &Arc<Shared>, r: Resumed) {
-    let Resumed {
-        token,
-        link,
-        started,
-        dir,
-        slot,
-    } = r;
-    let spec = JobSpec {
-        timeout_ms: started.timeout_ms,
-        ..JobSpec::default()
-    };
-    let k = key(&token);
-    let (exec, cancel_tx) = execution(shared, token.clone(), spec, Vec::new());
-    let shared2 = shared.clone();
-    let first = supervisor::Frame::Started(Box::new(started));
-    let handle = tokio::spawn(async move {
-        let report = executor::resume(exec, link, first, dir, slot).await;
-        finish(&shared2, token, report).await;
-    });
-    shared.running.lock().await.insert(
-        k,
-        Running {
-            cancel: Some(cancel_tx),
-            handle,
-        },
-    );
-}
-
 /// An attempt's execution on this node, and the sender that cancels it.
 fn execution(
     shared: &Arc<Shared>,
@@ -507,30 +386,6 @@ async fn finish(shared: &Shared, token: AttemptToken, report: AttemptFinished) {
     let _ = shared.events.try_send(AgentMessage {
         msg: Some(AgentMsg::Finished(report)),
     });
-}
-
-/// Logs when the lease lapses with attempts running (their supervisors stop
-/// them) and when it is renewed again.
-async fn fence_watch(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut lapsed = false;
-    loop {
-        tick.tick().await;
-        let lease = *shared.lease.borrow();
-        let now = supervisor::boot_ms();
-        let running = shared.running.lock().await.len();
-        // No lease yet (a fresh agent) is not a lapse.
-        if lease != 0 && lease <= now && running > 0 && !lapsed {
-            lapsed = true;
-            tracing::error!(
-                running,
-                "the cluster has not confirmed this node in time: stopping its tasks before the cluster gives them to another node"
-            );
-        } else if lease > now && lapsed {
-            lapsed = false;
-            tracing::info!("the cluster confirms this node again");
-        }
-    }
 }
 
 /// A graceful exit: the node drains (no new tasks), running attempts get
@@ -572,75 +427,6 @@ async fn leave(shared: &Shared) {
         }
     }
 }
-
-/// Extends the lease from a pong. The heartbeat it answers left at `sent`
-/// (CLOCK_BOOTTIME ms); the replica's report that the leader acknowledged
-/// was sent `confirmed_ago` before the pong, so no earlier than
-/// `sent - confirmed_ago`, and the leader's confirmation came later still.
-/// The leader marks the node lost no sooner than a node grace after its
-/// last confirmation: stopping the tasks a margin before that, measured
-/// from this lower bound, is stopping them before the cluster can run them
-/// elsewhere (docs/architecture.md, "Fencing").
-fn renew_lease(shared: &Shared, sent: u64, confirmed_ago: Option<u64>) {
-    let grace = shared.grace_ms.load(Ordering::Relaxed);
-    let (at, grace) = match (grace, confirmed_ago) {
-        // A replica from before leases: the pong itself is all there is.
-        (0, _) => (sent, LEGACY_NODE_GRACE_MS),
-        (g, Some(ago)) => (sent.saturating_sub(ago), g),
-        (_, None) => return,
-    };
-    let margin = u64::try_from(shared.cfg.fence_margin.as_millis()).unwrap_or(u64::MAX);
-    let lease = (at + grace).saturating_sub(margin);
-    let now = supervisor::boot_ms();
-    shared.lease.send_if_modified(|l| {
-        if *l != 0 && *l <= now {
-            shared.last_lapse.fetch_max(*l, Ordering::Relaxed);
-        }
-        let later = lease > *l;
-        if later {
-            *l = lease;
-        }
-        later
-    });
-}
-
-/// The cluster's node grace must leave the fence margin room: refused on
-/// the first connection, warned about on a later one (another replica's
-/// setting) and the lease then kept short.
-fn check_grace(shared: &Shared, grace_ms: u64) -> Result<(), tonic::Status> {
-    let margin = shared.cfg.fence_margin;
-    if margin < Duration::from_secs(1) {
-        tracing::warn!(
-            ?margin,
-            "a fence margin under 1 s may not cover the time to stop a task and machines' clock differences"
-        );
-    }
-    if grace_ms == 0 {
-        tracing::warn!(
-            "this replica does not say its node grace (an older release): fencing assumes 10 s"
-        );
-    }
-    let grace = Duration::from_millis(grace_ms);
-    if grace_ms > 0 && grace < margin + MIN_FENCE_WINDOW {
-        let reason = format!(
-            "the cluster's node grace ({grace:?}) leaves less than {MIN_FENCE_WINDOW:?} after this agent's fence margin ({margin:?}): tasks would be stopped at every hiccup. Lower --fence-margin on the agent or raise --node-grace-ms on the replicas"
-        );
-        if shared.stats.streams_opened.load(Ordering::Relaxed) <= 1 {
-            tracing::error!("{reason}");
-            shared.fatal.send_replace(Some(reason.clone()));
-            return Err(tonic::Status::failed_precondition(reason));
-        }
-        tracing::warn!("{reason}");
-    }
-    shared.grace_ms.store(grace_ms, Ordering::Relaxed);
-    Ok(())
-}
-
-/// Heartbeats before the first confirmed lease come this often.
-const FIRST_LEASE_POLL: Duration = Duration::from_millis(100);
-
-/// How long a new attempt waits for the node's first confirmed lease.
-const LEASE_WAIT: Duration = Duration::from_secs(10);
 
 /// Time after the grace period and kill grace for the last reports.
 const LEAVE_SLACK: Duration = Duration::from_secs(5);
@@ -729,15 +515,13 @@ async fn session(
         capacity: Some(shared.capacity),
         max_tasks: shared.cfg.max_tasks,
         version: env!("CARGO_PKG_VERSION").into(),
-        running: shared
-            .running
-            .lock()
+        running: open_stream(shared)
             .await
-            .keys()
+            .into_iter()
             .map(|(job_id, task, attempt)| AttemptToken {
-                job_id: job_id.clone(),
-                task: *task,
-                attempt: *attempt,
+                job_id,
+                task,
+                attempt,
             })
             .collect(),
         unacknowledged: shared.unacked.lock().await.values().cloned().collect(),
@@ -816,6 +600,25 @@ async fn session(
     }
 }
 
+/// A new stream begins: assignments of earlier streams that have not
+/// started are dropped (the cluster may have given them to another node
+/// since: a node marked lost has its stream ended), and the new stream's
+/// dispatcher sends again those still meant for this node. Returns the
+/// attempts this agent runs, for the hello.
+async fn open_stream(shared: &Shared) -> Vec<Key> {
+    let mut running = shared.running.lock().await;
+    shared.stream.fetch_add(1, Ordering::Relaxed);
+    running.retain(|k, r| {
+        let keep = r.waiting_on.is_none();
+        if !keep {
+            tracing::info!(attempt = ?k, "dropping an assignment of the last stream that has not started: the new stream sends it again if it is still this node's");
+            r.handle.abort();
+        }
+        keep
+    });
+    running.keys().cloned().collect()
+}
+
 async fn handle(shared: &Arc<Shared>, msg: Option<ServerMsg>) {
     match msg {
         Some(ServerMsg::Assign(a)) => {
@@ -869,7 +672,9 @@ async fn start(
     let shared2 = shared.clone();
     let mut lease = shared.lease.subscribe();
     let received = supervisor::boot_ms();
+    let stream = shared.stream.load(Ordering::Relaxed);
     tracing::info!(attempt = ?k, "starting");
+    let k2 = k.clone();
     let handle = tokio::spawn(async move {
         // A task starts under a lease: a fresh agent waits for the cluster's
         // first confirmation of its node (moments), not longer.
@@ -877,6 +682,16 @@ async fn start(
         let _ = tokio::time::timeout(LEASE_WAIT, valid).await;
         let current = *lease.borrow();
         drop(lease);
+        {
+            let mut running = shared2.running.lock().await;
+            // Another stream opened meanwhile and dropped this one.
+            if shared2.stream.load(Ordering::Relaxed) != stream {
+                return;
+            }
+            if let Some(r) = running.get_mut(&k2) {
+                r.waiting_on = None;
+            }
+        }
         // The lease lapsed since the assignment arrived (the agent froze,
         // or lost the cluster): the cluster may have given the attempt to
         // another node. Not started, and reported so: an infra failure the
@@ -907,6 +722,7 @@ async fn start(
         Running {
             cancel: Some(cancel_tx),
             handle,
+            waiting_on: Some(stream),
         },
     );
 }

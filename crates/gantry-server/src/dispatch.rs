@@ -12,15 +12,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gantry_core::{AttemptRef, Command, JobSpec, NodeInfo, NodeStatus, Session};
+use gantry_core::{AttemptRef, JobSpec, NodeInfo, NodeStatus, Session};
 use gantry_proto::v1::server_message::Msg as ServerMsg;
 use gantry_proto::v1::{Assign, Cancel, ServerMessage};
 use openraft::async_runtime::WatchReceiver;
 use tokio::sync::{RwLock, mpsc, watch};
-use tokio::time::Instant;
 use tonic::Status;
 
-use crate::clock::now_ms;
 use crate::convert::{spec_to_api, token_to_api};
 use crate::replica::Replica;
 
@@ -166,6 +164,8 @@ pub enum Ended {
     StreamClosed,
     /// A newer session for the node replaced this one (the agent reconnected elsewhere).
     Replaced,
+    /// The node was marked lost while this stream was open.
+    Lost,
     ShuttingDown,
 }
 
@@ -243,16 +243,19 @@ impl Dispatcher {
         loop {
             woken.borrow_and_update();
             if let Err(ended) = Box::pin(self.sync()).await {
-                if matches!(ended, Ended::Replaced) {
-                    // End this stream: the agent lives on another session now
-                    // (or will reconnect and register again).
-                    let _ = self
-                        .tx
-                        .send(Err(Status::aborted(
-                            "a newer session for this node replaced this one",
-                        )))
-                        .await;
-                }
+                // End this stream: the agent lives on another session now,
+                // or reconnects and registers again. A stream never outlives
+                // its node's loss: what was assigned on it may run
+                // elsewhere now, and the agent drops what it has not started.
+                let why = match ended {
+                    Ended::Replaced => "a newer session for this node replaced this one",
+                    Ended::Lost => {
+                        tracing::warn!(node = %self.info.id, "node was marked lost while its agent is connected here (this replica or the agent was cut off from the leader): ending the stream, the agent registers again");
+                        "the node was marked lost (no replica confirmed its session for the node grace): reconnect"
+                    }
+                    Ended::StreamClosed | Ended::ShuttingDown => return ended,
+                };
+                let _ = self.tx.send(Err(Status::aborted(why))).await;
                 return ended;
             }
             tokio::select! {
@@ -318,9 +321,7 @@ impl Dispatcher {
         let view = self.view().await;
         match &view.session_id {
             Some(id) if *id != self.session.id => return Err(Ended::Replaced),
-            // Marked lost (e.g. this replica was cut off from the leader)
-            // while the agent is still here: register it again.
-            None if view.status == Some(NodeStatus::Lost) => self.reopen().await,
+            None if view.status == Some(NodeStatus::Lost) => return Err(Ended::Lost),
             _ => {}
         }
         let live: BTreeSet<&AttemptRef> = view.live.iter().map(|a| &a.r).collect();
@@ -366,20 +367,6 @@ impl Dispatcher {
         self.sent.retain(|r| live.contains(r));
         self.cancels_sent.retain(|r| live.contains(r));
         Ok(())
-    }
-
-    async fn reopen(&self) {
-        tracing::warn!(node = %self.info.id, "node was marked lost while its agent is connected here; registering it again");
-        let cmd = Command::NodeSessionOpened {
-            now_ms: now_ms(),
-            node: self.info.clone(),
-            session: self.session.clone(),
-            health: None,
-        };
-        let deadline = Instant::now() + self.replica.config.request_timeout();
-        if let Err(e) = self.replica.write(cmd, deadline).await {
-            tracing::warn!(node = %self.info.id, error = %e, "could not register the node again");
-        }
     }
 }
 

@@ -271,7 +271,12 @@ impl RaftService for InternalService {
             .node_ids
             .into_iter()
             .zip(seen.into_iter().chain(std::iter::repeat(0)));
-        self.replica.liveness.confirm(seen).await;
+        let lost = self.replica.lost_nodes().await;
+        let unconfirmed = self
+            .replica
+            .liveness
+            .confirm(seen, |id| lost.contains(id))
+            .await;
         self.replica
             .liveness
             .record_telemetry(report.telemetry)
@@ -281,6 +286,9 @@ impl RaftService for InternalService {
         // leader could keep agents' leases alive after another one took over.
         let deadline = tokio::time::Instant::now() + crate::leader::SESSION_REPORT_INTERVAL;
         self.replica.serve_read_index(deadline).await?;
-        Ok(Response::new(SessionsReportAck { leader_now_ms: now }))
+        Ok(Response::new(SessionsReportAck {
+            leader_now_ms: now,
+            unconfirmed,
+        }))
     }
 }

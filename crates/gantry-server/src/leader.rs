@@ -242,11 +242,16 @@ pub async fn report_sessions(replica: Arc<Replica>) {
             Some((id, _)) if id == replica.id => {
                 replica.skew.set(0);
                 let sent = tokio::time::Instant::now();
+                let lost = replica.lost_nodes().await;
                 let ids: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
-                replica.liveness.confirm(nodes).await;
+                let refused = replica
+                    .liveness
+                    .confirm(nodes, |id| lost.contains(id))
+                    .await;
                 // As for the other replicas' reports: only with a quorum behind it.
                 let deadline = sent + SESSION_REPORT_INTERVAL;
                 if replica.serve_read_index(deadline).await.is_ok() {
+                    let ids = ids.into_iter().filter(|id| !refused.contains(id));
                     replica.sessions.confirmed(ids, sent).await;
                 }
                 let telemetry = replica.sessions.take_telemetry(new_leader).await;
@@ -276,8 +281,10 @@ pub async fn report_sessions(replica: Arc<Replica>) {
                 };
                 match sent.await {
                     Ok(ack) => {
+                        let ack = ack.into_inner();
+                        let ids = ids.into_iter().filter(|id| !ack.unconfirmed.contains(id));
                         replica.sessions.confirmed(ids, sent_at).await;
-                        let leader_ms = ack.into_inner().leader_now_ms;
+                        let leader_ms = ack.leader_now_ms;
                         if leader_ms > 0 {
                             replica.skew.record(sent_ms, now_ms(), leader_ms);
                         }

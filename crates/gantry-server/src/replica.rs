@@ -127,6 +127,19 @@ impl Replica {
         })
     }
 
+    /// Nodes the applied state says are lost: a leader confirms no session
+    /// of theirs until they are registered again.
+    pub async fn lost_nodes(&self) -> std::collections::HashSet<String> {
+        self.state
+            .read(|s, _| {
+                s.nodes()
+                    .filter(|n| n.status == gantry_core::NodeStatus::Lost)
+                    .map(|n| n.id().to_owned())
+                    .collect()
+            })
+            .await
+    }
+
     /// The leader this replica knows of now, and its address; `None` while
     /// there is none (an election) or its address is not in the membership.
     pub fn known_leader(&self) -> Option<(ReplicaId, String)> {

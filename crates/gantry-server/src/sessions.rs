@@ -128,18 +128,36 @@ pub struct Liveness {
     confirmed: RwLock<HashMap<String, Instant>>,
     last_seen_ms: RwLock<HashMap<String, u64>>,
     telemetry: RwLock<HashMap<String, NodeTelemetry>>,
+    /// Nodes this leader decided are lost, until the log says so: no
+    /// report confirms them meanwhile, or an agent could get a fresh lease
+    /// for tasks the cluster is about to run elsewhere.
+    fencing: RwLock<std::collections::HashSet<String>>,
 }
 
 impl Liveness {
-    pub async fn confirm(&self, nodes: impl IntoIterator<Item = (String, u64)>) {
+    /// Confirms the nodes a replica holds, except those being fenced or
+    /// `lost` in the log: returns the ones not confirmed (the reporter
+    /// gives their agents no lease from this report).
+    pub async fn confirm(
+        &self,
+        nodes: impl IntoIterator<Item = (String, u64)>,
+        lost: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
         let now = Instant::now();
         let mut confirmed = self.confirmed.write().await;
+        let fencing = self.fencing.read().await;
         let mut seen = self.last_seen_ms.write().await;
+        let mut refused = Vec::new();
         for (id, seen_ms) in nodes {
             let last = seen.entry(id.clone()).or_default();
             *last = (*last).max(seen_ms);
-            confirmed.insert(id, now);
+            if fencing.contains(&id) || lost(&id) {
+                refused.push(id);
+            } else {
+                confirmed.insert(id, now);
+            }
         }
+        refused
     }
 
     /// When each node's agent last spoke, as far as this leader heard.
@@ -159,26 +177,46 @@ impl Liveness {
         self.telemetry.read().await.clone()
     }
 
-    /// Nodes among `ready` not confirmed for `grace`. A node seen for the
-    /// first time (e.g. by a new leader) gets a full grace period from now.
+    /// Nodes among `ready` not confirmed for `grace`, or still being
+    /// fenced (their loss not yet in the log). A node seen for the first
+    /// time (e.g. by a new leader) gets a full grace period from now. The
+    /// nodes returned are fenced: no report confirms them until
+    /// [`Liveness::forget`] (their loss is applied) or a new term.
     pub async fn expired(&self, ready: &[String], grace: std::time::Duration) -> Vec<String> {
         let now = Instant::now();
+        // Same lock order as `confirm`: a report is taken in wholly before
+        // the decision or refused after it.
         let mut confirmed = self.confirmed.write().await;
-        ready
+        let mut fencing = self.fencing.write().await;
+        // No longer ready: the loss reached the log after all (a write
+        // that timed out but committed). Its reconnect starts afresh.
+        fencing.retain(|id| {
+            let pending = ready.contains(id);
+            if !pending {
+                confirmed.remove(id);
+            }
+            pending
+        });
+        let lost: Vec<String> = ready
             .iter()
             .filter(|id| {
                 let seen = *confirmed.entry((*id).clone()).or_insert(now);
-                now.duration_since(seen) > grace
+                fencing.contains(*id) || now.duration_since(seen) > grace
             })
             .cloned()
-            .collect()
+            .collect();
+        fencing.extend(lost.iter().cloned());
+        lost
     }
 
-    /// Forgets nodes just marked lost, so a reconnect starts a fresh period.
+    /// Forgets nodes whose loss the log now holds, so a reconnect starts a
+    /// fresh period (the log's `lost` keeps them unconfirmed until then).
     pub async fn forget(&self, node_ids: &[String]) {
         let mut confirmed = self.confirmed.write().await;
+        let mut fencing = self.fencing.write().await;
         for id in node_ids {
             confirmed.remove(id);
+            fencing.remove(id);
         }
     }
 
@@ -195,6 +233,7 @@ impl Liveness {
     /// Forgets everything: a new term of leadership starts from scratch.
     pub async fn reset(&self) {
         self.confirmed.write().await.clear();
+        self.fencing.write().await.clear();
     }
 }
 
@@ -211,11 +250,38 @@ mod tests {
         let l = Liveness::default();
         let grace = Duration::from_secs(10);
         let ready = vec!["n1".to_owned()];
-        l.confirm([("n1".to_owned(), 0)]).await;
+        l.confirm([("n1".to_owned(), 0)], |_| false).await;
         tokio::time::advance(Duration::from_secs(12)).await;
         l.excuse(Duration::from_secs(11)).await;
         assert!(l.expired(&ready, grace).await.is_empty());
         tokio::time::advance(Duration::from_secs(10)).await;
         assert_eq!(l.expired(&ready, grace).await, ready);
+    }
+
+    /// A report that reaches the leader after it decided a node is lost,
+    /// but before the loss is in the log, confirms nothing for that node:
+    /// its agent's lease must not be renewed for tasks about to run
+    /// elsewhere. Nor does one about a node the log says is lost.
+    #[tokio::test(start_paused = true)]
+    async fn no_confirmation_between_a_loss_decision_and_its_entry() {
+        let l = Liveness::default();
+        let grace = Duration::from_secs(5);
+        let ready = vec!["n1".to_owned(), "n2".to_owned()];
+        let both = || [("n1".to_owned(), 0), ("n2".to_owned(), 0)];
+        assert!(l.confirm(both(), |_| false).await.is_empty());
+        tokio::time::advance(Duration::from_secs(6)).await;
+        l.confirm([("n2".to_owned(), 0)], |_| false).await;
+        assert_eq!(l.expired(&ready, grace).await, vec!["n1".to_owned()]);
+        // The NodesLost entry is being written: n1's report is refused.
+        assert_eq!(l.confirm(both(), |_| false).await, vec!["n1".to_owned()]);
+        // Its write failed: the next round decides the same again.
+        assert_eq!(l.expired(&ready, grace).await, vec!["n1".to_owned()]);
+        // Applied: fencing ends, the log's own word keeps it unconfirmed.
+        l.forget(&["n1".to_owned()]).await;
+        let lost = |id: &str| id == "n1";
+        assert_eq!(l.confirm(both(), lost).await, vec!["n1".to_owned()]);
+        // Registered again: confirmed as any node.
+        assert!(l.confirm(both(), |_| false).await.is_empty());
+        assert!(l.expired(&ready, grace).await.is_empty());
     }
 }
