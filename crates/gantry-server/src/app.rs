@@ -19,14 +19,14 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
-use crate::agent_api::AgentApi;
-use crate::cluster::ClusterApi;
-use crate::config::{ConfigError, ServerConfig};
-use crate::internal::InternalService;
-use crate::jobs::JobApi;
-use crate::network::NetworkFactory;
-use crate::nodes_api::NodeApi;
-use crate::peers::{MAX_INTERNAL_MESSAGE_BYTES, Peers};
+use crate::agents::stream::AgentApi;
+use crate::api::cluster::ClusterApi;
+use crate::api::jobs::JobApi;
+use crate::api::nodes::NodeApi;
+use crate::ops::config::{ConfigError, ServerConfig};
+use crate::raft::internal::InternalService;
+use crate::raft::network::NetworkFactory;
+use crate::raft::peers::{MAX_INTERNAL_MESSAGE_BYTES, Peers};
 use crate::replica::Replica;
 
 #[derive(Debug, thiserror::Error)]
@@ -120,8 +120,8 @@ pub async fn start_on(
         .map_err(|e| StartError::Raft(e.to_string()))?;
     bootstrap(&raft, &config).await?;
 
-    let (submit_queue, submit_batches) = crate::group_commit::queue();
-    let (forward_queue, forward_batches) = crate::group_commit::queue();
+    let (submit_queue, submit_batches) = crate::replica::group_commit::queue();
+    let (forward_queue, forward_batches) = crate::replica::group_commit::queue();
     let replica = Arc::new(Replica {
         id: config.id,
         raft,
@@ -131,11 +131,14 @@ pub async fn start_on(
         liveness: Default::default(),
         output: Default::default(),
         secure: transport.is_secure(),
-        submit_limit: crate::ratelimit::RateLimiter::new(config.submit_rate, config.submit_burst),
+        submit_limit: crate::api::ratelimit::RateLimiter::new(
+            config.submit_rate,
+            config.submit_burst,
+        ),
         streams: Default::default(),
         identities: Default::default(),
         in_quorum: Default::default(),
-        write_latency: crate::metrics::write_latency_histogram(),
+        write_latency: crate::ops::metrics::write_latency_histogram(),
         scheduler_examined: Default::default(),
         admission: Default::default(),
         entry_clock: Default::default(),
@@ -149,28 +152,31 @@ pub async fn start_on(
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let mut background = vec![
         tokio::spawn(crate::leader::supervise(replica.clone())),
-        tokio::spawn(crate::leader::report_sessions(replica.clone())),
-        tokio::spawn(crate::admission::monitor(replica.clone())),
-        tokio::spawn(crate::health::probe_loop(replica.clone(), health_reporter)),
-        tokio::spawn(crate::dispatch::wake_touched(replica.clone())),
-        tokio::spawn(crate::group_commit::run(
+        tokio::spawn(crate::agents::report::report_sessions(replica.clone())),
+        tokio::spawn(crate::api::admission::monitor(replica.clone())),
+        tokio::spawn(crate::ops::health::probe_loop(
             replica.clone(),
-            crate::group_commit::Route::Raft,
+            health_reporter,
+        )),
+        tokio::spawn(crate::agents::dispatch::wake_touched(replica.clone())),
+        tokio::spawn(crate::replica::group_commit::run(
+            replica.clone(),
+            crate::replica::group_commit::Route::Raft,
             submit_batches,
         )),
-        tokio::spawn(crate::group_commit::run(
+        tokio::spawn(crate::replica::group_commit::run(
             replica.clone(),
-            crate::group_commit::Route::Leader,
+            crate::replica::group_commit::Route::Leader,
             forward_batches,
         )),
     ];
-    let grpc_counters = crate::metrics::GrpcCounters::default();
+    let grpc_counters = crate::ops::metrics::GrpcCounters::default();
     let metrics_addr = match replica.config.metrics_listen {
         Some(m) => {
             let l = TcpListener::bind(m)
                 .await
                 .map_err(|source| StartError::Listen { addr: m, source })?;
-            let (a, task) = crate::metrics::serve(l, replica.clone(), grpc_counters.clone())
+            let (a, task) = crate::ops::metrics::serve(l, replica.clone(), grpc_counters.clone())
                 .map_err(|source| StartError::Listen { addr: m, source })?;
             tracing::info!(addr = %a, "serving /metrics, /health, /ready and /live");
             background.push(task);
@@ -190,7 +196,9 @@ pub async fn start_on(
         .map_err(|e| StartError::Reflection(e.to_string()))?;
     let router = transport
         .server()
-        .layer(crate::grpc_metrics::GrpcMetricsLayer::new(grpc_counters))
+        .layer(crate::ops::grpc_metrics::GrpcMetricsLayer::new(
+            grpc_counters,
+        ))
         .add_service(health_service)
         .add_service(
             RaftServiceServer::new(InternalService {

@@ -1,18 +1,19 @@
-//! Loops that run only on the leader (the scheduler, node liveness), started
-//! when this replica gains leadership and stopped when it loses it; and the
-//! loop every replica runs to tell the leader which sessions it holds.
+//! Loops that run only on the leader (the scheduler, node liveness, drain
+//! deadlines, turning on new apply rules), started when this replica gains
+//! leadership and stopped when it loses it.
+
+pub mod rules;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use gantry_core::{Command, Eligibility, NodeStatus, scheduler};
-use gantry_proto::internal::v1::SessionsReport;
 use openraft::async_runtime::WatchReceiver;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::clock::now_ms;
 use crate::replica::Replica;
+use crate::replica::clock::now_ms;
 
 /// Most placements in one Assign entry.
 const MAX_PLACEMENTS_PER_ROUND: usize = 1_000;
@@ -43,7 +44,7 @@ pub async fn supervise(replica: Arc<Replica>) {
             replica.liveness.reset().await;
             loops.push(tokio::spawn(schedule_loop(replica.clone())));
             loops.push(tokio::spawn(liveness_loop(replica.clone())));
-            loops.push(tokio::spawn(crate::rules::enable_when_all_know(
+            loops.push(tokio::spawn(crate::leader::rules::enable_when_all_know(
                 replica.clone(),
             )));
         } else if !leading && !loops.is_empty() {
@@ -218,83 +219,6 @@ async fn expire_drains(replica: &Replica) {
         };
         if let Err(e) = replica.write(cmd, deadline).await {
             tracing::warn!(error = %e, "could not record a drain deadline");
-        }
-    }
-}
-
-/// Every replica: tell the leader which agent sessions this replica holds.
-pub async fn report_sessions(replica: Arc<Replica>) {
-    let mut tick = tokio::time::interval(SESSION_REPORT_INTERVAL);
-    let mut reported_to: Option<u64> = None;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = replica.sessions.report_now.notified() => {}
-        }
-        // Sent even with no sessions held: the answer measures this
-        // replica's clock against the leader's.
-        let nodes = replica.sessions.nodes().await;
-        let leader = replica.known_leader();
-        // A leader this replica has not reported to gets all the telemetry.
-        let new_leader = leader.as_ref().map(|(id, _)| *id) != reported_to;
-        reported_to = leader.as_ref().map(|(id, _)| *id);
-        match leader {
-            Some((id, _)) if id == replica.id => {
-                replica.skew.set(0);
-                let sent = tokio::time::Instant::now();
-                let lost = replica.lost_nodes().await;
-                let ids: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
-                let refused = replica
-                    .liveness
-                    .confirm(nodes, |id| lost.contains(id))
-                    .await;
-                // As for the other replicas' reports: only with a quorum behind it.
-                let deadline = sent + SESSION_REPORT_INTERVAL;
-                if replica.serve_read_index(deadline).await.is_ok() {
-                    let ids = ids.into_iter().filter(|id| !refused.contains(id));
-                    replica.sessions.confirmed(ids, sent).await;
-                }
-                let telemetry = replica.sessions.take_telemetry(new_leader).await;
-                replica.liveness.record_telemetry(telemetry).await;
-            }
-            Some((id, addr)) => {
-                let sent_ms = now_ms();
-                let sent_at = tokio::time::Instant::now();
-                let ids: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
-                let seen_ago_ms = nodes
-                    .iter()
-                    .map(|(_, seen)| sent_ms.saturating_sub(*seen))
-                    .collect();
-                let (node_ids, last_seen_ms) = nodes.into_iter().unzip();
-                let report = SessionsReport {
-                    replica: replica.id,
-                    node_ids,
-                    last_seen_ms,
-                    telemetry: replica.sessions.take_telemetry(new_leader).await,
-                    seen_ago_ms,
-                };
-                let sent = async {
-                    let mut client = replica.peers.raft_client(&addr).await?;
-                    let mut req = tonic::Request::new(report);
-                    req.set_timeout(SESSION_REPORT_INTERVAL);
-                    client.report_sessions(req).await
-                };
-                match sent.await {
-                    Ok(ack) => {
-                        let ack = ack.into_inner();
-                        let ids = ids.into_iter().filter(|id| !ack.unconfirmed.contains(id));
-                        replica.sessions.confirmed(ids, sent_at).await;
-                        let leader_ms = ack.leader_now_ms;
-                        if leader_ms > 0 {
-                            replica.skew.record(sent_ms, now_ms(), leader_ms);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(leader = id, error = %e, "session report not delivered");
-                    }
-                }
-            }
-            None => {}
         }
     }
 }

@@ -11,8 +11,8 @@ use gantry_proto::internal::v1::LocalStatusRequest;
 use openraft::async_runtime::WatchReceiver;
 use tokio::time::Instant;
 
-use crate::clock::now_ms;
 use crate::replica::Replica;
+use crate::replica::clock::now_ms;
 
 /// How often the leader asks the voters until they all know the rules.
 const CHECK_EVERY: Duration = Duration::from_secs(5);

@@ -13,12 +13,12 @@ use gantry_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::auth;
-use crate::clock::now_ms;
-use crate::convert::{eligibility_from_api, node_to_api};
-use crate::deadline::deadline;
-use crate::forward::{forwarded, leader_channel};
+use crate::api::convert::{eligibility_from_api, node_to_api};
+use crate::api::deadline::deadline;
+use crate::api::forward::{forwarded, leader_channel};
+use crate::ops::auth;
 use crate::replica::Replica;
+use crate::replica::clock::now_ms;
 
 pub struct NodeApi {
     pub(crate) replica: Arc<Replica>,
@@ -83,10 +83,10 @@ impl NodeService for NodeApi {
         match outcome {
             Outcome::Node(Ok(())) => {}
             Outcome::Node(Err(e)) => return Err(Status::not_found(e.to_string())),
-            _ => return Err(crate::error::unexpected_outcome("SetEligibility")),
+            _ => return Err(crate::api::error::unexpected_outcome("SetEligibility")),
         }
         let node = self.node_after(&req.node_id, index, deadline).await;
-        Ok(crate::forward::write_reply(
+        Ok(crate::api::forward::write_reply(
             &self.replica,
             SetEligibilityResponse { node },
         ))
@@ -99,7 +99,7 @@ impl NodeService for NodeApi {
         auth::require(&self.replica, &req, auth::WRITE, "set_blacklist")?;
         let deadline = deadline(&req, self.replica.config.request_timeout());
         let req = req.into_inner();
-        validate_reason(&req.reason).map_err(crate::error::invalid)?;
+        validate_reason(&req.reason).map_err(crate::api::error::invalid)?;
         let cmd = Command::SetBlacklist {
             now_ms: now_ms(),
             node_id: req.node_id.clone(),
@@ -110,10 +110,10 @@ impl NodeService for NodeApi {
         match outcome {
             Outcome::Node(Ok(())) => {}
             Outcome::Node(Err(e)) => return Err(Status::not_found(e.to_string())),
-            _ => return Err(crate::error::unexpected_outcome("SetBlacklist")),
+            _ => return Err(crate::api::error::unexpected_outcome("SetBlacklist")),
         }
         let node = self.node_after(&req.node_id, index, deadline).await;
-        Ok(crate::forward::write_reply(
+        Ok(crate::api::forward::write_reply(
             &self.replica,
             SetBlacklistResponse { node },
         ))

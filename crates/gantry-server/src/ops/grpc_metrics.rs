@@ -19,7 +19,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Instrument;
 
-use crate::metrics::{ErrorLabels, GrpcCounters, MethodLabels};
+use crate::ops::metrics::{ErrorLabels, GrpcCounters, MethodLabels};
 
 /// Paths outside Gantry's and gRPC's own services are counted as "other",
 /// so a caller cannot grow the label set without bound.

@@ -16,10 +16,10 @@ use openraft::errors::ClientWriteError;
 use openraft::{BasicNode, ChangeMembers};
 use tonic::{Request, Response, Status};
 
-use crate::auth;
-use crate::deadline::deadline;
-use crate::forward::{FORWARDED, forwarded, leader_channel};
-use crate::internal::{local_status, state_digest};
+use crate::api::deadline::deadline;
+use crate::api::forward::{FORWARDED, forwarded, leader_channel};
+use crate::ops::auth;
+use crate::raft::internal::{local_status, state_digest};
 use crate::replica::Replica;
 
 /// How long Status waits for each replica's own answer.
@@ -152,20 +152,20 @@ fn membership_error(
 
 #[tonic::async_trait]
 impl ClusterService for ClusterApi {
-    type SaveSnapshotStream = crate::snapshot_api::SnapshotStream;
+    type SaveSnapshotStream = crate::api::snapshot::SnapshotStream;
 
     async fn save_snapshot(
         &self,
         req: Request<gantry_proto::v1::SaveSnapshotRequest>,
     ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
-        crate::snapshot_api::save(&self.replica, req).await
+        crate::api::snapshot::save(&self.replica, req).await
     }
 
     async fn restore_snapshot(
         &self,
         req: Request<tonic::Streaming<gantry_proto::v1::SnapshotData>>,
     ) -> Result<Response<gantry_proto::v1::RestoreSnapshotResponse>, Status> {
-        crate::snapshot_api::restore(&self.replica, req).await
+        crate::api::snapshot::restore(&self.replica, req).await
     }
 
     async fn status(

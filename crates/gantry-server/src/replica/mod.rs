@@ -1,5 +1,9 @@
-//! A replica's write and read paths: find the leader, propose locally or
-//! forward, and make reads linearizable.
+//! The replica: its write and read paths (find the leader, propose locally
+//! or forward, group commit, linearizable reads through a read index) and
+//! the one clock proposers stamp commands with.
+
+pub mod clock;
+pub mod group_commit;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,10 +18,10 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
-use crate::config::ServerConfig;
-use crate::network::{decode, encode};
-use crate::peers::Peers;
-use crate::sessions::{Liveness, Sessions};
+use crate::agents::sessions::{Liveness, Sessions};
+use crate::ops::config::ServerConfig;
+use crate::raft::network::{decode, encode};
+use crate::raft::peers::Peers;
 
 /// The answer to a forwarded write, as the leader sends it back.
 pub(crate) type ForwardReply = Result<(Outcome, u64), ForwardError>;
@@ -56,33 +60,33 @@ pub struct Replica {
     /// On the leader: when each node's session was last confirmed.
     pub liveness: Liveness,
     /// Live output of attempts on nodes whose streams this replica holds.
-    pub output: crate::output::OutputHub,
+    pub output: crate::agents::output::OutputHub,
     /// mTLS: callers are identified and authorized by certificate.
     pub secure: bool,
     /// Submit requests per client identity.
-    pub submit_limit: crate::ratelimit::RateLimiter,
+    pub submit_limit: crate::api::ratelimit::RateLimiter,
     /// Agent streams per node.
-    pub streams: crate::ratelimit::StreamCounter,
+    pub streams: crate::api::ratelimit::StreamCounter,
     /// Identities read from peer certificates.
-    pub identities: crate::auth::IdentityCache,
+    pub identities: crate::ops::auth::IdentityCache,
     /// Whether the last quorum probe succeeded (see `health`).
     pub in_quorum: std::sync::atomic::AtomicBool,
     /// Propose → committed and applied, for writes this replica led.
     pub write_latency: prometheus_client::metrics::histogram::Histogram,
     /// On the leader: the time every entry it proposes is stamped with.
-    pub entry_clock: crate::clock::EntryClock,
+    pub entry_clock: crate::replica::clock::EntryClock,
     /// This replica's clock against the leader's.
-    pub skew: crate::clock::Skew,
+    pub skew: crate::replica::clock::Skew,
     /// Whether new submissions are taken now (disk reserve, backlog).
-    pub admission: crate::admission::Admission,
+    pub admission: crate::api::admission::Admission,
     /// Pending tasks the scheduler read, over all its rounds on this replica.
     pub scheduler_examined: prometheus_client::metrics::counter::Counter,
     /// Wakes the dispatchers of the nodes an applied entry changed.
-    pub wakeups: crate::dispatch::Wakeups,
+    pub wakeups: crate::agents::dispatch::Wakeups,
     /// Submissions waiting to share a Raft entry (see `group_commit`).
-    pub(crate) submits: crate::group_commit::Queue,
+    pub(crate) submits: crate::replica::group_commit::Queue,
     /// Submissions waiting to share one request forwarded to the leader.
-    pub(crate) forwards: crate::group_commit::Queue,
+    pub(crate) forwards: crate::replica::group_commit::Queue,
     /// Cancelled when the replica begins to stop: ends its long-lived
     /// streams (see `until_stopped`).
     pub stopping: tokio_util::sync::CancellationToken,
@@ -216,13 +220,13 @@ impl Replica {
 
     /// Queues a submission for `queue`'s next batch and waits for its own answer.
     async fn batched(
-        queue: &crate::group_commit::Queue,
+        queue: &crate::replica::group_commit::Queue,
         now_ms: u64,
         jobs: Vec<gantry_core::NewJob>,
         deadline: Instant,
     ) -> Result<(Outcome, u64), Try> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let pending = crate::group_commit::Pending {
+        let pending = crate::replica::group_commit::Pending {
             now_ms,
             jobs,
             deadline,
@@ -306,7 +310,7 @@ impl Replica {
         }
         let latest = self.state.read(|s, _| s.clock_ms()).await;
         let behind = self.entry_clock.establish(term, latest);
-        if behind > crate::clock::SKEW_WARN.as_millis() as u64 {
+        if behind > crate::replica::clock::SKEW_WARN.as_millis() as u64 {
             tracing::warn!(
                 behind_ms = behind,
                 "this leader's clock is behind the latest entry's time: entry times go on from that entry at this clock's rate (fix the clock)"

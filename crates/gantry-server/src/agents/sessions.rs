@@ -8,7 +8,7 @@ use gantry_proto::internal::v1::NodeTelemetry;
 use tokio::sync::RwLock;
 use tokio::time::Instant;
 
-use crate::clock::now_ms;
+use crate::replica::clock::now_ms;
 
 /// A session counts as held only while its agent keeps talking: a frozen
 /// agent (or a half-open connection) stops being confirmed after this.

@@ -12,10 +12,10 @@ use gantry_core::{Command, Outcome, State};
 use gantry_proto::v1::{RestoreSnapshotResponse, SaveSnapshotRequest, SnapshotData};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth;
-use crate::clock::now_ms;
-use crate::deadline::deadline;
+use crate::api::deadline::deadline;
+use crate::ops::auth;
 use crate::replica::Replica;
+use crate::replica::clock::now_ms;
 
 /// The largest snapshot a restore accepts: it becomes one log entry.
 pub const MAX_RESTORE_BYTES: usize = 64 * 1024 * 1024;
@@ -109,6 +109,6 @@ pub async fn restore(
             }))
         }
         Outcome::Restored(Err(e)) => Err(Status::invalid_argument(format!("snapshot: {e}"))),
-        _ => Err(crate::error::unexpected_outcome("RestoreSnapshot")),
+        _ => Err(crate::api::error::unexpected_outcome("RestoreSnapshot")),
     }
 }

@@ -13,12 +13,12 @@ use gantry_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::auth;
-use crate::clock::now_ms;
-use crate::convert::{job_state_from_api, job_to_api, spec_from_api};
-use crate::deadline::deadline;
-use crate::error;
+use crate::api::convert::{job_state_from_api, job_to_api, spec_from_api};
+use crate::api::deadline::deadline;
+use crate::api::error;
+use crate::ops::auth;
 use crate::replica::Replica;
+use crate::replica::clock::now_ms;
 
 /// ListJobs page size when the request gives none, and the most it may ask for.
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
@@ -56,8 +56,8 @@ impl JobService for JobApi {
         if !req.job_id.is_empty() {
             require_job_id(&req.job_id)?;
         }
-        let (tx, rx) = tokio::sync::mpsc::channel(crate::watch::WATCH_QUEUE);
-        tokio::spawn(crate::watch::watch_jobs(
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::api::watch::WATCH_QUEUE);
+        tokio::spawn(crate::api::watch::watch_jobs(
             self.replica.clone(),
             req.job_id,
             req.from_index,
@@ -74,11 +74,12 @@ impl JobService for JobApi {
         let req = req.into_inner();
         require_job_id(&req.job_id)?;
         self.replica.read_barrier(deadline).await?;
-        let (tx, rx) = tokio::sync::mpsc::channel(crate::watch::WATCH_QUEUE);
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::api::watch::WATCH_QUEUE);
         let replica = self.replica.clone();
         let err_tx = tx.clone();
         tokio::spawn(async move {
-            if let Err(e) = crate::watch::logs(replica, req.job_id, req.task, req.follow, tx).await
+            if let Err(e) =
+                crate::api::watch::logs(replica, req.job_id, req.task, req.follow, tx).await
             {
                 let _ = err_tx.send(Err(e)).await;
             }
@@ -141,7 +142,7 @@ impl JobService for JobApi {
             return Err(error::unexpected_outcome("SubmitJobs"));
         };
         let submitted = result.map_err(error::submit)?;
-        Ok(crate::forward::write_reply(
+        Ok(crate::api::forward::write_reply(
             &self.replica,
             SubmitJobsResponse {
                 jobs: submitted
@@ -237,7 +238,7 @@ impl JobService for JobApi {
             return Err(error::unexpected_outcome("CancelJob"));
         };
         let job = result.map_err(error::cancel)?;
-        Ok(crate::forward::write_reply(
+        Ok(crate::api::forward::write_reply(
             &self.replica,
             CancelJobResponse {
                 job: Some(job_to_api(&job, true)),

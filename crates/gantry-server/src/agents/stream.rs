@@ -12,25 +12,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use gantry_core::{AttemptEvent, AttemptRef, AttemptReport, Command, Session};
+use gantry_core::{AttemptEvent, AttemptRef, Command, Session};
 use gantry_proto::v1::agent_message::Msg as AgentMsg;
 use gantry_proto::v1::agent_service_server::AgentService;
 use gantry_proto::v1::server_message::Msg as ServerMsg;
 use gantry_proto::v1::{
-    Ack, AgentMessage, Heartbeat, LogChunk, OutputStream, Pong, ServerMessage, Welcome,
+    AgentMessage, Heartbeat, LogChunk, OutputStream, Pong, ServerMessage, Welcome,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth;
-use crate::clock::now_ms;
-use crate::convert::{
-    exit_from_api, health_from_api, node_info_from_hello, token_from_api, token_to_api,
-};
-use crate::dispatch::{Dispatcher, Outbound};
+use super::reports::{propose_reports, queue_report};
+use crate::agents::dispatch::{Dispatcher, Outbound};
+use crate::agents::sessions::SESSION_SILENCE_LIMIT;
+use crate::api::convert::{exit_from_api, health_from_api, node_info_from_hello, token_from_api};
+use crate::ops::auth;
 use crate::replica::Replica;
-use crate::sessions::SESSION_SILENCE_LIMIT;
+use crate::replica::clock::now_ms;
 
 /// How often agents send heartbeats.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
@@ -42,10 +41,6 @@ const OUTBOUND_QUEUE: usize = 256;
 const REPORT_QUEUE: usize = 1024;
 /// Live output chunks longer than this are cut (agents send at most this much).
 pub const MAX_OUTPUT_CHUNK_BYTES: usize = 64 * 1024;
-/// How often reports that keep failing to commit are mentioned in the log.
-const REPORT_WARN_EVERY: Duration = Duration::from_secs(60);
-/// The most reports proposed in one log entry.
-const MAX_REPORT_BATCH: usize = 512;
 
 /// Un-counts a stream when its session ends, however it ends.
 struct StreamGuard {
@@ -65,7 +60,7 @@ pub struct AgentApi {
     pub(crate) replica: Arc<Replica>,
 }
 
-fn msg(m: ServerMsg) -> Result<ServerMessage, Status> {
+pub fn msg(m: ServerMsg) -> Result<ServerMessage, Status> {
     Ok(ServerMessage { msg: Some(m) })
 }
 
@@ -97,7 +92,7 @@ impl AgentService for AgentApi {
             return Err(Status::resource_exhausted(format!(
                 "node {} already has {} streams open on this replica",
                 info.id,
-                crate::ratelimit::MAX_STREAMS_PER_NODE
+                crate::api::ratelimit::MAX_STREAMS_PER_NODE
             )));
         }
         let counted = StreamGuard {
@@ -298,34 +293,6 @@ async fn run_session(
     }
 }
 
-/// Queues a report for the proposer. While the queue is full (the log is
-/// slower than this agent's reports) the stream is not read, but the agent
-/// just spoke: its session stays confirmed meanwhile, as the wait is this
-/// replica's backlog, not the agent's silence. `false` once the proposer is gone.
-async fn queue_report(
-    replica: &Replica,
-    node_id: &str,
-    session_id: &str,
-    reports_tx: &mpsc::Sender<(AttemptRef, AttemptEvent)>,
-    report: (AttemptRef, AttemptEvent),
-) -> bool {
-    let report = match reports_tx.try_send(report) {
-        Ok(()) => return true,
-        Err(mpsc::error::TrySendError::Closed(_)) => return false,
-        Err(mpsc::error::TrySendError::Full(r)) => r,
-    };
-    let send = reports_tx.send(report);
-    tokio::pin!(send);
-    let mut keep_alive = tokio::time::interval(HEARTBEAT_INTERVAL);
-    keep_alive.tick().await;
-    loop {
-        tokio::select! {
-            sent = &mut send => return sent.is_ok(),
-            _ = keep_alive.tick() => replica.sessions.touch(node_id, session_id).await,
-        }
-    }
-}
-
 /// The agent is shutting down: drain its node until the grace period ends
 /// (the leader stops what still runs then, to run it elsewhere).
 async fn leaving(replica: &Arc<Replica>, node_id: &str, session_id: &str, grace_ms: u64) {
@@ -437,92 +404,5 @@ fn telemetry(
         node_id: node_id.to_owned(),
         checked_at_ms: checked_at_ms.unwrap_or(0),
         gpus,
-    }
-}
-
-/// Proposes the agent's reports in batches; acknowledges finished reports
-/// once committed. A report that cannot be committed now is retried while
-/// the stream lives; after that the agent re-sends it on reconnect.
-async fn propose_reports(
-    replica: Arc<Replica>,
-    node_id: String,
-    mut rx: mpsc::Receiver<(AttemptRef, AttemptEvent)>,
-    tx: Outbound,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_REPORT_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        let reports: Vec<AttemptReport> = batch
-            .iter()
-            .map(|(attempt, event)| AttemptReport {
-                node_id: node_id.clone(),
-                attempt: attempt.clone(),
-                event: event.clone(),
-            })
-            .collect();
-        let cmd = Command::ReportAttempts {
-            now_ms: now_ms(),
-            reports,
-        };
-        // A span per finished attempt in its job's trace, until committed.
-        let finished: Vec<&AttemptRef> = batch
-            .iter()
-            .filter(|(_, e)| matches!(e, AttemptEvent::Finished(_)))
-            .map(|(a, _)| a)
-            .collect();
-        let _spans: Vec<tracing::Span> = replica
-            .state
-            .read(|s, _| {
-                finished
-                    .iter()
-                    .filter_map(|a| {
-                        let trace = &s.job(&a.job_id)?.trace_parent;
-                        if trace.is_empty() {
-                            return None;
-                        }
-                        let span = tracing::info_span!("result committed", job = %a.job_id, task = a.task, attempt = a.attempt);
-                        gantry_telemetry::otel::set_parent(&span, trace);
-                        Some(span)
-                    })
-                    .collect()
-            })
-            .await;
-        // The first failure is logged, then one line a minute until they
-        // commit: with no quorum, every session retries every 200 ms.
-        let mut tries = 0u64;
-        let mut warned = Instant::now();
-        loop {
-            let deadline = Instant::now() + replica.config.request_timeout();
-            match replica.write(cmd.clone(), deadline).await {
-                Ok(_) => {
-                    if tries > 0 {
-                        tracing::info!(node = %node_id, tries, "reports committed after retrying");
-                    }
-                    break;
-                }
-                Err(e) if !tx.is_closed() => {
-                    tries += 1;
-                    if tries == 1 || warned.elapsed() >= REPORT_WARN_EVERY {
-                        warned = Instant::now();
-                        tracing::warn!(node = %node_id, error = %e, tries, "reports not committed yet; retrying every 200 ms");
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(_) => return,
-            }
-        }
-        for (attempt, event) in &batch {
-            if matches!(event, AttemptEvent::Finished(_)) {
-                let ack = Ack {
-                    attempt: Some(token_to_api(attempt)),
-                };
-                let _ = tx.send_ack(msg(ServerMsg::Ack(ack))).await;
-            }
-        }
     }
 }

@@ -19,7 +19,7 @@ use openraft::async_runtime::WatchReceiver;
 use tokio::sync::{RwLock, mpsc, watch};
 use tonic::Status;
 
-use crate::convert::{spec_to_api, token_to_api};
+use crate::api::convert::{spec_to_api, token_to_api};
 use crate::replica::Replica;
 
 /// What goes down one agent's stream.

@@ -15,9 +15,9 @@ use openraft::async_runtime::WatchReceiver;
 use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth;
-use crate::deadline::deadline;
-use crate::network::{decode, encode};
+use crate::api::deadline::deadline;
+use crate::ops::auth;
+use crate::raft::network::{decode, encode};
 use crate::replica::Replica;
 
 /// The largest snapshot a replica accepts over the wire.
@@ -231,7 +231,7 @@ impl RaftService for InternalService {
         };
         let tail = self.replica.output.tail(&r.node_id, attempt).await;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(crate::watch::stream_tail(tail, r.follow, tx));
+        tokio::spawn(crate::api::watch::stream_tail(tail, r.follow, tx));
         Ok(Response::new(Box::pin(self.replica.until_stopped(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         ))))
@@ -257,7 +257,7 @@ impl RaftService for InternalService {
         // Ages by the reporter's clock, made times by this leader's: a
         // replica with a skewed clock does not move a node's last-seen time.
         // A replica from before ages sent its own clock's times.
-        let now = crate::clock::now_ms();
+        let now = crate::replica::clock::now_ms();
         let seen: Vec<u64> = if report.seen_ago_ms.len() == report.node_ids.len() {
             report
                 .seen_ago_ms

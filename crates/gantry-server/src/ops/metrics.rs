@@ -57,7 +57,7 @@ struct OutcomeLabels {
     class: String,
 }
 
-/// gRPC requests and errors by method, counted by [`crate::grpc_metrics`].
+/// gRPC requests and errors by method, counted by [`crate::ops::grpc_metrics`].
 #[derive(Clone, Default)]
 pub struct GrpcCounters {
     pub requests: Family<MethodLabels, Counter>,
@@ -152,7 +152,7 @@ pub async fn render(replica: &Replica, grpc: &GrpcCounters) -> String {
     let attempts: Family<OutcomeLabels, Gauge> = Family::default();
     let durations = Histogram::new(DURATION_BUCKETS.iter().copied());
     let health: Family<NodeLabels, Gauge> = Family::default();
-    let now = crate::clock::now_ms();
+    let now = crate::replica::clock::now_ms();
     let (received, pending, stale, unhealthy, blacklisted) = replica
         .state
         .read(|s, _| {

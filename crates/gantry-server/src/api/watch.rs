@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tonic::Status;
 
-use crate::convert::job_to_api;
-use crate::output::Tail;
+use crate::agents::output::Tail;
+use crate::api::convert::job_to_api;
 use crate::replica::Replica;
 
 /// Events queued towards one watcher; a slow watcher slows only itself.

@@ -42,11 +42,8 @@ pub(crate) enum Route {
 /// jobs waits until no entry is in flight, growing meanwhile: an entry
 /// costs about the same whatever its size (an append and an fsync on
 /// every replica, replication, an apply), so while the replicas are busy
-/// one larger entry is cheaper than two small ones. 64 clients of one job
-/// each made entries of 8.7 jobs when four could always be in flight, and
-/// 26 this way: 0.8x the CPU per job, 1.2x the jobs/s. Large batches
-/// (100-job requests) overlap: one at a time cost them a fifth of their
-/// rate (docs/benchmarks.md, eighth session).
+/// one larger entry is cheaper than two small ones; large batches (100-job
+/// requests) overlap. The measurements are in docs/benchmarks.md.
 pub const IN_FLIGHT: usize = 4;
 /// A batch this large is proposed while others are in flight.
 pub const OVERLAP_JOBS: usize = 64;
