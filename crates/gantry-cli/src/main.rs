@@ -142,7 +142,19 @@ impl From<anyhow::Error> for Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version print and succeed; a usage error exits
+            // 64 (EX_USAGE) like every other configuration error.
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     if let Command::Supervise = cli.command {
         // Before any runtime: the supervisor makes its own, single-threaded.
         return ExitCode::from(u8::try_from(gantry_agent::supervisor::main()).unwrap_or(1));

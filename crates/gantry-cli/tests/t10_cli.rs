@@ -94,7 +94,7 @@ fn t10_bad_configuration_exits_64_naming_the_field() {
                 "--data-dir",
                 data,
             ],
-            "listen:",
+            "--listen",
         ),
         (
             vec![
@@ -433,7 +433,11 @@ fn t40_certs_init_and_issue_write_private_keys_and_never_overwrite() {
         ],
         "",
     );
-    assert_eq!(o.status.code(), Some(2), "clap refuses an unknown role");
+    assert_eq!(
+        o.status.code(),
+        Some(64),
+        "clap refuses an unknown role: a usage error"
+    );
 }
 
 #[test]

@@ -21,8 +21,9 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// How long establishing a connection may take before it counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Where a process's TLS material lives.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where a process's TLS material lives (a `[tls]` table in a config file).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TlsPaths {
     /// The cluster CA certificate (PEM): peers must chain to it.
     pub ca: PathBuf,

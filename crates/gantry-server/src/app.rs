@@ -136,7 +136,6 @@ pub async fn start_on(
             config.submit_burst,
         ),
         streams: Default::default(),
-        identities: Default::default(),
         in_quorum: Default::default(),
         write_latency: crate::ops::metrics::write_latency_histogram(),
         scheduler_examined: Default::default(),
@@ -199,6 +198,7 @@ pub async fn start_on(
         .layer(crate::ops::grpc_metrics::GrpcMetricsLayer::new(
             grpc_counters,
         ))
+        .layer(crate::ops::auth::AuthLayer::new(replica.secure))
         .add_service(health_service)
         .add_service(
             RaftServiceServer::new(InternalService {

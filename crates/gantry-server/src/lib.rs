@@ -14,5 +14,8 @@ mod replica;
 
 pub use api::jobs::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use app::{Failed, ServerHandle, StartError, Stopped, start, start_on};
-pub use ops::config::{AdmissionLimits, ConfigError, RaftTimings, ServerConfig, parse_peers};
+pub use ops::config::{
+    AdmissionLimits, AdmissionSettings, ConfigError, Peers, RaftSettings, RaftTimings,
+    ServerConfig, ServerSettings, parse_peers,
+};
 pub use replica::Replica;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use gantry_client::{Client, ClientOptions, api};
-use gantry_server::{RaftTimings, ServerConfig, ServerHandle, Stopped, start_on};
+use gantry_server::{Peers, RaftTimings, ServerConfig, ServerHandle, Stopped, start_on};
 use openraft::async_runtime::WatchReceiver;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -34,19 +34,13 @@ fn test_config(
     ServerConfig {
         id,
         listen: listener.local_addr().unwrap(),
-        metrics_listen: None,
-        peers,
+        peers: Peers(peers),
         data_dir: dir.to_owned(),
         raft,
         join,
         request_timeout_ms: 3_000,
-        node_grace_ms: 10_000,
-        tls: None,
         insecure: true,
-        submit_rate: 2_000,
-        submit_burst: 4_000,
-        placement: "balanced".into(),
-        admission: Default::default(),
+        ..ServerConfig::default()
     }
 }
 

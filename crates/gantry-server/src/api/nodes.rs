@@ -16,7 +16,6 @@ use tonic::{Request, Response, Status};
 use crate::api::convert::{eligibility_from_api, node_to_api};
 use crate::api::deadline::deadline;
 use crate::api::forward::{forwarded, leader_channel};
-use crate::ops::auth;
 use crate::replica::Replica;
 use crate::replica::clock::now_ms;
 
@@ -30,7 +29,6 @@ impl NodeService for NodeApi {
         &self,
         req: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
-        auth::require(&self.replica, &req, auth::READ, "list_nodes")?;
         let deadline = deadline(&req, self.replica.config.request_timeout());
         let on_leader = !req.get_ref().stale;
         if on_leader {
@@ -69,7 +67,6 @@ impl NodeService for NodeApi {
         &self,
         req: Request<SetEligibilityRequest>,
     ) -> Result<Response<SetEligibilityResponse>, Status> {
-        auth::require(&self.replica, &req, auth::WRITE, "set_eligibility")?;
         let deadline = deadline(&req, self.replica.config.request_timeout());
         let req = req.into_inner();
         let now = now_ms();
@@ -96,7 +93,6 @@ impl NodeService for NodeApi {
         &self,
         req: Request<SetBlacklistRequest>,
     ) -> Result<Response<SetBlacklistResponse>, Status> {
-        auth::require(&self.replica, &req, auth::WRITE, "set_blacklist")?;
         let deadline = deadline(&req, self.replica.config.request_timeout());
         let req = req.into_inner();
         validate_reason(&req.reason).map_err(crate::api::error::invalid)?;

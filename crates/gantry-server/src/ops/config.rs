@@ -1,4 +1,9 @@
-//! A replica's configuration, validated before anything starts.
+//! A replica's configuration, declared once: each setting's field (its TOML
+//! key; with dashes, its flag), type, default, `GANTRY_*` variable and help
+//! are one entry in [`settings!`]. The CLI's flags, `--config` files and the
+//! fuzz target all read [`ServerSettings`]; [`ServerSettings::resolve`]
+//! layers them and applies the defaults; [`ServerConfig::validate`] checks
+//! the result before anything starts.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -6,76 +11,215 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use gantry_proto::transport::TlsPaths;
-use serde::Deserialize;
 
-/// Everything `gantry server` needs. Built by the CLI from flags, `GANTRY_*`
-/// environment variables and an optional TOML file (in that order of
-/// precedence), then checked by [`ServerConfig::validate`].
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerConfig {
-    /// This replica's id; must be a key of `peers`.
-    pub id: u64,
-    /// Address to listen on (`host:port`; port 0 picks a free port).
-    pub listen: SocketAddr,
-    /// Where to serve `/metrics`, `/health`, `/ready` and `/live` over plain
-    /// HTTP (`host:port`); off when unset.
-    #[serde(default)]
-    pub metrics_listen: Option<SocketAddr>,
-    /// Every replica of the initial cluster: id → `host:port` other replicas reach it at.
-    pub peers: BTreeMap<u64, String>,
-    pub data_dir: PathBuf,
-    #[serde(default)]
-    pub raft: RaftTimings,
-    /// Never bootstrap the cluster: for a replica that is added to a running
-    /// cluster with `gantry cluster add-replica`.
-    #[serde(default)]
-    pub join: bool,
-    /// How long a client request may wait for a leader or a commit before
-    /// the replica answers UNAVAILABLE (a client's own grpc-timeout, if shorter, wins).
-    #[serde(default = "default_request_timeout_ms")]
-    pub request_timeout_ms: u64,
-    /// A node is lost when no replica has held its session for this long.
-    #[serde(default = "default_node_grace_ms")]
-    pub node_grace_ms: u64,
-    /// mTLS material: required unless `insecure`.
-    #[serde(skip)]
-    pub tls: Option<TlsPaths>,
-    /// Plaintext, no authentication: only when asked for explicitly.
-    #[serde(default)]
-    pub insecure: bool,
-    /// Submit requests per second each client identity may make (a token bucket).
-    #[serde(default = "default_submit_rate")]
-    pub submit_rate: u32,
-    /// How many submit requests a client may make at once before the rate applies.
-    #[serde(default = "default_submit_burst")]
-    pub submit_burst: u32,
-    /// The placement policy for jobs that name none: strict, balanced or aggressive.
-    #[serde(default = "default_placement")]
-    pub placement: String,
-    /// When new submissions are refused (see `admission`).
-    #[serde(default)]
-    pub admission: AdmissionLimits,
+/// The resolved type of an entry: its own with a default, else optional.
+macro_rules! resolved_ty {
+    ($ty:ty) => { Option<$ty> };
+    ($ty:ty, $default:expr) => { $ty };
 }
 
-/// When a replica refuses new submissions with RESOURCE_EXHAUSTED.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdmissionLimits {
-    /// Free space kept in the data dir: below it, submissions are refused
-    /// (an alarm, like etcd's NOSPACE) until space is freed.
-    pub disk_reserve_mib: u64,
-    /// Pending tasks the cluster holds at most (0: no limit).
-    pub max_pending_tasks: u64,
+/// An entry's resolved value: what was set, else its default (if it has one).
+macro_rules! resolved_value {
+    ($set:expr, $ty:ty) => {
+        $set
+    };
+    ($set:expr, $ty:ty, $default:expr) => {
+        $set.unwrap_or_else(|| $default)
+    };
 }
 
-impl Default for AdmissionLimits {
-    fn default() -> Self {
-        Self {
-            disk_reserve_mib: 256,
-            max_pending_tasks: 1_000_000,
+/// An entry's default: its own, or unset.
+macro_rules! default_value {
+    ($ty:ty) => {
+        None
+    };
+    ($ty:ty, $default:expr) => {
+        $default
+    };
+}
+
+/// Declares a group of settings once. Generates the layer (`$layer`: every
+/// field optional; clap flags and `GANTRY_*` variables, and serde for a
+/// TOML table, unknown keys refused), the resolved settings (`$resolved`),
+/// the resolved defaults, and `over` / `resolve`.
+macro_rules! settings {
+    (
+        $(#[doc = $ldoc:literal])*
+        pub struct $layer:ident => $(#[doc = $rdoc:literal])* $resolved:ident {
+            $(
+                $(#[doc = $doc:literal])*
+                #[arg($($arg:tt)*)]
+                $(#[serde($($serde:tt)*)])?
+                $name:ident : $ty:ty $(= $default:expr)?,
+            )*
         }
+        sections {
+            $(
+                $(#[doc = $sdoc:literal])*
+                $sname:ident : $slayer:ident => $sres:ident,
+            )*
+        }
+    ) => {
+        $(#[doc = $ldoc])*
+        #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::Args)]
+        #[serde(deny_unknown_fields)]
+        pub struct $layer {
+            $(
+                $(#[doc = $doc])*
+                #[arg($($arg)*)]
+                $(#[serde($($serde)*)])?
+                pub $name: Option<$ty>,
+            )*
+            $(
+                $(#[doc = $sdoc])*
+                #[command(flatten)]
+                #[serde(default)]
+                pub $sname: $slayer,
+            )*
+        }
+
+        $(#[doc = $rdoc])*
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub struct $resolved {
+            $(
+                $(#[doc = $doc])*
+                pub $name: resolved_ty!($ty $(, $default)?),
+            )*
+            $(
+                $(#[doc = $sdoc])*
+                pub $sname: $sres,
+            )*
+        }
+
+        impl Default for $resolved {
+            fn default() -> Self {
+                Self {
+                    $( $name: default_value!($ty $(, $default)?), )*
+                    $( $sname: $sres::default(), )*
+                }
+            }
+        }
+
+        impl $layer {
+            /// These settings where they are set, `lower`'s elsewhere.
+            pub fn over(self, lower: Self) -> Self {
+                Self {
+                    $( $name: self.$name.or(lower.$name), )*
+                    $( $sname: self.$sname.over(lower.$sname), )*
+                }
+            }
+
+            /// The settings, with defaults where nothing was set.
+            pub fn resolve(self) -> $resolved {
+                $resolved {
+                    $( $name: resolved_value!(self.$name, $ty $(, $default)?), )*
+                    $( $sname: self.$sname.resolve(), )*
+                }
+            }
+
+            /// Every key this table takes, for messages.
+            pub const KEYS: &'static [&'static str] =
+                &[$(stringify!($name),)* $(stringify!($sname),)*];
+        }
+    };
+}
+
+settings! {
+    /// `gantry server`'s settings as given: flags, `GANTRY_*` variables or a
+    /// TOML file (`--config`), each layer optional, flags and variables over
+    /// the file.
+    pub struct ServerSettings =>
+    /// Everything a replica runs with; checked by [`ServerConfig::validate`].
+    ServerConfig {
+        /// This replica's id (1 or more), one of the ids in --peers.
+        #[arg(long, env = "GANTRY_ID")]
+        id: u64 = 0,
+        /// Address to listen on, HOST:PORT (port 0 picks a free port).
+        #[arg(long, env = "GANTRY_LISTEN")]
+        listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0)),
+        /// Serve /metrics (Prometheus), /health, /ready and /live over HTTP on HOST:PORT.
+        #[arg(long, env = "GANTRY_METRICS_LISTEN")]
+        metrics_listen: SocketAddr,
+        /// Every replica of the initial cluster: ID=HOST:PORT,ID=HOST:PORT,...
+        /// (in a file also a table of "ID" = "HOST:PORT").
+        #[arg(long, env = "GANTRY_PEERS")]
+        peers: Peers = Peers::default(),
+        /// Directory for this replica's Raft log, vote and snapshots.
+        #[arg(long, env = "GANTRY_DATA_DIR")]
+        data_dir: PathBuf = PathBuf::new(),
+        /// Join a running cluster (added with `gantry cluster add-replica`); never bootstrap.
+        #[arg(long, env = "GANTRY_JOIN", num_args = 0..=1, default_missing_value = "true",
+              value_parser = clap::builder::BoolishValueParser::new())]
+        join: bool = false,
+        /// Longest a client request waits for a leader or a commit, ms (a
+        /// client's own shorter grpc-timeout wins) [default: 10000].
+        #[arg(long, env = "GANTRY_REQUEST_TIMEOUT_MS")]
+        request_timeout_ms: u64 = 10_000,
+        /// A node is lost when no replica has held its agent's stream this
+        /// long, ms [default: 10000].
+        #[arg(long, env = "GANTRY_NODE_GRACE_MS")]
+        node_grace_ms: u64 = 10_000,
+        /// Submit requests per second per client identity (token bucket) [default: 2000].
+        #[arg(long, env = "GANTRY_SUBMIT_RATE")]
+        submit_rate: u32 = 2_000,
+        /// Submit requests a client may burst before the rate applies [default: 4000].
+        #[arg(long, env = "GANTRY_SUBMIT_BURST")]
+        submit_burst: u32 = 4_000,
+        /// Placement policy for jobs that name none: strict, balanced or
+        /// aggressive [default: balanced].
+        #[arg(long, env = "GANTRY_PLACEMENT")]
+        placement: String = "balanced".to_owned(),
+        /// mTLS material: a `[tls]` table in the file (the CLI's --tls-* flags otherwise).
+        #[arg(skip)]
+        tls: TlsPaths,
+        /// Plaintext, no authentication: only when asked for explicitly.
+        #[arg(skip)]
+        insecure: bool = false,
     }
+    sections {
+        /// Raft timing and compaction (`[raft]` in the file).
+        raft: RaftSettings => RaftTimings,
+        /// When new submissions are refused (`[admission]` in the file).
+        admission: AdmissionSettings => AdmissionLimits,
+    }
+}
+
+settings! {
+    /// Raft timing and compaction, as given.
+    pub struct RaftSettings =>
+    /// Raft timing and compaction knobs, in milliseconds and entries.
+    RaftTimings {
+        /// Raft heartbeat interval, ms [default: 100].
+        #[arg(long, env = "GANTRY_HEARTBEAT_MS")]
+        heartbeat_ms: u64 = 100,
+        /// Shortest election timeout, ms [default: 600].
+        #[arg(long, env = "GANTRY_ELECTION_TIMEOUT_MIN_MS")]
+        election_timeout_min_ms: u64 = 600,
+        /// Longest election timeout, ms [default: 1200].
+        #[arg(long, env = "GANTRY_ELECTION_TIMEOUT_MAX_MS")]
+        election_timeout_max_ms: u64 = 1_200,
+        /// Snapshot and compact the log every this many entries [default: 10000].
+        #[arg(long, env = "GANTRY_SNAPSHOT_EVERY")]
+        snapshot_every: u64 = 10_000,
+    }
+    sections {}
+}
+
+settings! {
+    /// When submissions are refused, as given.
+    pub struct AdmissionSettings =>
+    /// When a replica refuses new submissions with RESOURCE_EXHAUSTED.
+    AdmissionLimits {
+        /// Free space (MiB) kept in the data dir: below it, new submissions
+        /// are refused (an alarm, like etcd's NOSPACE) until space is freed [default: 256].
+        #[arg(long, env = "GANTRY_DISK_RESERVE_MIB")]
+        disk_reserve_mib: u64 = 256,
+        /// Pending tasks the cluster takes at most before refusing
+        /// submissions (0: no limit) [default: 1000000].
+        #[arg(long, env = "GANTRY_MAX_PENDING_TASKS")]
+        max_pending_tasks: u64 = 1_000_000,
+    }
+    sections {}
 }
 
 impl AdmissionLimits {
@@ -84,46 +228,84 @@ impl AdmissionLimits {
     }
 }
 
-fn default_placement() -> String {
-    "balanced".to_owned()
+/// The replicas of the initial cluster: id → `host:port` others reach it at.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Peers(pub BTreeMap<u64, String>);
+
+impl std::ops::Deref for Peers {
+    type Target = BTreeMap<u64, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
-fn default_submit_rate() -> u32 {
-    2_000
+impl std::ops::DerefMut for Peers {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
-fn default_submit_burst() -> u32 {
-    4_000
+impl std::str::FromStr for Peers {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_peers(s).map(Peers)
+    }
 }
 
-fn default_node_grace_ms() -> u64 {
-    10_000
-}
-
-/// Raft timing and compaction knobs, in milliseconds and entries.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RaftTimings {
-    pub heartbeat_ms: u64,
-    pub election_timeout_min_ms: u64,
-    pub election_timeout_max_ms: u64,
-    /// Build a snapshot (and compact the log) after this many entries.
-    pub snapshot_every: u64,
-}
-
-impl Default for RaftTimings {
-    fn default() -> Self {
-        Self {
-            heartbeat_ms: 100,
-            election_timeout_min_ms: 600,
-            election_timeout_max_ms: 1200,
-            snapshot_every: 10_000,
+impl<'de> serde::Deserialize<'de> for Peers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// `peers = "1=a:1,2=b:2"` or a `[peers]` table of `"1" = "a:1"`.
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            List(String),
+            Table(BTreeMap<String, String>),
+        }
+        match Given::deserialize(d)? {
+            Given::List(s) => parse_peers(&s).map(Peers).map_err(serde::de::Error::custom),
+            Given::Table(t) => {
+                let mut peers = BTreeMap::new();
+                for (k, v) in t {
+                    let id = k.parse::<u64>().map_err(|_| {
+                        serde::de::Error::custom(format!("peers: key {k:?} is not a replica id"))
+                    })?;
+                    peers.insert(id, v);
+                }
+                Ok(Peers(peers))
+            }
         }
     }
 }
 
-fn default_request_timeout_ms() -> u64 {
-    10_000
+impl ServerSettings {
+    /// Reads a `--config` file's text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| bad("config", e.to_string()))
+    }
+
+    /// The settings a replica cannot start without, named with their flag
+    /// and variable when missing.
+    pub fn require(&self) -> Result<(), ConfigError> {
+        let missing = |field: &'static str, flag: &str, env: &str| {
+            bad(
+                field,
+                format!("is required: pass {flag}, set {env}, or put it in --config"),
+            )
+        };
+        if self.id.is_none() {
+            return Err(missing("id", "--id", "GANTRY_ID"));
+        }
+        if self.listen.is_none() {
+            return Err(missing("listen", "--listen", "GANTRY_LISTEN"));
+        }
+        if self.peers.is_none() {
+            return Err(missing("peers", "--peers", "GANTRY_PEERS"));
+        }
+        if self.data_dir.is_none() {
+            return Err(missing("data_dir", "--data-dir", "GANTRY_DATA_DIR"));
+        }
+        Ok(())
+    }
 }
 
 /// A configuration problem: the field and how to fix it.
@@ -177,7 +359,7 @@ impl ServerConfig {
         if self.peers.contains_key(&0) {
             return Err(bad("peers", "replica id 0 is not allowed"));
         }
-        for (id, addr) in &self.peers {
+        for (id, addr) in self.peers.iter() {
             if addr
                 .rsplit_once(':')
                 .and_then(|(_, p)| p.parse::<u16>().ok())
@@ -329,21 +511,113 @@ mod tests {
     fn cfg() -> ServerConfig {
         ServerConfig {
             id: 1,
-            listen: "127.0.0.1:0".parse().unwrap(),
-            metrics_listen: None,
-            peers: parse_peers("1=127.0.0.1:7001,2=127.0.0.1:7002").unwrap(),
+            peers: "1=127.0.0.1:7001,2=127.0.0.1:7002".parse().unwrap(),
             data_dir: "/tmp/x".into(),
-            raft: RaftTimings::default(),
-            join: false,
             request_timeout_ms: 1000,
-            node_grace_ms: 10_000,
-            placement: default_placement(),
-            tls: None,
             insecure: true,
-            submit_rate: 2_000,
-            submit_burst: 4_000,
-            admission: AdmissionLimits::default(),
+            ..ServerConfig::default()
         }
+    }
+
+    /// A stand-in for the CLI: the settings' flags on a command of their own.
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: ServerSettings,
+    }
+
+    fn flags(args: &[&str]) -> ServerSettings {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("gantry-server").chain(args.iter().copied()))
+            .unwrap()
+            .settings
+    }
+
+    /// One declaration: the same settings given as flags or in a file
+    /// resolve alike, flags win over the file, and unset ones get the
+    /// defaults a replica documents.
+    #[test]
+    fn t10_flags_and_file_are_one_declaration() {
+        let file = ServerSettings::from_toml(
+            r#"
+            id = 2
+            listen = "127.0.0.1:7002"
+            peers = "1=127.0.0.1:7001,2=127.0.0.1:7002"
+            data_dir = "/var/lib/gantry"
+            join = true
+            node_grace_ms = 5000
+            placement = "strict"
+            insecure = true
+            [raft]
+            heartbeat_ms = 50
+            [admission]
+            max_pending_tasks = 7
+            "#,
+        )
+        .unwrap();
+        let given = flags(&[
+            "--id=2",
+            "--listen=127.0.0.1:7002",
+            "--peers=1=127.0.0.1:7001,2=127.0.0.1:7002",
+            "--data-dir=/var/lib/gantry",
+            "--join",
+            "--node-grace-ms=5000",
+            "--placement=strict",
+            "--heartbeat-ms=50",
+            "--max-pending-tasks=7",
+        ]);
+        let mut from_flags = given.clone().resolve();
+        from_flags.insecure = true;
+        let from_file = file.clone().resolve();
+        assert_eq!(from_flags, from_file);
+        assert_eq!(from_file.request_timeout_ms, 10_000, "a default");
+        assert_eq!(from_file.raft.election_timeout_min_ms, 600, "a default");
+        from_file.validate().unwrap();
+        // Flags over the file.
+        let both = flags(&["--node-grace-ms=9000"]).over(file).resolve();
+        assert_eq!(both.node_grace_ms, 9_000);
+        assert_eq!(both.raft.heartbeat_ms, 50);
+        // Peers as a table too.
+        let t = ServerSettings::from_toml("[peers]\n\"1\" = \"a:1\"\n").unwrap();
+        assert_eq!(t.peers.unwrap().get(&1).map(String::as_str), Some("a:1"));
+    }
+
+    /// Adding a setting is its entry plus its line in the operator's table:
+    /// a setting missing from docs/operations.md fails here.
+    #[test]
+    fn t10_every_setting_is_documented() {
+        let doc = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/operations.md"),
+        )
+        .unwrap();
+        let keys = ServerSettings::KEYS
+            .iter()
+            .filter(|k| !["raft", "admission"].contains(k))
+            .map(|k| (*k).to_owned())
+            .chain(RaftSettings::KEYS.iter().map(|k| format!("raft.{k}")))
+            .chain(
+                AdmissionSettings::KEYS
+                    .iter()
+                    .map(|k| format!("admission.{k}")),
+            );
+        for k in keys {
+            assert!(
+                doc.contains(&format!("`{k}`")) || doc.contains(&format!("`[{k}]")),
+                "setting {k} is not in docs/operations.md's table"
+            );
+        }
+    }
+
+    #[test]
+    fn t10_unknown_or_missing_settings_are_named() {
+        let e = ServerSettings::from_toml("node_grace = 5000\n").unwrap_err();
+        assert!(e.problem.contains("node_grace"), "{e}");
+        let e = ServerSettings::from_toml("[raft]\nheartbeat = 5\n").unwrap_err();
+        assert!(e.problem.contains("heartbeat"), "{e}");
+        let e = flags(&["--id=1"]).require().unwrap_err();
+        assert_eq!(e.field, "listen");
+        assert!(e.problem.contains("--listen") && e.problem.contains("GANTRY_LISTEN"));
+        assert!(ServerSettings::KEYS.contains(&"raft"));
     }
 
     #[test]

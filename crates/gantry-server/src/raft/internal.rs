@@ -16,7 +16,6 @@ use serde::Serialize;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::deadline::deadline;
-use crate::ops::auth;
 use crate::raft::network::{decode, encode};
 use crate::replica::Replica;
 
@@ -86,7 +85,6 @@ impl RaftService for InternalService {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        auth::require(&self.replica, &req, auth::SERVER, "append_entries")?;
         let rpc = decode(&req.into_inner().data).map_err(bad_payload)?;
         payload(&self.replica.raft.append_entries(rpc).await)
     }
@@ -102,7 +100,6 @@ impl RaftService for InternalService {
         &self,
         req: Request<Streaming<RaftPayload>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
-        auth::require(&self.replica, &req, auth::SERVER, "stream_append")?;
         let input = tokio_stream::StreamExt::map_while(req.into_inner(), |msg| {
             match msg {
             Ok(p) => decode::<openraft::raft::AppendEntriesRequest<gantry_store::TypeConfig>>(&p.data)
@@ -123,13 +120,11 @@ impl RaftService for InternalService {
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        auth::require(&self.replica, &req, auth::SERVER, "vote")?;
         let rpc = decode(&req.into_inner().data).map_err(bad_payload)?;
         payload(&self.replica.raft.vote(rpc).await)
     }
 
     async fn pre_vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        auth::require(&self.replica, &req, auth::SERVER, "pre_vote")?;
         let rpc = decode(&req.into_inner().data).map_err(bad_payload)?;
         payload(&self.replica.raft.pre_vote(rpc).await)
     }
@@ -138,7 +133,6 @@ impl RaftService for InternalService {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        auth::require(&self.replica, &req, auth::SERVER, "transfer_leader")?;
         let rpc = decode(&req.into_inner().data).map_err(bad_payload)?;
         let reply = self
             .replica
@@ -153,7 +147,6 @@ impl RaftService for InternalService {
         &self,
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftPayload>, Status> {
-        auth::require(&self.replica, &req, auth::SERVER, "install_snapshot")?;
         let mut stream = req.into_inner();
         let first = stream
             .next()
@@ -184,7 +177,6 @@ impl RaftService for InternalService {
     }
 
     async fn propose(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        auth::require(&self.replica, &req, auth::SERVER, "propose")?;
         let deadline = deadline(&req, self.replica.config.request_timeout());
         let cmd: Command = decode(&req.into_inner().data).map_err(bad_payload)?;
         payload(&self.replica.propose_forwarded(cmd, deadline).await)
@@ -194,7 +186,6 @@ impl RaftService for InternalService {
         &self,
         req: Request<ReadIndexRequest>,
     ) -> Result<Response<ReadIndexResponse>, Status> {
-        auth::require(&self.replica, &req, auth::SERVER, "read_index")?;
         let deadline = deadline(&req, self.replica.config.request_timeout());
         let read_index = self.replica.serve_read_index(deadline).await?;
         Ok(Response::new(ReadIndexResponse { read_index }))
@@ -204,7 +195,6 @@ impl RaftService for InternalService {
         &self,
         req: Request<LocalStatusRequest>,
     ) -> Result<Response<LocalStatusResponse>, Status> {
-        auth::require(&self.replica, &req, auth::SERVER, "local_status")?;
         let mut status = local_status(&self.replica);
         if req.into_inner().with_digest {
             let (index, digest) = state_digest(&self.replica).await;
@@ -222,7 +212,6 @@ impl RaftService for InternalService {
         &self,
         req: Request<TailOutputRequest>,
     ) -> Result<Response<Self::TailOutputStream>, Status> {
-        auth::require(&self.replica, &req, auth::SERVER, "tail_output")?;
         let r = req.into_inner();
         let attempt = gantry_core::AttemptRef {
             job_id: r.job_id,
@@ -241,7 +230,6 @@ impl RaftService for InternalService {
         &self,
         req: Request<SessionsReport>,
     ) -> Result<Response<SessionsReportAck>, Status> {
-        auth::require(&self.replica, &req, auth::SERVER, "report_sessions")?;
         if !self.replica.raft.is_leader() {
             return Err(Status::failed_precondition("not the leader"));
         }

@@ -67,8 +67,6 @@ pub struct Replica {
     pub submit_limit: crate::api::ratelimit::RateLimiter,
     /// Agent streams per node.
     pub streams: crate::api::ratelimit::StreamCounter,
-    /// Identities read from peer certificates.
-    pub identities: crate::ops::auth::IdentityCache,
     /// Whether the last quorum probe succeeded (see `health`).
     pub in_quorum: std::sync::atomic::AtomicBool,
     /// Propose → committed and applied, for writes this replica led.
