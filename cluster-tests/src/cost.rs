@@ -22,7 +22,7 @@ impl Sample {
     /// Reads replica `id` now; `None` while it is not running.
     pub fn take(cluster: &Cluster, id: u64) -> Option<Self> {
         let pid = cluster.pid(id)?;
-        let (cpu_s, _) = crate::bench::process_usage(pid)?;
+        let (cpu_s, _) = process_usage(pid)?;
         let log = cluster.log_text(id);
         Some(Self {
             at: Instant::now(),
@@ -119,6 +119,27 @@ impl std::fmt::Display for Cost {
             self.log_bytes as f64 / secs
         )
     }
+}
+
+/// CPU time (user + system, seconds) and peak resident memory (MiB) of a
+/// process so far, from /proc; `None` once it is gone.
+pub fn process_usage(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces: utime is the
+    // 14th field of the line, stime the 15th.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // /proc counts in USER_HZ, which Linux's user ABI fixes at 100.
+    let hz = 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let peak_kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    Some((ticks / hz, peak_kib / 1024.0))
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@
 //! `cargo build -p gantry-cli` (the README's test command does).
 
 mod agents;
-pub mod bench;
 pub mod checkers;
 pub mod cost;
 pub mod faults;

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::Cluster;
+use cluster_tests::Cluster;
 
 /// What all simulated agents saw, summed.
 #[derive(Default)]

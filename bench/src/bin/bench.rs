@@ -5,11 +5,11 @@
 //! baseline beside them. Nothing here asserts a time.
 //!
 //!     cargo build --release -p gantry-cli
-//!     cargo run --release -p cluster-tests --bin bench -- submit
-//!     cargo run --release -p cluster-tests --bin bench -- e2e --agents 5000 --jobs 50000
-//!     cargo run --release -p cluster-tests --bin bench -- real --agents 4 --jobs 4000
-//!     cargo run --release -p cluster-tests --bin bench -- failover --agents 100
-//!     cargo run --release -p cluster-tests --bin bench -- agents --agents 10000
+//!     cargo run --release -p gantry-bench --bin bench -- submit
+//!     cargo run --release -p gantry-bench --bin bench -- e2e --agents 5000 --jobs 50000
+//!     cargo run --release -p gantry-bench --bin bench -- real --agents 4 --jobs 4000
+//!     cargo run --release -p gantry-bench --bin bench -- failover --agents 100
+//!     cargo run --release -p gantry-bench --bin bench -- agents --agents 10000
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,14 +18,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use cluster_tests::bench::agents::{AgentStats, SimAgents};
-use cluster_tests::bench::echo;
-use cluster_tests::bench::etcd::{self, Etcd};
-use cluster_tests::bench::load::{Latencies, header};
-use cluster_tests::bench::ratio;
-use cluster_tests::bench::submits::{clients, etcd_puts, gantry_submits, spec};
-use cluster_tests::bench::{CpuPerOp, machine, replica_pids, usage_table};
 use cluster_tests::{Cluster, Timings, http_get, sample, wait_for};
+use gantry_bench::agents::{AgentStats, SimAgents};
+use gantry_bench::echo;
+use gantry_bench::etcd::{self, Etcd};
+use gantry_bench::load::{Latencies, header};
+use gantry_bench::ratio;
+use gantry_bench::submits::{clients, etcd_puts, gantry_submits, spec};
+use gantry_bench::{CpuPerOp, machine, replica_pids, usage_table};
 use gantry_client::{Client, ClientOptions};
 use gantry_proto::transport::TlsPaths;
 use tokio::time::Instant;
@@ -201,7 +201,7 @@ fn replica_processes(cluster: &Cluster) -> Vec<(String, u32)> {
 fn cpu_of(processes: &[(String, u32)]) -> f64 {
     processes
         .iter()
-        .filter_map(|(_, pid)| cluster_tests::bench::process_usage(*pid))
+        .filter_map(|(_, pid)| gantry_bench::process_usage(*pid))
         .map(|(c, _)| c)
         .sum()
 }
@@ -256,14 +256,10 @@ async fn overload(
     let sim = SimAgents::start(&cluster, "sim", agents, task_ms)?;
     wait_registered(&cluster, agents).await?;
     let processes = replica_processes(&cluster);
-    let submitters = cluster_tests::bench::submits::clients(&cluster, clients, false)?;
-    let outcome = cluster_tests::bench::overload::run(
-        &cluster,
-        &sim,
-        submitters,
-        Duration::from_secs(seconds),
-    )
-    .await?;
+    let submitters = gantry_bench::submits::clients(&cluster, clients, false)?;
+    let outcome =
+        gantry_bench::overload::run(&cluster, &sim, submitters, Duration::from_secs(seconds))
+            .await?;
     outcome.print();
     print!("{}", usage_table(&processes));
     anyhow::ensure!(
@@ -531,7 +527,7 @@ async fn e2e(cli: &Cli, agents: usize, jobs: usize, samples: usize) -> anyhow::R
     println!(
         "rescheduled attempts: {}; attempts lost with their node: {}",
         AgentStats::get(&sim.stats.rescheduled),
-        cluster_tests::bench::attempts_lost(&cluster).await?
+        gantry_bench::attempts_lost(&cluster).await?
     );
     print!("{}", usage_table(&processes));
     Ok(())
@@ -567,7 +563,7 @@ async fn real(cli: &Cli, agents: usize, jobs: usize, no_cgroups: bool) -> anyhow
     let leader = cluster.leader().await?;
     let metrics = cluster.replicas[&leader].metrics_addr.clone();
     let cpu_before = cpu_of(&processes);
-    let machine_before = cluster_tests::bench::machine_cpu_seconds();
+    let machine_before = gantry_bench::machine_cpu_seconds();
     let start = Instant::now();
     let submitted = submit_batches(&cluster, jobs).await?;
     wait_for(
@@ -583,7 +579,7 @@ async fn real(cli: &Cli, agents: usize, jobs: usize, no_cgroups: bool) -> anyhow
     .await?;
     let elapsed = start.elapsed();
     let cpu = cpu_of(&processes) - cpu_before;
-    let machine = cluster_tests::bench::machine_cpu_seconds() - machine_before;
+    let machine = gantry_bench::machine_cpu_seconds() - machine_before;
     let (_, text) = http_get(&metrics, "/metrics").await?;
     let failed = sample(&text, "gantry_jobs{state=\"failed\"}").unwrap_or(0.0);
     println!("\n{}", header());
@@ -751,12 +747,12 @@ async fn hold(cli: &Cli, agents: usize, hold_s: u64) -> anyhow::Result<()> {
     let cpu = cpu_of(&servers) - cpu_before;
     let rss: f64 = servers
         .iter()
-        .filter_map(|(_, pid)| cluster_tests::bench::process_usage(*pid))
+        .filter_map(|(_, pid)| gantry_bench::process_usage(*pid))
         .map(|(_, r)| r)
         .sum();
     let rss_now: f64 = servers
         .iter()
-        .filter_map(|(_, pid)| cluster_tests::bench::rss_now(*pid))
+        .filter_map(|(_, pid)| gantry_bench::rss_now(*pid))
         .sum();
     println!(
         "streams held after {hold_s} s: {held}; servers' CPU while holding: {:.1}% of one core; servers' RSS together: {rss_now:.0} MiB now, {rss:.0} MiB at the peak (target: 10,000 streams in 1 GiB)",

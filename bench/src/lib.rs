@@ -10,7 +10,7 @@ pub mod submits;
 
 use std::time::Duration;
 
-use crate::Cluster;
+use cluster_tests::Cluster;
 
 /// `cluster`'s replica processes, named `"{label} {id}"`.
 pub fn replica_pids(cluster: &Cluster, label: &str) -> Vec<(String, u32)> {
@@ -58,34 +58,16 @@ pub fn machine() -> String {
 /// when no replica held its agent's stream for the grace period).
 pub async fn attempts_lost(cluster: &Cluster) -> anyhow::Result<f64> {
     let leader = cluster.leader().await?;
-    let (_, text) = crate::http_get(&cluster.replicas[&leader].metrics_addr, "/metrics").await?;
-    Ok(crate::sample(
+    let (_, text) =
+        cluster_tests::http_get(&cluster.replicas[&leader].metrics_addr, "/metrics").await?;
+    Ok(cluster_tests::sample(
         &text,
         "gantry_attempts_finished{outcome=\"lost\",class=\"infra\"}",
     )
     .unwrap_or(0.0))
 }
 
-/// CPU time (user + system, seconds) and peak resident memory (MiB) of a
-/// process so far, from /proc; `None` once it is gone.
-pub fn process_usage(pid: u32) -> Option<(f64, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which may hold spaces: utime is the
-    // 14th field of the line, stime the 15th.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    // /proc counts in USER_HZ, which Linux's user ABI fixes at 100.
-    let hz = 100.0;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let peak_kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    Some((ticks / hz, peak_kib / 1024.0))
-}
+pub use cluster_tests::cost::process_usage;
 
 /// Resident memory (MiB) of a process now, from /proc; `None` once it is gone.
 /// CPU seconds every core of the machine has spent busy since boot

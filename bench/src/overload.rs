@@ -13,9 +13,9 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tonic::Code;
 
-use crate::bench::agents::{AgentStats, SimAgents};
-use crate::bench::load::{Latencies, header};
-use crate::{Cluster, wait_for};
+use crate::agents::{AgentStats, SimAgents};
+use crate::load::{Latencies, header};
+use cluster_tests::{Cluster, wait_for};
 
 /// What a refusal must take at most to count as quick.
 pub const QUICK_REFUSAL: Duration = Duration::from_millis(100);
@@ -107,7 +107,7 @@ pub async fn run(
     t.accepted.sort_unstable();
     t.refused.sort_unstable();
     let quick_refusals = t.refused.iter().filter(|d| **d <= QUICK_REFUSAL).count();
-    let attempts_lost = crate::bench::attempts_lost(cluster).await?;
+    let attempts_lost = crate::attempts_lost(cluster).await?;
     Ok(Outcome {
         seconds,
         accepted,

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use gantry_client::{Client, ClientOptions, api};
 
-use crate::Cluster;
-use crate::bench::etcd::{Etcd, EtcdClient};
-use crate::bench::load::{Latencies, concurrent};
+use crate::etcd::{Etcd, EtcdClient};
+use crate::load::{Latencies, concurrent};
+use cluster_tests::Cluster;
 
 /// The job every submission carries.
 pub fn spec() -> api::JobSpec {

@@ -13,12 +13,12 @@ use std::sync::Arc;
 
 use gantry_client::Client;
 
-use crate::Cluster;
-use crate::bench::echo::EchoServer;
-use crate::bench::etcd::{self, Etcd, EtcdClient};
-use crate::bench::load::{Latencies, header};
-use crate::bench::submits::{clients, clients_of, etcd_clients, put_with, submit_indexed};
-use crate::bench::{CpuPerOp, ThreadUsage, replica_pids, usage_table};
+use crate::echo::EchoServer;
+use crate::etcd::{self, Etcd, EtcdClient};
+use crate::load::{Latencies, header};
+use crate::submits::{clients, clients_of, etcd_clients, put_with, submit_indexed};
+use crate::{CpuPerOp, ThreadUsage, replica_pids, usage_table};
+use cluster_tests::Cluster;
 
 /// Starts etcd (where installed) and the echo server beside `cluster`,
 /// runs the rounds and prints the figures and what they leave for the

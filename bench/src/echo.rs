@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tonic::{Request, Response, Status};
 
-use crate::Cluster;
+use cluster_tests::Cluster;
 
 /// The echo server's process, stopped when dropped.
 pub struct EchoServer {

@@ -12,7 +12,7 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 use tonic::codegen::http::uri::PathAndQuery;
 
-use crate::free_addrs;
+use cluster_tests::free_addrs;
 
 /// `etcdserverpb.PutRequest`: the two fields a put needs.
 #[derive(Clone, PartialEq, prost::Message)]

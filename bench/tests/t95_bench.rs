@@ -58,7 +58,7 @@ fn t95_submit_scenario_reports_every_row_over_mtls() {
         header.contains("leader") && header.contains("load gen"),
         "{out}"
     );
-    if cluster_tests::bench::etcd::binary().is_some() {
+    if gantry_bench::etcd::binary().is_some() {
         assert!(rate(&out, "etcd: 64 clients, 1 put/request") > 0.0, "{out}");
         assert!(out.contains("CPU µs per put, by process"), "{out}");
     } else {
@@ -166,7 +166,7 @@ fn t95_ratio_scenario_runs_gantry_the_echo_server_and_a_baseline_in_turn() {
     assert!(out.contains("(leader): tokio workers"), "{out}");
     assert!(out.contains("(server): tokio workers"), "{out}");
     assert!(out.contains("echo server"), "{out}");
-    if cluster_tests::bench::etcd::binary().is_some() {
+    if gantry_bench::etcd::binary().is_some() {
         assert!(rate(&out, "etcd: 4 clients, median of 2") > 0.0, "{out}");
         assert!(out.contains("gantry / etcd: "), "{out}");
     } else {
