@@ -153,6 +153,31 @@ fn t90_a_planted_stale_read_is_caught() {
 }
 
 #[test]
+fn t90_a_bug_planted_in_the_shipped_leader_code_is_caught() {
+    // The simulation's replicas stamp entries with gantry-server's own
+    // entry clock. Planted there (debug builds only), a bug that stamps
+    // with the leader's bare wall clock writes times earlier than the
+    // entries before them whenever a leader's clock is behind: the
+    // entry-times invariant must see it on the seeds that skew clocks.
+    if !gantry_server::plant::set(None) {
+        eprintln!("SKIPPED: bugs can be planted in debug builds only");
+        return;
+    }
+    let planted = Options {
+        plant: Some(sim::Plant::Shipped(
+            gantry_server::plant::Plant::RawEntryStamps,
+        )),
+        ..Options::default()
+    };
+    let caught = seeds_violating(0..20, &planted, "entry times on one timeline");
+    eprintln!("raw entry stamps planted in gantry-server: caught on {caught} of 20 seeds");
+    assert!(
+        caught > 0,
+        "20 seeds with raw entry stamps planted in gantry-server, none caught"
+    );
+}
+
+#[test]
 fn t90_a_leader_killed_mid_flush_and_back_at_once_keeps_the_replicas_agreed() {
     // Leaders are killed while followers hold appends they have not flushed
     // (a killed process loses those) and are restarted before an election

@@ -104,6 +104,9 @@ pub enum Plant {
     /// (openraft's default): one that lost unflushed appends reuses their
     /// log ids (see [`Options::crash_leaders_mid_flush`]).
     LeaderRestore,
+    /// A bug planted in gantry-server's own code, which the simulation runs
+    /// (debug builds only: see `gantry_server::plant`).
+    Shipped(gantry_server::plant::Plant),
 }
 
 impl Default for Options {
@@ -209,11 +212,20 @@ pub fn run(seed: u64, opts: &Options) -> Report {
         Ok(rt) => rt,
         Err(e) => return failed(seed, format!("could not build a runtime: {e}")),
     };
+    // The run is this thread: a bug planted in the shipped code holds for it only.
+    let shipped = match opts.plant {
+        Some(Plant::Shipped(bug)) => Some(bug),
+        _ => None,
+    };
+    if shipped.is_some() && !gantry_server::plant::set(shipped) {
+        return failed(seed, "bugs can be planted in debug builds only".into());
+    }
     let report = rt.block_on(DeterministicRng::<TokioRuntime>::scope(
         seed,
         simulate(seed, opts.clone()),
     ));
     rt.shutdown_background();
+    gantry_server::plant::set(None);
     report
 }
 

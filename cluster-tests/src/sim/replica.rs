@@ -23,7 +23,6 @@ use tokio::time::Instant;
 use super::disk::Disk;
 use super::net::{Net, NetError, SimNetwork};
 use super::{Plant, SimConfig, SimRaft, now_ms, spawn};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// How long a replica keeps an agent's session without a heartbeat.
@@ -65,21 +64,18 @@ pub struct Replica {
     net: Net,
     /// Agent sessions held here: node → (its info, the session, last heartbeat).
     sessions: Mutex<BTreeMap<String, (NodeInfo, Session, Instant)>>,
-    /// On the leader: node → when some replica last reported its session.
-    liveness: Mutex<BTreeMap<String, Instant>>,
+    /// On the leader: when some replica last reported each node's session
+    /// (gantry-server's own).
+    liveness: gantry_server::Liveness,
     loops: Mutex<Vec<JoinHandle<()>>>,
     /// A planted bug (tests of the checkers only): reads skip the read
     /// barrier and serve this replica's possibly stale state.
     stale_reads: bool,
     /// How far this replica's wall clock is off (ms, either way).
     skew_ms: i64,
-    /// On the leader: no entry is stamped earlier than this (as
-    /// gantry-server's `EntryClock`).
-    entry_clock: AtomicU64,
-    /// How far the leader's entry time runs ahead of its wall clock this
-    /// term, and the term it was set for.
-    clock_ahead: AtomicU64,
-    clock_term: AtomicU64,
+    /// On the leader: the time entries are stamped with (gantry-server's
+    /// own, over this replica's skewed clock).
+    entry_clock: gantry_server::EntryClock,
 }
 
 impl Replica {
@@ -113,13 +109,13 @@ impl Replica {
             reader,
             net: net.clone(),
             sessions: Mutex::default(),
-            liveness: Mutex::default(),
+            liveness: gantry_server::Liveness::default(),
             loops: Mutex::default(),
             stale_reads: plant == Some(Plant::StaleReads),
             skew_ms,
-            entry_clock: AtomicU64::new(0),
-            clock_ahead: AtomicU64::new(0),
-            clock_term: AtomicU64::new(0),
+            entry_clock: gantry_server::EntryClock::with_wall(move || {
+                now_ms().saturating_add_signed(skew_ms)
+            }),
         });
         let mut loops = replica.loops.lock().await;
         loops.push(spawn(supervise(replica.clone())));
@@ -222,7 +218,7 @@ impl Replica {
             let m = m.borrow_watched();
             (m.current_term, m.last_log_index)
         };
-        if self.clock_term.load(Ordering::Acquire) == term {
+        if self.entry_clock.established(term) {
             return true;
         }
         let applied = self
@@ -236,17 +232,13 @@ impl Replica {
             return false;
         }
         let latest = self.reader.read(|s, _| s.clock_ms()).await;
-        self.clock_ahead
-            .store(latest.saturating_sub(self.clock()), Ordering::Relaxed);
-        self.entry_clock.fetch_max(latest, Ordering::Relaxed);
-        self.clock_term.store(term, Ordering::Release);
+        self.entry_clock.establish(term, latest);
         true
     }
 
-    /// The leader's time for entries and deadlines (gantry-server's `EntryClock::now`).
+    /// The leader's time for entries and deadlines.
     fn entry_now(&self) -> u64 {
-        self.clock()
-            .saturating_add(self.clock_ahead.load(Ordering::Relaxed))
+        self.entry_clock.now()
     }
 
     /// This replica's wall clock, skewed as the run drew it.
@@ -260,8 +252,7 @@ impl Replica {
         if !self.establish_entry_clock().await {
             return Err(Retry::Again);
         }
-        let now = self.entry_now();
-        cmd.restamp(self.entry_clock.fetch_max(now, Ordering::Relaxed).max(now));
+        cmd.restamp(self.entry_clock.stamp());
         match self.raft.client_write(cmd.into()).await {
             Ok(resp) => Ok((resp.data, resp.log_id.index)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(Retry::Again),
@@ -466,11 +457,19 @@ impl Replica {
     }
 
     async fn confirm_sessions(&self, nodes: Vec<String>) {
-        let now = Instant::now();
-        let mut l = self.liveness.lock().await;
-        for n in nodes {
-            l.insert(n, now);
-        }
+        let lost: std::collections::BTreeSet<String> = self
+            .reader
+            .read(|s, _| {
+                s.nodes()
+                    .filter(|n| n.status == NodeStatus::Lost)
+                    .map(|n| n.id().to_owned())
+                    .collect()
+            })
+            .await;
+        let seen = now_ms();
+        self.liveness
+            .confirm(nodes.into_iter().map(|n| (n, seen)), |id| lost.contains(id))
+            .await;
     }
 }
 
@@ -502,7 +501,7 @@ async fn supervise(replica: Arc<Replica>) {
             m.current_leader == Some(replica.id) && m.state.is_leader()
         };
         if leading && loops.is_empty() {
-            replica.liveness.lock().await.clear();
+            replica.liveness.reset().await;
             loops.push(spawn(schedule_loop(replica.clone())));
             loops.push(spawn(liveness_loop(replica.clone())));
         } else if !leading && !loops.is_empty() {
@@ -567,24 +566,9 @@ async fn liveness_loop(replica: Arc<Replica>) {
                     .collect()
             })
             .await;
-        let now = Instant::now();
-        let lost: Vec<String> = {
-            // A node seen for the first time (by a new leader, or ready again
-            // after it was marked lost) gets a full grace period from now,
-            // as in gantry-server's sessions.rs. Counting from when this loop
-            // started marked a node lost again at once if its reconnect's
-            // confirmation came while the last loss was being written (the
-            // write's success forgets it): lost on every tick until the
-            // tasks' backoffs outgrew the run.
-            let mut l = replica.liveness.lock().await;
-            ready
-                .into_iter()
-                .filter(|n| {
-                    let seen = *l.entry(n.clone()).or_insert(now);
-                    now.duration_since(seen) > NODE_GRACE
-                })
-                .collect()
-        };
+        // gantry-server's own decision (a node seen for the first time, by a
+        // new leader or ready again after a loss, gets a full grace).
+        let lost = replica.liveness.expired(&ready, NODE_GRACE).await;
         if lost.is_empty() {
             continue;
         }
@@ -597,10 +581,7 @@ async fn liveness_loop(replica: Arc<Replica>) {
             .await
             .is_ok()
         {
-            let mut l = replica.liveness.lock().await;
-            for n in lost {
-                l.remove(&n);
-            }
+            replica.liveness.forget(&lost).await;
         }
     }
 }

@@ -9,6 +9,7 @@ mod api;
 mod app;
 mod leader;
 pub mod ops;
+pub mod plant;
 mod raft;
 mod replica;
 
@@ -19,3 +20,7 @@ pub use ops::config::{
     ServerConfig, ServerSettings, parse_peers,
 };
 pub use replica::Replica;
+
+// The replica's own parts the deterministic simulation runs (invariant 10).
+pub use agents::sessions::Liveness;
+pub use replica::clock::EntryClock;

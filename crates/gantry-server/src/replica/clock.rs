@@ -26,7 +26,6 @@ const SKEW_WARN_EVERY: Duration = Duration::from_secs(60);
 /// log never goes back across a change of leader, and goes on at the real
 /// rate from the latest entry (a leader whose clock is behind does not
 /// stall every backoff and deadline until its clock catches up).
-#[derive(Default)]
 pub struct EntryClock {
     last: AtomicU64,
     /// Added to the wall clock for this term.
@@ -34,9 +33,27 @@ pub struct EntryClock {
     /// The term the clock is set for: a leader learns the latest entry time
     /// once per term, after applying what earlier leaders committed.
     term: AtomicU64,
+    /// The wall clock (ms since the epoch): [`now_ms`], or the simulation's.
+    wall: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl Default for EntryClock {
+    fn default() -> Self {
+        Self::with_wall(now_ms)
+    }
 }
 
 impl EntryClock {
+    /// A clock over another wall clock (the simulation's, skewed per replica).
+    pub fn with_wall(wall: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        Self {
+            last: AtomicU64::new(0),
+            ahead_ms: AtomicU64::new(0),
+            term: AtomicU64::new(0),
+            wall: Box::new(wall),
+        }
+    }
+
     /// Whether the clock is set for `term`.
     pub fn established(&self, term: u64) -> bool {
         self.term.load(Ordering::Acquire) == term
@@ -45,7 +62,7 @@ impl EntryClock {
     /// Sets the clock for `term`, given the latest entry time in the state;
     /// returns how far the wall clock was behind it (ms).
     pub fn establish(&self, term: u64, latest_ms: u64) -> u64 {
-        let behind = latest_ms.saturating_sub(now_ms());
+        let behind = latest_ms.saturating_sub((self.wall)());
         self.ahead_ms.store(behind, Ordering::Relaxed);
         self.last.fetch_max(latest_ms, Ordering::Relaxed);
         self.term.store(term, Ordering::Release);
@@ -54,11 +71,14 @@ impl EntryClock {
 
     /// The leader's time now: what deadlines in the state are compared with.
     pub fn now(&self) -> u64 {
-        now_ms().saturating_add(self.ahead_ms.load(Ordering::Relaxed))
+        (self.wall)().saturating_add(self.ahead_ms.load(Ordering::Relaxed))
     }
 
     /// The time to stamp the next entry with.
     pub fn stamp(&self) -> u64 {
+        if crate::plant::planted(crate::plant::Plant::RawEntryStamps) {
+            return (self.wall)();
+        }
         let now = self.now();
         self.last.fetch_max(now, Ordering::Relaxed).max(now)
     }
