@@ -3,7 +3,7 @@
 //! agents and clients run in one thread under tokio's paused clock, talking
 //! over a simulated network with seeded loss, delay, partitions and
 //! crashes. Every source of randomness — openraft's election timeouts
-//! (through openraft's `DeterministicRng` runtime), the network, the fault
+//! (through gantry-store's runtime, seeded: the one production runs on), the network, the fault
 //! schedule, the workload, the agents — comes from the one seed, so a seed
 //! replays exactly; [`Report::fingerprint`] proves it.
 //!
@@ -19,7 +19,6 @@ pub mod disk;
 pub mod invariants;
 pub mod net;
 pub mod replica;
-pub mod runtime;
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -29,11 +28,8 @@ use std::time::Duration;
 
 use gantry_client::api;
 use gantry_core::JobState;
-use gantry_store::StateMachineStore;
 use openraft::AsyncRuntime;
 use openraft::async_runtime::WatchReceiver;
-use openraft::rt::deterministic_rng::DeterministicRng;
-use openraft_rt_tokio::TokioRuntime;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::Mutex;
@@ -46,16 +42,11 @@ use client::Client;
 use net::Net;
 use replica::Replica;
 
-openraft::declare_raft_types!(
-    /// Gantry's Raft types with a runtime whose random numbers come from the
-    /// simulation's seed.
-    pub SimConfig:
-        D = gantry_store::Payload,
-        R = gantry_core::Outcome,
-        AsyncRuntime = runtime::SimRuntime,
-);
+/// The replicas' Raft types: production's own (its runtime draws election
+/// timeouts from the seed under `gantry_store::runtime::seeded`).
+pub type SimConfig = gantry_store::TypeConfig;
 
-pub type SimRaft = openraft::Raft<SimConfig, StateMachineStore<SimConfig>>;
+pub type SimRaft = gantry_store::Raft;
 
 /// Spawns a task that inherits a seed derived from its parent's.
 pub fn spawn<F>(f: F) -> JoinHandle<F::Output>
@@ -63,7 +54,7 @@ where
     F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    <runtime::SimRuntime as AsyncRuntime>::spawn(f)
+    <gantry_store::runtime::GantryRuntime as AsyncRuntime>::spawn(f)
 }
 
 /// Wall-clock milliseconds as the simulation sees them: a fixed epoch plus
@@ -220,7 +211,7 @@ pub fn run(seed: u64, opts: &Options) -> Report {
     if shipped.is_some() && !gantry_server::plant::set(shipped) {
         return failed(seed, "bugs can be planted in debug builds only".into());
     }
-    let report = rt.block_on(DeterministicRng::<TokioRuntime>::scope(
+    let report = rt.block_on(gantry_store::runtime::seeded(
         seed,
         simulate(seed, opts.clone()),
     ));

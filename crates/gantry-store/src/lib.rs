@@ -6,6 +6,7 @@
 mod flusher;
 mod log_cache;
 mod log_store;
+pub mod runtime;
 mod state_machine;
 
 use std::io;
@@ -31,12 +32,13 @@ openraft::declare_raft_types!(
     pub TypeConfig:
         D = Payload,
         R = gantry_core::Outcome,
+        AsyncRuntime = runtime::GantryRuntime,
 );
 
 /// Any Raft type configuration the store can serve: Gantry's payload and
 /// openraft's default id, vote and entry types, with the runtime left open.
-/// Production uses [`TypeConfig`] (tokio); the deterministic simulation plugs
-/// in a runtime with a seeded random source, over this same storage.
+/// Production and the deterministic simulation both use [`TypeConfig`]
+/// (whose runtime draws from a seed under [`runtime::seeded`]).
 pub trait StoreConfig:
     openraft::RaftTypeConfig<
         D = Payload,

@@ -1,11 +1,13 @@
-//! The runtime openraft runs on in the simulation: openraft's
-//! `DeterministicRng` over tokio (seeded election timeouts), except for the
-//! watch channel. tokio's `watch` spreads its waiters over eight `Notify`
-//! lists picked at random (`thread_rng_n(8)`), so which task wakes first
-//! after a change differs from run to run; fixing that seed needs
-//! `--cfg tokio_unstable`. [`SimWatch`] is a watch channel over a single
-//! `Notify`, whose wake order follows registration order: deterministic.
+//! The runtime openraft runs on, in production and in the deterministic
+//! simulation alike (one Raft type for both worlds): tokio, with two
+//! differences. Random numbers (openraft's election timeouts) come from a
+//! seed when a task runs under [`seeded`] (the simulation: every task
+//! spawned under it derives its own seed from its parent's), else from the
+//! operating system. And the watch channel wakes its waiters in the order
+//! they registered: tokio's spreads them over eight lists picked at random
+//! (`thread_rng_n(8)`), which makes the order differ from run to run.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -13,33 +15,67 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use openraft::AsyncRuntime;
-use openraft::rt::deterministic_rng::DeterministicRng;
 use openraft::rt::watch::{self, RecvError, SendError};
 use openraft::rt::{OptionalSend, OptionalSync, Select2, Select3, Select4};
 use openraft_rt_tokio::TokioRuntime;
+use rand_openraft::SeedableRng;
+use rand_openraft::rngs::SmallRng;
 use tokio::sync::Notify;
 
-type Inner = DeterministicRng<TokioRuntime>;
+type Inner = TokioRuntime;
+
+tokio::task_local! {
+    static SEED: Cell<u64>;
+}
+
+/// Runs `f` (and every task it spawns through the runtime) with random
+/// numbers drawn from `seed`: the same seed, the same numbers.
+pub fn seeded<F: Future>(seed: u64, f: F) -> impl Future<Output = F::Output> {
+    SEED.scope(Cell::new(seed), f)
+}
+
+/// SplitMix64, with `gamma` picking the sequence.
+fn splitmix64(seed: u64, gamma: u64) -> u64 {
+    let z = seed.wrapping_add(gamma);
+    let z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The task's seed, moved on; `None` outside [`seeded`].
+fn take_seed() -> Option<u64> {
+    SEED.try_with(|c| {
+        let seed = c.get();
+        c.set(splitmix64(seed, 0x6a09_e667_f3bc_c908));
+        seed
+    })
+    .ok()
+}
 
 /// See the module documentation.
 #[derive(Debug)]
-pub struct SimRuntime(Inner);
+pub struct GantryRuntime(Inner);
 
-impl AsyncRuntime for SimRuntime {
+impl AsyncRuntime for GantryRuntime {
     type JoinError = <Inner as AsyncRuntime>::JoinError;
     type JoinHandle<T: OptionalSend + 'static> = <Inner as AsyncRuntime>::JoinHandle<T>;
     type Sleep = <Inner as AsyncRuntime>::Sleep;
     type Instant = <Inner as AsyncRuntime>::Instant;
     type TimeoutError = <Inner as AsyncRuntime>::TimeoutError;
     type Timeout<R, T: Future<Output = R> + OptionalSend> = <Inner as AsyncRuntime>::Timeout<R, T>;
-    type ThreadLocalRng = <Inner as AsyncRuntime>::ThreadLocalRng;
+    type ThreadLocalRng = SmallRng;
 
     fn spawn<T>(future: T) -> Self::JoinHandle<T::Output>
     where
         T: Future + OptionalSend + 'static,
         T::Output: OptionalSend + 'static,
     {
-        Inner::spawn(future)
+        // A seeded task's child gets a seed of its own from its parent's.
+        let seed = take_seed().map(|s| splitmix64(s, 0x9e37_79b9_7f4a_7c15));
+        match seed {
+            Some(s) => Inner::spawn(SEED.scope(Cell::new(s), future)),
+            None => Inner::spawn(future),
+        }
     }
 
     fn sleep(duration: Duration) -> Self::Sleep {
@@ -108,16 +144,19 @@ impl AsyncRuntime for SimRuntime {
     }
 
     fn thread_rng() -> Self::ThreadLocalRng {
-        Inner::thread_rng()
+        match take_seed() {
+            Some(seed) => SmallRng::seed_from_u64(seed),
+            None => SmallRng::seed_from_u64(rand::random()),
+        }
     }
 
     type Mpsc = <Inner as AsyncRuntime>::Mpsc;
-    type Watch = SimWatch;
+    type Watch = GantryWatch;
     type Oneshot = <Inner as AsyncRuntime>::Oneshot;
     type Mutex<T: OptionalSend + 'static> = <Inner as AsyncRuntime>::Mutex<T>;
 
     fn new(threads: usize) -> Self {
-        SimRuntime(Inner::new(threads))
+        GantryRuntime(Inner::new(threads))
     }
 
     fn block_on<F, T>(&mut self, future: F) -> T
@@ -136,8 +175,8 @@ impl AsyncRuntime for SimRuntime {
     }
 }
 
-/// A watch channel with one waiter list.
-pub struct SimWatch;
+/// A watch channel over one `Notify`: waiters wake in registration order.
+pub struct GantryWatch;
 
 struct Shared<T> {
     value: RwLock<T>,
@@ -146,9 +185,9 @@ struct Shared<T> {
     notify: Notify,
 }
 
-pub struct SimWatchSender<T>(Arc<Shared<T>>);
+pub struct GantryWatchSender<T>(Arc<Shared<T>>);
 
-pub struct SimWatchReceiver<T> {
+pub struct GantryWatchReceiver<T> {
     shared: Arc<Shared<T>>,
     seen: u64,
 }
@@ -159,9 +198,9 @@ fn read<T>(s: &Shared<T>) -> RwLockReadGuard<'_, T> {
     s.value.read().unwrap_or_else(|p| p.into_inner())
 }
 
-impl watch::Watch for SimWatch {
-    type Sender<T: OptionalSend + OptionalSync> = SimWatchSender<T>;
-    type Receiver<T: OptionalSend + OptionalSync> = SimWatchReceiver<T>;
+impl watch::Watch for GantryWatch {
+    type Sender<T: OptionalSend + OptionalSync> = GantryWatchSender<T>;
+    type Receiver<T: OptionalSend + OptionalSync> = GantryWatchReceiver<T>;
     type Ref<'a, T: OptionalSend + 'a> = RwLockReadGuard<'a, T>;
 
     fn channel<T: OptionalSend + OptionalSync>(init: T) -> (Self::Sender<T>, Self::Receiver<T>) {
@@ -172,20 +211,20 @@ impl watch::Watch for SimWatch {
             notify: Notify::new(),
         });
         (
-            SimWatchSender(shared.clone()),
-            SimWatchReceiver { shared, seen: 0 },
+            GantryWatchSender(shared.clone()),
+            GantryWatchReceiver { shared, seen: 0 },
         )
     }
 }
 
-impl<T> Clone for SimWatchSender<T> {
+impl<T> Clone for GantryWatchSender<T> {
     fn clone(&self) -> Self {
         self.0.senders.fetch_add(1, Ordering::SeqCst);
-        SimWatchSender(self.0.clone())
+        GantryWatchSender(self.0.clone())
     }
 }
 
-impl<T> Drop for SimWatchSender<T> {
+impl<T> Drop for GantryWatchSender<T> {
     fn drop(&mut self) {
         if self.0.senders.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.notify.notify_waiters();
@@ -193,16 +232,16 @@ impl<T> Drop for SimWatchSender<T> {
     }
 }
 
-impl<T> Clone for SimWatchReceiver<T> {
+impl<T> Clone for GantryWatchReceiver<T> {
     fn clone(&self) -> Self {
-        SimWatchReceiver {
+        GantryWatchReceiver {
             shared: self.shared.clone(),
             seen: self.seen,
         }
     }
 }
 
-impl<T: OptionalSend + OptionalSync> watch::WatchSender<SimWatch, T> for SimWatchSender<T> {
+impl<T: OptionalSend + OptionalSync> watch::WatchSender<GantryWatch, T> for GantryWatchSender<T> {
     fn send(&self, value: T) -> Result<(), SendError<T>> {
         // Like tokio's: fails when no receiver is left; we cannot count
         // receivers cheaply, and openraft ignores this error, so always send.
@@ -232,15 +271,17 @@ impl<T: OptionalSend + OptionalSync> watch::WatchSender<SimWatch, T> for SimWatc
         read(&self.0)
     }
 
-    fn subscribe(&self) -> SimWatchReceiver<T> {
-        SimWatchReceiver {
+    fn subscribe(&self) -> GantryWatchReceiver<T> {
+        GantryWatchReceiver {
             shared: self.0.clone(),
             seen: self.0.version.load(Ordering::SeqCst),
         }
     }
 }
 
-impl<T: OptionalSend + OptionalSync> watch::WatchReceiver<SimWatch, T> for SimWatchReceiver<T> {
+impl<T: OptionalSend + OptionalSync> watch::WatchReceiver<GantryWatch, T>
+    for GantryWatchReceiver<T>
+{
     async fn changed(&mut self) -> Result<(), RecvError> {
         loop {
             let notified = self.shared.notify.notified();
