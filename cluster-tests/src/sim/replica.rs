@@ -380,18 +380,14 @@ impl Replica {
     }
 
     /// A heartbeat on the session, then what the dispatcher does on each
-    /// round: `None` if this replica does not hold the session (or a newer
-    /// one replaced it), else the node's live attempts, each with whether a
-    /// cancel was requested. A node marked lost while its agent is still
-    /// here is registered again, as gantry-server's dispatcher does.
+    /// round: `None` if this replica does not hold the session (a newer one
+    /// replaced it, or the node was marked lost), else the node's live
+    /// attempts, each with whether a cancel was requested.
     pub async fn sync(&self, node_id: &str, session_id: &str) -> Option<Vec<(AttemptRef, bool)>> {
-        let (info, session) = match self.sessions.lock().await.get_mut(node_id) {
-            Some((info, s, seen)) if s.id == session_id => {
-                *seen = Instant::now();
-                (info.clone(), s.clone())
-            }
+        match self.sessions.lock().await.get_mut(node_id) {
+            Some((_, s, seen)) if s.id == session_id => *seen = Instant::now(),
             _ => return None,
-        };
+        }
         let (status, current) = self
             .reader
             .read(|s, _| {
@@ -413,16 +409,17 @@ impl Replica {
                 }
                 return None;
             }
+            // Marked lost while held here: the session ends and the agent
+            // registers again on a new one, as gantry-server's dispatcher does.
             None if status == Some(NodeStatus::Lost) => {
-                let cmd = Command::NodeSessionOpened {
-                    now_ms: self.clock(),
-                    node: info,
-                    session,
-                    health: None,
-                };
-                let _ = self
-                    .write(cmd, Instant::now() + Duration::from_secs(2))
-                    .await;
+                let mut held = self.sessions.lock().await;
+                if held
+                    .get(node_id)
+                    .is_some_and(|(_, s, _)| s.id == session_id)
+                {
+                    held.remove(node_id);
+                }
+                return None;
             }
             _ => {}
         }
