@@ -120,9 +120,6 @@ pub const SCENARIOS: &[&str] = &[
     "membership-change",
 ];
 
-/// Scenarios not in CI's list, run by name (`GANTRY_SCENARIO=NAME`).
-pub const EXTRA_SCENARIOS: &[&str] = &[];
-
 /// A schedule for `replicas` replicas and `agents` agents, `steps` long. At
 /// most a minority of replicas is down or paused at any time (one of three),
 /// and one agent at a time is down.

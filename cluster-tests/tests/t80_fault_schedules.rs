@@ -457,12 +457,9 @@ async fn t80_seeded_fault_schedules_keep_every_invariant() {
 async fn t80_named_scenarios_keep_every_invariant() {
     // GANTRY_SCENARIO=NAME runs one.
     let only = std::env::var("GANTRY_SCENARIO").ok();
-    let names = faults::SCENARIOS.iter().chain(faults::EXTRA_SCENARIOS);
-    for (i, name) in names.enumerate() {
-        match only.as_deref() {
-            Some(o) if o != *name => continue,
-            None if faults::EXTRA_SCENARIOS.contains(name) => continue,
-            _ => {}
+    for (i, name) in faults::SCENARIOS.iter().enumerate() {
+        if only.as_deref().is_some_and(|o| o != *name) {
+            continue;
         }
         let schedule = faults::named(name).unwrap();
         let s = run(i as u64, schedule).await;

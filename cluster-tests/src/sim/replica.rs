@@ -62,8 +62,8 @@ pub struct Replica {
     disk: Arc<Disk>,
     reader: StateReader,
     net: Net,
-    /// Agent sessions held here: node → (its info, the session, last heartbeat).
-    sessions: Mutex<BTreeMap<String, (NodeInfo, Session, Instant)>>,
+    /// Agent sessions held here: node → (the session, last heartbeat).
+    sessions: Mutex<BTreeMap<String, (Session, Instant)>>,
     /// On the leader: when some replica last reported each node's session
     /// (gantry-server's own).
     liveness: gantry_server::Liveness,
@@ -364,9 +364,10 @@ impl Replica {
             replica: self.id,
             opened_at_ms: self.clock(),
         };
+        let node_id = node.id.clone();
         let cmd = Command::NodeSessionOpened {
             now_ms: self.clock(),
-            node: node.clone(),
+            node,
             session: session.clone(),
             health: None,
         };
@@ -375,7 +376,7 @@ impl Replica {
         self.sessions
             .lock()
             .await
-            .insert(node.id.clone(), (node, session, Instant::now()));
+            .insert(node_id, (session, Instant::now()));
         Ok(())
     }
 
@@ -385,7 +386,7 @@ impl Replica {
     /// attempts, each with whether a cancel was requested.
     pub async fn sync(&self, node_id: &str, session_id: &str) -> Option<Vec<(AttemptRef, bool)>> {
         match self.sessions.lock().await.get_mut(node_id) {
-            Some((_, s, seen)) if s.id == session_id => *seen = Instant::now(),
+            Some((s, seen)) if s.id == session_id => *seen = Instant::now(),
             _ => return None,
         }
         let (status, current) = self
@@ -398,30 +399,17 @@ impl Replica {
                 )
             })
             .await;
-        match current {
-            Some(id) if id != session_id => {
-                let mut held = self.sessions.lock().await;
-                if held
-                    .get(node_id)
-                    .is_some_and(|(_, s, _)| s.id == session_id)
-                {
-                    held.remove(node_id);
-                }
-                return None;
+        // Replaced by a newer session, or marked lost while held here (the
+        // agent registers again on a new one, as gantry-server's dispatcher
+        // has it): the session ends.
+        let replaced = current.as_ref().is_some_and(|id| id != session_id);
+        let lost = current.is_none() && status == Some(NodeStatus::Lost);
+        if replaced || lost {
+            let mut held = self.sessions.lock().await;
+            if held.get(node_id).is_some_and(|(s, _)| s.id == session_id) {
+                held.remove(node_id);
             }
-            // Marked lost while held here: the session ends and the agent
-            // registers again on a new one, as gantry-server's dispatcher does.
-            None if status == Some(NodeStatus::Lost) => {
-                let mut held = self.sessions.lock().await;
-                if held
-                    .get(node_id)
-                    .is_some_and(|(_, s, _)| s.id == session_id)
-                {
-                    held.remove(node_id);
-                }
-                return None;
-            }
-            _ => {}
+            return None;
         }
         Some(self.assignments(node_id).await)
     }
@@ -456,12 +444,7 @@ impl Replica {
     async fn confirm_sessions(&self, nodes: Vec<String>) {
         let lost: std::collections::BTreeSet<String> = self
             .reader
-            .read(|s, _| {
-                s.nodes()
-                    .filter(|n| n.status == NodeStatus::Lost)
-                    .map(|n| n.id().to_owned())
-                    .collect()
-            })
+            .read(|s, _| s.node_ids(NodeStatus::Lost).map(str::to_owned).collect())
             .await;
         let seen = now_ms();
         self.liveness
@@ -556,12 +539,7 @@ async fn liveness_loop(replica: Arc<Replica>) {
         tick.tick().await;
         let ready: Vec<String> = replica
             .reader
-            .read(|s, _| {
-                s.nodes()
-                    .filter(|n| n.status == NodeStatus::Ready)
-                    .map(|n| n.id().to_owned())
-                    .collect()
-            })
+            .read(|s, _| s.node_ids(NodeStatus::Ready).map(str::to_owned).collect())
             .await;
         // gantry-server's own decision (a node seen for the first time, by a
         // new leader or ready again after a loss, gets a full grace).
@@ -617,8 +595,8 @@ async fn expire_sessions(replica: Arc<Replica>) {
             let mut s = replica.sessions.lock().await;
             let gone: Vec<(String, String)> = s
                 .iter()
-                .filter(|(_, (_, _, seen))| now.duration_since(*seen) > SESSION_TIMEOUT)
-                .map(|(n, (_, session, _))| (n.clone(), session.id.clone()))
+                .filter(|(_, (_, seen))| now.duration_since(*seen) > SESSION_TIMEOUT)
+                .map(|(n, (session, _))| (n.clone(), session.id.clone()))
                 .collect();
             for (n, _) in &gone {
                 s.remove(n);

@@ -681,6 +681,14 @@ impl State {
         self.nodes.values()
     }
 
+    /// The ids of the nodes in `status`.
+    pub fn node_ids(&self, status: NodeStatus) -> impl Iterator<Item = &str> {
+        self.nodes
+            .values()
+            .filter(move |n| n.status == status)
+            .map(Node::id)
+    }
+
     /// Live attempts on a node (what it should be running).
     pub fn live_attempts(&self, node_id: &str) -> impl Iterator<Item = &AttemptRef> {
         self.live

@@ -166,12 +166,7 @@ async fn liveness_loop(replica: Arc<Replica>) {
         expire_drains(&replica).await;
         let ready: Vec<String> = replica
             .state
-            .read(|s, _| {
-                s.nodes()
-                    .filter(|n| n.status == NodeStatus::Ready)
-                    .map(|n| n.id().to_owned())
-                    .collect()
-            })
+            .read(|s, _| s.node_ids(NodeStatus::Ready).map(str::to_owned).collect())
             .await;
         let lost = replica.liveness.expired(&ready, grace).await;
         if lost.is_empty() {

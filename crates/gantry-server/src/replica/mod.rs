@@ -134,9 +134,8 @@ impl Replica {
     pub async fn lost_nodes(&self) -> std::collections::HashSet<String> {
         self.state
             .read(|s, _| {
-                s.nodes()
-                    .filter(|n| n.status == gantry_core::NodeStatus::Lost)
-                    .map(|n| n.id().to_owned())
+                s.node_ids(gantry_core::NodeStatus::Lost)
+                    .map(str::to_owned)
                     .collect()
             })
             .await
