@@ -120,55 +120,23 @@ pub async fn start_on(
         .map_err(|e| StartError::Raft(e.to_string()))?;
     bootstrap(&raft, &config).await?;
 
-    let (submit_queue, submit_batches) = crate::replica::group_commit::queue();
-    let (forward_queue, forward_batches) = crate::replica::group_commit::queue();
-    let replica = Arc::new(Replica {
-        id: config.id,
+    let parts = crate::replica::Parts {
         raft,
         state,
+        port: Arc::new(peers.clone()),
         peers,
-        sessions: Default::default(),
-        liveness: Default::default(),
-        output: Default::default(),
         secure: transport.is_secure(),
-        submit_limit: crate::api::ratelimit::RateLimiter::new(
-            config.submit_rate,
-            config.submit_burst,
-        ),
-        streams: Default::default(),
-        in_quorum: Default::default(),
-        write_latency: crate::ops::metrics::write_latency_histogram(),
-        scheduler_examined: Default::default(),
-        admission: Default::default(),
-        entry_clock: Default::default(),
-        skew: Default::default(),
-        wakeups: Default::default(),
-        submits: submit_queue,
-        forwards: forward_queue,
-        stopping: Default::default(),
-        config: Arc::new(config),
-    });
+        wall: Box::new(crate::replica::clock::now_ms),
+    };
+    let (replica, mut background) = Replica::start(config, parts);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let mut background = vec![
-        tokio::spawn(crate::leader::supervise(replica.clone())),
-        tokio::spawn(crate::agents::report::report_sessions(replica.clone())),
-        tokio::spawn(crate::api::admission::monitor(replica.clone())),
-        tokio::spawn(crate::ops::health::probe_loop(
-            replica.clone(),
-            health_reporter,
-        )),
-        tokio::spawn(crate::agents::dispatch::wake_touched(replica.clone())),
-        tokio::spawn(crate::replica::group_commit::run(
-            replica.clone(),
-            crate::replica::group_commit::Route::Raft,
-            submit_batches,
-        )),
-        tokio::spawn(crate::replica::group_commit::run(
-            replica.clone(),
-            crate::replica::group_commit::Route::Leader,
-            forward_batches,
-        )),
-    ];
+    background.push(tokio::spawn(crate::api::admission::monitor(
+        replica.clone(),
+    )));
+    background.push(tokio::spawn(crate::ops::health::probe_loop(
+        replica.clone(),
+        health_reporter,
+    )));
     let grpc_counters = crate::ops::metrics::GrpcCounters::default();
     let metrics_addr = match replica.config.metrics_listen {
         Some(m) => {

@@ -19,8 +19,10 @@ pub use ops::config::{
     AdmissionLimits, AdmissionSettings, ConfigError, Peers, RaftSettings, RaftTimings,
     ServerConfig, ServerSettings, parse_peers,
 };
-pub use replica::Replica;
+pub use raft::peers::Peers as PeerChannels;
+pub use replica::port::PeerPort;
+pub use replica::{ForwardError, ForwardReply, Parts, Replica};
 
 // The replica's own parts the deterministic simulation runs (invariant 10).
-pub use agents::sessions::Liveness;
+pub use agents::sessions::{Liveness, SESSION_SILENCE_LIMIT};
 pub use replica::clock::EntryClock;

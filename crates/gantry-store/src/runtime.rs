@@ -34,6 +34,23 @@ pub fn seeded<F: Future>(seed: u64, f: F) -> impl Future<Output = F::Output> {
     SEED.scope(Cell::new(seed), f)
 }
 
+/// Spawns `f` on tokio as the runtime spawns openraft's tasks: under
+/// [`seeded`] the task draws from a seed of its own. Gantry's replica spawns
+/// its tasks through this, so the simulation replays them too.
+pub fn spawn<F>(f: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    <GantryRuntime as AsyncRuntime>::spawn(f)
+}
+
+/// 128 random bits: from the task's seed under [`seeded`], else the OS.
+pub fn random_u128() -> u128 {
+    use rand_openraft::RngExt;
+    <GantryRuntime as AsyncRuntime>::thread_rng().random()
+}
+
 /// SplitMix64, with `gamma` picking the sequence.
 fn splitmix64(seed: u64, gamma: u64) -> u64 {
     let z = seed.wrapping_add(gamma);

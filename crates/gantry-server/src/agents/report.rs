@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use gantry_proto::internal::v1::SessionsReport;
+use gantry_proto::internal::v1::{SessionsReport, SessionsReportAck};
+use tonic::Status;
 
 use crate::leader::SESSION_REPORT_INTERVAL;
 use crate::replica::Replica;
-use crate::replica::clock::now_ms;
 
 /// Every replica: tell the leader which agent sessions this replica holds.
 pub async fn report_sessions(replica: Arc<Replica>) {
@@ -45,7 +45,7 @@ pub async fn report_sessions(replica: Arc<Replica>) {
                 replica.liveness.record_telemetry(telemetry).await;
             }
             Some((id, addr)) => {
-                let sent_ms = now_ms();
+                let sent_ms = replica.now_ms();
                 let sent_at = tokio::time::Instant::now();
                 let ids: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
                 let seen_ago_ms = nodes
@@ -60,20 +60,18 @@ pub async fn report_sessions(replica: Arc<Replica>) {
                     telemetry: replica.sessions.take_telemetry(new_leader).await,
                     seen_ago_ms,
                 };
-                let sent = async {
-                    let mut client = replica.peers.raft_client(&addr).await?;
-                    let mut req = tonic::Request::new(report);
-                    req.set_timeout(SESSION_REPORT_INTERVAL);
-                    client.report_sessions(req).await
-                };
-                match sent.await {
+                let deadline = sent_at + SESSION_REPORT_INTERVAL;
+                let sent = replica.port.report_sessions(id, &addr, report, deadline);
+                match tokio::time::timeout_at(deadline, sent)
+                    .await
+                    .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time")))
+                {
                     Ok(ack) => {
-                        let ack = ack.into_inner();
                         let ids = ids.into_iter().filter(|id| !ack.unconfirmed.contains(id));
                         replica.sessions.confirmed(ids, sent_at).await;
                         let leader_ms = ack.leader_now_ms;
                         if leader_ms > 0 {
-                            replica.skew.record(sent_ms, now_ms(), leader_ms);
+                            replica.skew.record(sent_ms, replica.now_ms(), leader_ms);
                         }
                     }
                     Err(e) => {
@@ -83,5 +81,56 @@ pub async fn report_sessions(replica: Arc<Replica>) {
             }
             None => {}
         }
+    }
+}
+
+impl Replica {
+    /// On the leader: a replica's report of the sessions it holds. The
+    /// nodes it names are confirmed (see [`crate::Liveness::confirm`]) and
+    /// the answer says which were not, and this leader's clock.
+    pub async fn accept_sessions_report(
+        &self,
+        report: SessionsReport,
+    ) -> Result<SessionsReportAck, Status> {
+        if !self.raft.is_leader() {
+            return Err(Status::failed_precondition("not the leader"));
+        }
+        if report.node_ids.len() > 1_000_000 {
+            return Err(Status::invalid_argument("too many node ids in one report"));
+        }
+        if report.telemetry.len() > 1_000_000 {
+            return Err(Status::invalid_argument(
+                "too many telemetry entries in one report",
+            ));
+        }
+        // Ages by the reporter's clock, made times by this leader's: a
+        // replica with a skewed clock does not move a node's last-seen time.
+        // A replica from before ages sent its own clock's times.
+        let now = self.now_ms();
+        let seen: Vec<u64> = if report.seen_ago_ms.len() == report.node_ids.len() {
+            report
+                .seen_ago_ms
+                .iter()
+                .map(|ago| now.saturating_sub(*ago))
+                .collect()
+        } else {
+            report.last_seen_ms.clone()
+        };
+        let seen = report
+            .node_ids
+            .into_iter()
+            .zip(seen.into_iter().chain(std::iter::repeat(0)));
+        let lost = self.lost_nodes().await;
+        let unconfirmed = self.liveness.confirm(seen, |id| lost.contains(id)).await;
+        self.liveness.record_telemetry(report.telemetry).await;
+        // The reporter tells its agents their session is confirmed from this
+        // ack: only a leader a quorum still follows may give it, or a deposed
+        // leader could keep agents' leases alive after another one took over.
+        let deadline = tokio::time::Instant::now() + SESSION_REPORT_INTERVAL;
+        self.serve_read_index(deadline).await?;
+        Ok(SessionsReportAck {
+            leader_now_ms: now,
+            unconfirmed,
+        })
     }
 }

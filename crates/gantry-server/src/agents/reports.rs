@@ -15,7 +15,6 @@ use super::dispatch::Outbound;
 use super::stream::{HEARTBEAT_INTERVAL, msg};
 use crate::api::convert::token_to_api;
 use crate::replica::Replica;
-use crate::replica::clock::now_ms;
 
 /// How often reports that keep failing to commit are mentioned in the log.
 const REPORT_WARN_EVERY: Duration = Duration::from_secs(60);
@@ -45,7 +44,7 @@ pub async fn queue_report(
     loop {
         tokio::select! {
             sent = &mut send => return sent.is_ok(),
-            _ = keep_alive.tick() => replica.sessions.touch(node_id, session_id).await,
+            _ = keep_alive.tick() => replica.sessions.touch(node_id, session_id, replica.now_ms()).await,
         }
     }
 }
@@ -76,7 +75,7 @@ pub async fn propose_reports(
             })
             .collect();
         let cmd = Command::ReportAttempts {
-            now_ms: now_ms(),
+            now_ms: replica.now_ms(),
             reports,
         };
         // A span per finished attempt in its job's trace, until committed.

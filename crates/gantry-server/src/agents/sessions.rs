@@ -2,13 +2,11 @@
 //! when some replica last confirmed each node's session. Liveness lives in
 //! memory only: heartbeats never reach the Raft log.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use gantry_proto::internal::v1::NodeTelemetry;
 use tokio::sync::RwLock;
 use tokio::time::Instant;
-
-use crate::replica::clock::now_ms;
 
 /// A session counts as held only while its agent keeps talking: a frozen
 /// agent (or a half-open connection) stops being confirmed after this.
@@ -17,7 +15,7 @@ pub const SESSION_SILENCE_LIMIT: std::time::Duration = std::time::Duration::from
 /// The agent streams this replica holds: node id → (session id, last message).
 #[derive(Default)]
 pub struct Sessions {
-    held: RwLock<HashMap<String, (String, Instant, u64)>>,
+    held: RwLock<BTreeMap<String, (String, Instant, u64)>>,
     /// The latest health-check time and GPU telemetry per node, and whether
     /// it changed since the last report to the leader.
     telemetry: RwLock<HashMap<String, (NodeTelemetry, bool)>>,
@@ -48,21 +46,22 @@ impl Sessions {
             .map(|at| at.elapsed())
     }
 
-    pub async fn open(&self, node_id: &str, session_id: &str) {
+    /// `now_ms`: the replica's wall clock (see `Replica::now_ms`).
+    pub async fn open(&self, node_id: &str, session_id: &str, now_ms: u64) {
         self.held.write().await.insert(
             node_id.to_owned(),
-            (session_id.to_owned(), Instant::now(), now_ms()),
+            (session_id.to_owned(), Instant::now(), now_ms),
         );
         self.report_now.notify_one();
     }
 
     /// Records that the agent spoke (any message, heartbeats included).
-    pub async fn touch(&self, node_id: &str, session_id: &str) {
+    pub async fn touch(&self, node_id: &str, session_id: &str, now_ms: u64) {
         if let Some((s, seen, seen_ms)) = self.held.write().await.get_mut(node_id)
             && s == session_id
         {
             *seen = Instant::now();
-            *seen_ms = now_ms();
+            *seen_ms = now_ms;
         }
     }
 

@@ -29,7 +29,6 @@ use crate::agents::sessions::SESSION_SILENCE_LIMIT;
 use crate::api::convert::{exit_from_api, health_from_api, node_info_from_hello, token_from_api};
 use crate::ops::auth;
 use crate::replica::Replica;
-use crate::replica::clock::now_ms;
 
 /// How often agents send heartbeats.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
@@ -52,7 +51,7 @@ impl Drop for StreamGuard {
     fn drop(&mut self) {
         let replica = self.replica.clone();
         let node = std::mem::take(&mut self.node);
-        tokio::spawn(async move { replica.streams.close(&node).await });
+        gantry_store::runtime::spawn(async move { replica.streams.close(&node).await });
     }
 }
 
@@ -110,15 +109,19 @@ impl AgentService for AgentApi {
         }
         let node_id = info.id.clone();
         let session = Session {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: uuid::Builder::from_random_bytes(
+                gantry_store::runtime::random_u128().to_le_bytes(),
+            )
+            .into_uuid()
+            .to_string(),
             replica: replica.id,
-            opened_at_ms: now_ms(),
+            opened_at_ms: replica.now_ms(),
         };
         let deadline = Instant::now() + replica.config.request_timeout();
         let (_, index) = replica
             .write(
                 Command::NodeSessionOpened {
-                    now_ms: now_ms(),
+                    now_ms: replica.now_ms(),
                     node: info.clone(),
                     session: session.clone(),
                     health: hello.health.as_ref().map(health_from_api),
@@ -126,7 +129,10 @@ impl AgentService for AgentApi {
                 deadline,
             )
             .await?;
-        replica.sessions.open(&node_id, &session.id).await;
+        replica
+            .sessions
+            .open(&node_id, &session.id, replica.now_ms())
+            .await;
         tracing::info!(node = %node_id, session = %session.id, "agent connected");
 
         let (tx, rx) = Outbound::channel(OUTBOUND_QUEUE);
@@ -154,7 +160,7 @@ impl AgentService for AgentApi {
         let dispatcher =
             Dispatcher::new(replica.clone(), info, session.clone(), running, tx.clone());
         let outbound = replica.until_stopped(rx);
-        tokio::spawn(async move {
+        gantry_store::runtime::spawn(async move {
             // Counted for as long as the session runs.
             let _counted = counted;
             run_session(
@@ -179,8 +185,8 @@ async fn run_session(
     reports_tx: mpsc::Sender<(AttemptRef, AttemptEvent)>,
     reports_rx: mpsc::Receiver<(AttemptRef, AttemptEvent)>,
 ) {
-    let dispatcher = tokio::spawn(dispatcher.run(opened_at_index));
-    let proposer = tokio::spawn(propose_reports(
+    let dispatcher = gantry_store::runtime::spawn(dispatcher.run(opened_at_index));
+    let proposer = gantry_store::runtime::spawn(propose_reports(
         replica.clone(),
         node_id.clone(),
         reports_rx,
@@ -206,7 +212,10 @@ async fn run_session(
                 break;
             }
         };
-        replica.sessions.touch(&node_id, &session_id).await;
+        replica
+            .sessions
+            .touch(&node_id, &session_id, replica.now_ms())
+            .await;
         let report = match m.msg {
             Some(AgentMsg::Started(s)) => {
                 token_from_api(s.attempt).map(|a| (a, AttemptEvent::Started))
@@ -283,7 +292,7 @@ async fn run_session(
     replica.sessions.close(&node_id, &session_id).await;
     let deadline = Instant::now() + replica.config.request_timeout();
     let closed = Command::NodeSessionClosed {
-        now_ms: now_ms(),
+        now_ms: replica.now_ms(),
         node_id: node_id.clone(),
         session_id,
     };
@@ -298,7 +307,7 @@ async fn run_session(
 async fn leaving(replica: &Arc<Replica>, node_id: &str, session_id: &str, grace_ms: u64) {
     // A day at most: a typo must not keep a node draining for ever.
     let grace_ms = grace_ms.min(24 * 60 * 60 * 1000);
-    let now = now_ms();
+    let now = replica.now_ms();
     tracing::info!(node = %node_id, grace_ms, "agent shutting down: draining its node");
     let cmd = Command::NodeLeaving {
         now_ms: now,
@@ -375,14 +384,14 @@ async fn heartbeat(
         tracing::warn!(node = %node_id, score = health.score, ?failing, "node unhealthy: no new tasks go to it");
     }
     let cmd = Command::NodeHealth {
-        now_ms: now_ms(),
+        now_ms: replica.now_ms(),
         node_id: node_id.to_owned(),
         session_id: session_id.to_owned(),
         health,
     };
     let replica = replica.clone();
     let node = node_id.to_owned();
-    *slot = Some(tokio::spawn(async move {
+    *slot = Some(gantry_store::runtime::spawn(async move {
         let deadline = Instant::now() + replica.config.request_timeout();
         if let Err(e) = replica.write(cmd, deadline).await {
             tracing::warn!(node = %node, error = %e, "could not record the node's health; the next report retries");

@@ -13,7 +13,6 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::replica::Replica;
-use crate::replica::clock::now_ms;
 
 /// Most placements in one Assign entry.
 const MAX_PLACEMENTS_PER_ROUND: usize = 1_000;
@@ -27,10 +26,24 @@ const STALL_EXCUSED_AFTER: Duration = Duration::from_millis(500);
 /// How often replicas report their sessions and the leader checks liveness.
 pub const SESSION_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Tasks aborted when dropped: the leader loops end with `supervise`, also
+/// when it is aborted (a replica stopped in-process, a simulated crash).
+#[derive(Default)]
+struct Owned(Vec<JoinHandle<()>>);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        for l in &self.0 {
+            l.abort();
+        }
+    }
+}
+
 /// Watches leadership and runs the leader-only loops while it lasts.
 pub async fn supervise(replica: Arc<Replica>) {
     let mut metrics = replica.raft.metrics();
-    let mut loops: Vec<JoinHandle<()>> = Vec::new();
+    let mut owned = Owned::default();
+    let loops = &mut owned.0;
     loop {
         let leading = {
             let m = metrics.borrow_watched();
@@ -42,11 +55,11 @@ pub async fn supervise(replica: Arc<Replica>) {
                 "leadership gained: starting the scheduler and liveness loops"
             );
             replica.liveness.reset().await;
-            loops.push(tokio::spawn(schedule_loop(replica.clone())));
-            loops.push(tokio::spawn(liveness_loop(replica.clone())));
-            loops.push(tokio::spawn(crate::leader::rules::enable_when_all_know(
-                replica.clone(),
-            )));
+            loops.push(gantry_store::runtime::spawn(schedule_loop(replica.clone())));
+            loops.push(gantry_store::runtime::spawn(liveness_loop(replica.clone())));
+            loops.push(gantry_store::runtime::spawn(
+                crate::leader::rules::enable_when_all_know(replica.clone()),
+            ));
         } else if !leading && !loops.is_empty() {
             tracing::info!(id = replica.id, "leadership lost: stopping leader loops");
             for l in loops.drain(..) {
@@ -56,9 +69,6 @@ pub async fn supervise(replica: Arc<Replica>) {
         if metrics.changed().await.is_err() {
             break;
         }
-    }
-    for l in loops {
-        l.abort();
     }
 }
 
@@ -175,7 +185,7 @@ async fn liveness_loop(replica: Arc<Replica>) {
         tracing::warn!(nodes = ?lost, ?grace, "no replica held these nodes' sessions for the grace period: marking them lost");
         let deadline = Instant::now() + replica.config.request_timeout();
         let cmd = Command::NodesLost {
-            now_ms: now_ms(),
+            now_ms: replica.now_ms(),
             node_ids: lost.clone(),
         };
         match replica.write(cmd, deadline).await {

@@ -7,12 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gantry_core::{Command, RULES};
-use gantry_proto::internal::v1::LocalStatusRequest;
 use openraft::async_runtime::WatchReceiver;
 use tokio::time::Instant;
 
 use crate::replica::Replica;
-use crate::replica::clock::now_ms;
 
 /// How often the leader asks the voters until they all know the rules.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -42,7 +40,7 @@ pub async fn enable_when_all_know(replica: Arc<Replica>) {
             if *id == replica.id {
                 continue;
             }
-            if known_rules(&replica, addr).await < RULES {
+            if known_rules(&replica, *id, addr).await < RULES {
                 behind.push(*id);
             }
         }
@@ -59,7 +57,7 @@ pub async fn enable_when_all_know(replica: Arc<Replica>) {
         }
         let deadline = Instant::now() + replica.config.request_timeout();
         let cmd = Command::EnableRules {
-            now_ms: now_ms(),
+            now_ms: replica.now_ms(),
             rules: RULES,
         };
         match replica.write(cmd, deadline).await {
@@ -77,14 +75,11 @@ pub async fn enable_when_all_know(replica: Arc<Replica>) {
 
 /// The rules a peer's release knows (0 when it does not say: an older one,
 /// or no answer).
-async fn known_rules(replica: &Replica, addr: &str) -> u32 {
-    let Ok(mut client) = replica.peers.raft_client(addr).await else {
-        return 0;
-    };
-    let mut req = tonic::Request::new(LocalStatusRequest { with_digest: false });
-    req.set_timeout(Duration::from_secs(1));
-    match tokio::time::timeout(Duration::from_secs(1), client.local_status(req)).await {
-        Ok(Ok(r)) => r.into_inner().rules,
+async fn known_rules(replica: &Replica, peer: u64, addr: &str) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let asked = replica.port.local_status(peer, addr, deadline);
+    match tokio::time::timeout_at(deadline, asked).await {
+        Ok(Ok(r)) => r.rules,
         _ => 0,
     }
 }

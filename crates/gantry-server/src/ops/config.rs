@@ -452,7 +452,7 @@ impl ServerConfig {
     }
 
     /// The openraft configuration these settings mean.
-    pub(crate) fn openraft(&self) -> Result<openraft::Config, ConfigError> {
+    pub fn openraft(&self) -> Result<openraft::Config, ConfigError> {
         let r = &self.raft;
         openraft::Config {
             cluster_name: "gantry".into(),

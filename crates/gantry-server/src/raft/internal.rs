@@ -230,53 +230,10 @@ impl RaftService for InternalService {
         &self,
         req: Request<SessionsReport>,
     ) -> Result<Response<SessionsReportAck>, Status> {
-        if !self.replica.raft.is_leader() {
-            return Err(Status::failed_precondition("not the leader"));
-        }
-        let report = req.into_inner();
-        if report.node_ids.len() > 1_000_000 {
-            return Err(Status::invalid_argument("too many node ids in one report"));
-        }
-        if report.telemetry.len() > 1_000_000 {
-            return Err(Status::invalid_argument(
-                "too many telemetry entries in one report",
-            ));
-        }
-        // Ages by the reporter's clock, made times by this leader's: a
-        // replica with a skewed clock does not move a node's last-seen time.
-        // A replica from before ages sent its own clock's times.
-        let now = crate::replica::clock::now_ms();
-        let seen: Vec<u64> = if report.seen_ago_ms.len() == report.node_ids.len() {
-            report
-                .seen_ago_ms
-                .iter()
-                .map(|ago| now.saturating_sub(*ago))
-                .collect()
-        } else {
-            report.last_seen_ms.clone()
-        };
-        let seen = report
-            .node_ids
-            .into_iter()
-            .zip(seen.into_iter().chain(std::iter::repeat(0)));
-        let lost = self.replica.lost_nodes().await;
-        let unconfirmed = self
+        let ack = self
             .replica
-            .liveness
-            .confirm(seen, |id| lost.contains(id))
-            .await;
-        self.replica
-            .liveness
-            .record_telemetry(report.telemetry)
-            .await;
-        // The reporter tells its agents their session is confirmed from this
-        // ack: only a leader a quorum still follows may give it, or a deposed
-        // leader could keep agents' leases alive after another one took over.
-        let deadline = tokio::time::Instant::now() + crate::leader::SESSION_REPORT_INTERVAL;
-        self.replica.serve_read_index(deadline).await?;
-        Ok(Response::new(SessionsReportAck {
-            leader_now_ms: now,
-            unconfirmed,
-        }))
+            .accept_sessions_report(req.into_inner())
+            .await?;
+        Ok(Response::new(ack))
     }
 }

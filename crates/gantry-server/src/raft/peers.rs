@@ -8,7 +8,17 @@ use gantry_proto::internal::v1::raft_service_client::RaftServiceClient;
 use gantry_proto::transport::Transport;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use gantry_core::Command;
+use gantry_proto::internal::v1::{
+    LocalStatusRequest, LocalStatusResponse, RaftPayload, ReadIndexRequest, SessionsReport,
+    SessionsReportAck,
+};
+use gantry_store::ReplicaId;
 use tokio::sync::{RwLock, watch};
+use tokio::time::Instant;
+
+use crate::raft::network::{decode, encode};
+use crate::replica::ForwardReply;
 use tonic::Status;
 use tonic::transport::Channel;
 
@@ -71,5 +81,65 @@ impl Peers {
         Ok(RaftServiceClient::new(self.channel(addr).await?)
             .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES))
+    }
+}
+
+/// The port over gRPC: each call on the pooled channel to the peer's address.
+#[tonic::async_trait]
+impl crate::replica::port::PeerPort for Peers {
+    async fn propose(
+        &self,
+        leader: ReplicaId,
+        addr: &str,
+        cmd: &Command,
+        deadline: Instant,
+    ) -> Result<ForwardReply, Status> {
+        let mut client = self.raft_client(addr).await?;
+        let data = encode(cmd).map_err(|e| Status::internal(e.to_string()))?;
+        let mut req = tonic::Request::new(RaftPayload { data });
+        // The leader's span continues the caller's trace.
+        gantry_telemetry::otel::inject(req.metadata_mut());
+        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let reply = client.propose(req).await?.into_inner();
+        decode::<ForwardReply>(&reply.data).map_err(|e| {
+            Status::internal(format!("leader {leader} sent an undecodable reply: {e}"))
+        })
+    }
+
+    async fn read_index(
+        &self,
+        _leader: ReplicaId,
+        addr: &str,
+        deadline: Instant,
+    ) -> Result<u64, Status> {
+        let mut client = self.raft_client(addr).await?;
+        let mut req = tonic::Request::new(ReadIndexRequest {});
+        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        Ok(client.read_index(req).await?.into_inner().read_index)
+    }
+
+    async fn report_sessions(
+        &self,
+        _leader: ReplicaId,
+        addr: &str,
+        report: SessionsReport,
+        deadline: Instant,
+    ) -> Result<SessionsReportAck, Status> {
+        let mut client = self.raft_client(addr).await?;
+        let mut req = tonic::Request::new(report);
+        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        Ok(client.report_sessions(req).await?.into_inner())
+    }
+
+    async fn local_status(
+        &self,
+        _peer: ReplicaId,
+        addr: &str,
+        deadline: Instant,
+    ) -> Result<LocalStatusResponse, Status> {
+        let mut client = self.raft_client(addr).await?;
+        let mut req = tonic::Request::new(LocalStatusRequest { with_digest: false });
+        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        Ok(client.local_status(req).await?.into_inner())
     }
 }

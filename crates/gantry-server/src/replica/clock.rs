@@ -69,6 +69,11 @@ impl EntryClock {
         behind
     }
 
+    /// The wall clock this replica reads (ms since the epoch).
+    pub fn wall(&self) -> u64 {
+        (self.wall)()
+    }
+
     /// The leader's time now: what deadlines in the state are compared with.
     pub fn now(&self) -> u64 {
         (self.wall)().saturating_add(self.ahead_ms.load(Ordering::Relaxed))

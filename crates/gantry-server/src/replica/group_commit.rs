@@ -163,7 +163,7 @@ where
         carried = batch.overflow.take();
         let committed = commit(batch.parts);
         let finished = finished.clone();
-        tokio::spawn(async move {
+        gantry_store::runtime::spawn(async move {
             committed.await;
             drop(permit);
             finished.notify_one();
@@ -271,7 +271,7 @@ mod tests {
             let (sizes, proposed) = mpsc::unbounded_channel();
             let release = Arc::new(Semaphore::new(0));
             let r = release.clone();
-            tokio::spawn(batches(rx, move |parts: Vec<Pending>| {
+            gantry_store::runtime::spawn(batches(rx, move |parts: Vec<Pending>| {
                 let _ = sizes.send(parts.iter().map(|p| p.jobs.len()).sum());
                 let r = r.clone();
                 async move { r.acquire().await.unwrap().forget() }

@@ -4,12 +4,12 @@
 
 pub mod clock;
 pub mod group_commit;
+pub mod port;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use gantry_core::{Command, Outcome};
-use gantry_proto::internal::v1::{RaftPayload, ReadIndexRequest};
 use gantry_store::{Raft, ReplicaId, StateReader};
 use openraft::ReadPolicy;
 use openraft::async_runtime::WatchReceiver;
@@ -20,14 +20,13 @@ use tonic::{Code, Status};
 
 use crate::agents::sessions::{Liveness, Sessions};
 use crate::ops::config::ServerConfig;
-use crate::raft::network::{decode, encode};
 use crate::raft::peers::Peers;
 
 /// The answer to a forwarded write, as the leader sends it back.
-pub(crate) type ForwardReply = Result<(Outcome, u64), ForwardError>;
+pub type ForwardReply = Result<(Outcome, u64), ForwardError>;
 
 #[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum ForwardError {
+pub enum ForwardError {
     /// The replica asked is not the leader (any more).
     NotLeader,
     /// The leader could not commit the write; the message says why.
@@ -53,7 +52,12 @@ pub struct Replica {
     pub id: ReplicaId,
     pub raft: Raft,
     pub state: StateReader,
+    /// gRPC channels to the peers, for the public API's calls between them.
     pub peers: Peers,
+    /// How this replica asks its peers (forwarded writes, read index,
+    /// session reports): gRPC in production, the simulated network in the
+    /// simulation.
+    pub port: Arc<dyn port::PeerPort>,
     pub config: Arc<ServerConfig>,
     /// Agent streams this replica holds.
     pub sessions: Sessions,
@@ -101,6 +105,90 @@ fn unavailable_no_leader(waited: Duration) -> Status {
 /// What a stream this replica serves ends with when the replica stops.
 fn stopped_status() -> Status {
     Status::unavailable("the replica is shutting down; connect to another replica")
+}
+
+/// What a replica is made of besides its settings: its Raft node and
+/// applied state, and how it reaches its peers and reads the time.
+pub struct Parts {
+    pub raft: Raft,
+    pub state: StateReader,
+    pub peers: Peers,
+    pub port: Arc<dyn port::PeerPort>,
+    /// Whether callers are authenticated by certificate (mTLS).
+    pub secure: bool,
+    /// The wall clock (ms since the epoch): [`clock::now_ms`] in production,
+    /// the simulation's (skewed per replica) there.
+    pub wall: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl Replica {
+    /// Builds the replica and starts what every replica runs, in production
+    /// and in the simulation alike: the leader-only loops (while it leads),
+    /// its session reports, the dispatchers' wake-ups and group commit.
+    /// The tasks returned end when aborted or when Raft shuts down.
+    pub fn start(
+        config: ServerConfig,
+        parts: Parts,
+    ) -> (Arc<Self>, Vec<tokio::task::JoinHandle<()>>) {
+        use crate::replica::group_commit::{self, Route};
+        let (submits, submit_batches) = group_commit::queue();
+        let (forwards, forward_batches) = group_commit::queue();
+        let wall = parts.wall;
+        let replica = Arc::new(Replica {
+            id: config.id,
+            raft: parts.raft,
+            state: parts.state,
+            peers: parts.peers,
+            port: parts.port,
+            sessions: Default::default(),
+            liveness: Default::default(),
+            output: Default::default(),
+            secure: parts.secure,
+            submit_limit: crate::api::ratelimit::RateLimiter::new(
+                config.submit_rate,
+                config.submit_burst,
+            ),
+            streams: Default::default(),
+            in_quorum: Default::default(),
+            write_latency: crate::ops::metrics::write_latency_histogram(),
+            scheduler_examined: Default::default(),
+            admission: Default::default(),
+            entry_clock: clock::EntryClock::with_wall(wall),
+            skew: Default::default(),
+            wakeups: Default::default(),
+            submits,
+            forwards,
+            stopping: Default::default(),
+            config: Arc::new(config),
+        });
+        use gantry_store::runtime::spawn;
+        let tasks = vec![
+            spawn(crate::leader::supervise(replica.clone())),
+            spawn(crate::agents::report::report_sessions(replica.clone())),
+            spawn(crate::agents::dispatch::wake_touched(replica.clone())),
+            spawn(group_commit::run(
+                replica.clone(),
+                Route::Raft,
+                submit_batches,
+            )),
+            spawn(group_commit::run(
+                replica.clone(),
+                Route::Leader,
+                forward_batches,
+            )),
+        ];
+        (replica, tasks)
+    }
+
+    /// This replica's own view of Raft (what `LocalStatus` answers).
+    pub fn local_status(&self) -> gantry_proto::internal::v1::LocalStatusResponse {
+        crate::raft::internal::local_status(self)
+    }
+
+    /// This replica's wall clock (ms since the epoch).
+    pub fn now_ms(&self) -> u64 {
+        self.entry_clock.wall()
+    }
 }
 
 impl Replica {
@@ -317,7 +405,7 @@ impl Replica {
     }
 
     /// Leader side of a forwarded write.
-    pub(crate) async fn propose_forwarded(&self, cmd: Command, deadline: Instant) -> ForwardReply {
+    pub async fn propose_forwarded(&self, cmd: Command, deadline: Instant) -> ForwardReply {
         if let Command::SubmitJobs { jobs, .. } = &cmd {
             let tasks = jobs.iter().map(|j| u64::from(j.spec.count.max(1))).sum();
             if let Err(s) = self.admission.check(self, tasks) {
@@ -352,14 +440,9 @@ impl Replica {
         cmd: &Command,
         deadline: Instant,
     ) -> Result<(Outcome, u64), Try> {
-        let mut client = self.peers.raft_client(addr).await.map_err(Try::Fail)?;
-        let data = encode(cmd).map_err(|e| Try::Fail(Status::internal(e.to_string())))?;
-        let mut req = tonic::Request::new(RaftPayload { data });
-        // The leader's span continues the caller's trace.
-        gantry_telemetry::otel::inject(req.metadata_mut());
-        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        let reply = match tokio::time::timeout_at(deadline, client.propose(req)).await {
-            Ok(Ok(r)) => r.into_inner(),
+        let asked = self.port.propose(leader, addr, cmd, deadline);
+        let reply = match tokio::time::timeout_at(deadline, asked).await {
+            Ok(Ok(r)) => r,
             // The leader is unreachable: it may have died; find the new one.
             Ok(Err(s)) if s.code() == Code::Unavailable => {
                 tracing::debug!(leader, error = %s, "forwarding failed; looking for the leader again");
@@ -373,14 +456,11 @@ impl Replica {
                 ))));
             }
         };
-        match decode::<ForwardReply>(&reply.data) {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(ForwardError::NotLeader)) => Err(Try::Again),
-            Ok(Err(ForwardError::Failed(msg))) => Err(Try::Fail(Status::unavailable(msg))),
-            Ok(Err(ForwardError::Refused(msg))) => Err(Try::Fail(Status::resource_exhausted(msg))),
-            Err(e) => Err(Try::Fail(Status::internal(format!(
-                "leader {leader} sent an undecodable reply: {e}"
-            )))),
+        match reply {
+            Ok(v) => Ok(v),
+            Err(ForwardError::NotLeader) => Err(Try::Again),
+            Err(ForwardError::Failed(msg)) => Err(Try::Fail(Status::unavailable(msg))),
+            Err(ForwardError::Refused(msg)) => Err(Try::Fail(Status::resource_exhausted(msg))),
         }
     }
 
@@ -399,11 +479,9 @@ impl Replica {
                     Err(Try::Fail(s)) => return Err(s),
                 }
             } else {
-                let mut client = self.peers.raft_client(&addr).await?;
-                let mut req = tonic::Request::new(ReadIndexRequest {});
-                req.set_timeout(deadline.saturating_duration_since(Instant::now()));
-                match tokio::time::timeout_at(deadline, client.read_index(req)).await {
-                    Ok(Ok(r)) => r.into_inner().read_index,
+                let asked = self.port.read_index(leader, &addr, deadline);
+                match tokio::time::timeout_at(deadline, asked).await {
+                    Ok(Ok(i)) => i,
                     Ok(Err(s))
                         if s.code() == Code::Unavailable
                             || s.code() == Code::FailedPrecondition =>
@@ -457,7 +535,7 @@ impl Replica {
     }
 
     /// Leader side of a follower's read-index request.
-    pub(crate) async fn serve_read_index(&self, deadline: Instant) -> Result<u64, Status> {
+    pub async fn serve_read_index(&self, deadline: Instant) -> Result<u64, Status> {
         match self.leader_read_index(deadline).await {
             Ok(i) => Ok(i),
             Err(Try::Again) => Err(Status::failed_precondition("not the leader")),
