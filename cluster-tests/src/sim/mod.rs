@@ -15,6 +15,7 @@
 
 pub mod agent;
 mod client;
+mod conn;
 pub mod disk;
 pub mod invariants;
 pub mod net;

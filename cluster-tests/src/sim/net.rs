@@ -113,7 +113,7 @@ impl Net {
     }
 
     /// The fate of one message: `None` if lost or cut, else its delay.
-    async fn route(&self, from: Endpoint, to: Endpoint) -> Option<Duration> {
+    pub(super) async fn route(&self, from: Endpoint, to: Endpoint) -> Option<Duration> {
         let mut s = self.0.lock().await;
         let p = s.loss.clamp(0.0, 1.0);
         let lost = s.cut.contains(&(from, to)) || s.rng.random_bool(p);

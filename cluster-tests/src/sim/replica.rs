@@ -3,17 +3,14 @@
 //! session reports, and the leader's scheduling, liveness, drain and rules
 //! loops) over Gantry's real sled storage and state machine, with the
 //! simulated network as its port to its peers ([`SimPort`]) and a skewed
-//! virtual clock. What stays here is the simulation's side of it: starting
-//! and crashing, and the agent-facing calls the simulated agents make.
+//! virtual clock; agents' streams are served by its own `serve_agent` (see
+//! [`super::conn`]). What stays here is starting and crashing it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gantry_core::{
-    AttemptRef, AttemptReport, Command, JobId, NewJob, NodeInfo, NodeStatus, Outcome, Session,
-    State,
-};
+use gantry_core::{Command, JobId, NewJob, Outcome, State};
 use gantry_proto::internal::v1::{LocalStatusResponse, SessionsReport, SessionsReportAck};
 use gantry_server::{ForwardReply, PeerPort, ServerConfig};
 use gantry_store::{Durability, StateMachineStore};
@@ -26,7 +23,7 @@ use tonic::Status;
 
 use super::disk::Disk;
 use super::net::{Net, NetError, SimNetwork};
-use super::{Plant, SimConfig, SimRaft, now_ms, spawn};
+use super::{Plant, SimConfig, SimRaft, now_ms};
 
 /// How long no replica may hold a node's session before the leader marks
 /// it lost (gantry-server's `node_grace_ms`, shorter than its default so
@@ -71,9 +68,6 @@ pub struct Replica {
     /// gantry-server's replica.
     server: Arc<gantry_server::Replica>,
     disk: Arc<Disk>,
-    /// Agent sessions held here: node → (session id, last sync). The
-    /// simulated agents call in instead of holding a stream.
-    sessions: Mutex<BTreeMap<String, (String, Instant)>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// A planted bug (tests of the checkers only): reads skip the read
     /// barrier and serve this replica's possibly stale state.
@@ -199,16 +193,14 @@ impl Replica {
             secure: false,
             wall: Box::new(move || now_ms().saturating_add_signed(skew_ms)),
         };
-        let (server, mut tasks) = gantry_server::Replica::start(config, parts);
+        let (server, tasks) = gantry_server::Replica::start(config, parts);
         let replica = Arc::new(Replica {
             id,
             server,
             disk,
-            sessions: Mutex::default(),
             tasks: Mutex::default(),
             stale_reads: plant == Some(Plant::StaleReads),
         });
-        tasks.push(spawn(expire_sessions(replica.clone())));
         *replica.tasks.lock().await = tasks;
         Ok(replica)
     }
@@ -249,6 +241,11 @@ impl Replica {
             r.iter()
                 .any(|(id, matched)| *id != self.id && matched.is_some_and(|l| l.index >= first))
         })
+    }
+
+    /// gantry-server's replica (agents' streams are served by it).
+    pub fn server(&self) -> &Arc<gantry_server::Replica> {
+        &self.server
     }
 
     pub fn raft(&self) -> &SimRaft {
@@ -314,131 +311,6 @@ impl Replica {
             (Outcome::Cancelled(Ok(job)), _) => Ok(Ok((job.modify_index, job.state))),
             (Outcome::Cancelled(Err(e)), _) => Ok(Err(e.to_string())),
             (other, _) => Err(format!("unexpected outcome {other:?}")),
-        }
-    }
-
-    // --- The agent-facing side (what AgentService.Connect does) ---
-
-    pub async fn open_session(&self, node: NodeInfo, session_id: String) -> SimResult<()> {
-        let session = Session {
-            id: session_id,
-            replica: self.id,
-            opened_at_ms: self.clock(),
-        };
-        let node_id = node.id.clone();
-        let cmd = Command::NodeSessionOpened {
-            now_ms: self.clock(),
-            node,
-            session: session.clone(),
-            health: None,
-        };
-        self.write(cmd, Instant::now() + REQUEST_TIMEOUT).await?;
-        self.server
-            .sessions
-            .open(&node_id, &session.id, self.clock())
-            .await;
-        self.sessions
-            .lock()
-            .await
-            .insert(node_id, (session.id, Instant::now()));
-        Ok(())
-    }
-
-    /// A heartbeat on the session, then what the dispatcher does on each
-    /// round: `None` if this replica does not hold the session (a newer one
-    /// replaced it, or the node was marked lost), else the node's live
-    /// attempts, each with whether a cancel was requested.
-    pub async fn sync(&self, node_id: &str, session_id: &str) -> Option<Vec<(AttemptRef, bool)>> {
-        match self.sessions.lock().await.get_mut(node_id) {
-            Some((s, seen)) if s == session_id => *seen = Instant::now(),
-            _ => return None,
-        }
-        self.server
-            .sessions
-            .touch(node_id, session_id, self.clock())
-            .await;
-        let (status, current) = self
-            .read_state(|s, _| {
-                let n = s.node(node_id);
-                (
-                    n.map(|n| n.status),
-                    n.and_then(|n| n.session.as_ref()).map(|x| x.id.clone()),
-                )
-            })
-            .await;
-        // Replaced by a newer session, or marked lost while held here (the
-        // agent registers again on a new one, as gantry-server's dispatcher
-        // has it): the session ends.
-        let replaced = current.as_ref().is_some_and(|id| id != session_id);
-        let lost = current.is_none() && status == Some(NodeStatus::Lost);
-        if replaced || lost {
-            self.end_session(node_id, session_id).await;
-            return None;
-        }
-        Some(self.assignments(node_id).await)
-    }
-
-    async fn end_session(&self, node_id: &str, session_id: &str) {
-        let mut held = self.sessions.lock().await;
-        if held.get(node_id).is_some_and(|(s, _)| s == session_id) {
-            held.remove(node_id);
-        }
-        drop(held);
-        self.server.sessions.close(node_id, session_id).await;
-    }
-
-    async fn assignments(&self, node_id: &str) -> Vec<(AttemptRef, bool)> {
-        self.read_state(|s, _| {
-            s.live_attempts(node_id)
-                .map(|r| {
-                    let cancel = s
-                        .job(&r.job_id)
-                        .and_then(|j| j.tasks.get(r.task as usize))
-                        .and_then(|t| t.attempts.last())
-                        .is_some_and(|a| a.cancel_requested);
-                    (r.clone(), cancel)
-                })
-                .collect()
-        })
-        .await
-    }
-
-    pub async fn report(&self, reports: Vec<AttemptReport>) -> SimResult<()> {
-        let cmd = Command::ReportAttempts {
-            now_ms: self.clock(),
-            reports,
-        };
-        self.write(cmd, Instant::now() + REQUEST_TIMEOUT)
-            .await
-            .map(|_| ())
-    }
-}
-
-/// A session whose agent went quiet ends, as a stream gantry-server reads
-/// nothing from for its silence limit does.
-async fn expire_sessions(replica: Arc<Replica>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tick.tick().await;
-        let now = Instant::now();
-        let expired: Vec<(String, String)> = replica
-            .sessions
-            .lock()
-            .await
-            .iter()
-            .filter(|(_, (_, seen))| {
-                now.duration_since(*seen) > gantry_server::SESSION_SILENCE_LIMIT
-            })
-            .map(|(n, (session, _))| (n.clone(), session.clone()))
-            .collect();
-        for (node_id, session_id) in expired {
-            replica.end_session(&node_id, &session_id).await;
-            let cmd = Command::NodeSessionClosed {
-                now_ms: replica.clock(),
-                node_id,
-                session_id,
-            };
-            let _ = replica.write(cmd, Instant::now() + REQUEST_TIMEOUT).await;
         }
     }
 }

@@ -25,4 +25,5 @@ pub use replica::{ForwardError, ForwardReply, Parts, Replica};
 
 // The replica's own parts the deterministic simulation runs (invariant 10).
 pub use agents::sessions::{Liveness, SESSION_SILENCE_LIMIT};
+pub use agents::stream::{AgentInbound, AgentOutbound, HEARTBEAT_INTERVAL, serve_agent};
 pub use replica::clock::EntryClock;

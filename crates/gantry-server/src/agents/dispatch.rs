@@ -258,7 +258,9 @@ impl Dispatcher {
                 let _ = self.tx.send(Err(Status::aborted(why))).await;
                 return ended;
             }
+            // Biased: a fixed order, which the simulation replays (tokio's random one it cannot).
             tokio::select! {
+                biased;
                 changed = woken.changed() => {
                     if changed.is_err() {
                         return Ended::ShuttingDown;

@@ -14,7 +14,9 @@ pub async fn report_sessions(replica: Arc<Replica>) {
     let mut tick = tokio::time::interval(SESSION_REPORT_INTERVAL);
     let mut reported_to: Option<u64> = None;
     loop {
+        // Biased: a fixed order, which the simulation replays (tokio's random one it cannot).
         tokio::select! {
+            biased;
             _ = tick.tick() => {}
             () = replica.sessions.report_now.notified() => {}
         }

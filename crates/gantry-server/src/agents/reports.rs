@@ -42,7 +42,9 @@ pub async fn queue_report(
     let mut keep_alive = tokio::time::interval(HEARTBEAT_INTERVAL);
     keep_alive.tick().await;
     loop {
+        // Biased: a fixed order, which the simulation replays (tokio's random one it cannot).
         tokio::select! {
+            biased;
             sent = &mut send => return sent.is_ok(),
             _ = keep_alive.tick() => replica.sessions.touch(node_id, session_id, replica.now_ms()).await,
         }

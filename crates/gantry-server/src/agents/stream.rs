@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use gantry_core::{AttemptEvent, AttemptRef, Command, Session};
 use gantry_proto::v1::agent_message::Msg as AgentMsg;
 use gantry_proto::v1::agent_service_server::AgentService;
@@ -63,114 +63,128 @@ pub fn msg(m: ServerMsg) -> Result<ServerMessage, Status> {
     Ok(ServerMessage { msg: Some(m) })
 }
 
+/// The messages one agent sends, as its stream delivers them.
+pub type AgentInbound = Pin<Box<dyn Stream<Item = Result<AgentMessage, Status>> + Send>>;
+/// What goes back to the agent.
+pub type AgentOutbound = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl AgentService for AgentApi {
-    type ConnectStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
+    type ConnectStream = AgentOutbound;
 
     async fn connect(
         &self,
         req: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        let replica = self.replica.clone();
         let identity = auth::identity(&req);
-        let mut inbound = req.into_inner();
-        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
-            Ok(Ok(Some(AgentMessage {
-                msg: Some(AgentMsg::Hello(h)),
-            }))) => h,
-            Ok(Err(s)) => return Err(s),
-            Err(_) => return Err(Status::deadline_exceeded("no hello within 10s")),
-            Ok(_) => {
-                return Err(Status::invalid_argument(
-                    "the first message on the agent stream must be hello",
-                ));
-            }
-        };
-        let info = node_info_from_hello(&hello)?;
-        if !replica.streams.open(&info.id).await {
-            return Err(Status::resource_exhausted(format!(
-                "node {} already has {} streams open on this replica",
-                info.id,
-                crate::api::ratelimit::MAX_STREAMS_PER_NODE
-            )));
+        let inbound: AgentInbound = Box::pin(req.into_inner());
+        serve_agent(self.replica.clone(), identity, inbound)
+            .await
+            .map(Response::new)
+    }
+}
+
+/// One agent's stream, whatever carries it (gRPC in production, the
+/// simulated network in the simulation): takes its hello, registers the
+/// session and runs it; the stream returned is what goes to the agent.
+/// `identity`: the caller's certificate, when authenticated.
+pub async fn serve_agent(
+    replica: Arc<Replica>,
+    identity: Option<gantry_pki::Identity>,
+    mut inbound: AgentInbound,
+) -> Result<AgentOutbound, Status> {
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.next()).await {
+        Ok(Some(Ok(AgentMessage {
+            msg: Some(AgentMsg::Hello(h)),
+        }))) => h,
+        Ok(Some(Err(s))) => return Err(s),
+        Err(_) => return Err(Status::deadline_exceeded("no hello within 10s")),
+        Ok(_) => {
+            return Err(Status::invalid_argument(
+                "the first message on the agent stream must be hello",
+            ));
         }
-        let counted = StreamGuard {
-            replica: replica.clone(),
-            node: info.id.clone(),
-        };
-        if let Some(id) = &identity
-            && id.name != info.id
-        {
-            tracing::warn!(caller = %id, claimed = %info.id, "agent registering as another node: refused");
-            return Err(Status::permission_denied(format!(
-                "the certificate names node {:?}, the hello says {:?}: an agent registers only as itself",
-                id.name, info.id
-            )));
-        }
-        let node_id = info.id.clone();
-        let session = Session {
-            id: uuid::Builder::from_random_bytes(
-                gantry_store::runtime::random_u128().to_le_bytes(),
-            )
+    };
+    let info = node_info_from_hello(&hello)?;
+    if !replica.streams.open(&info.id).await {
+        return Err(Status::resource_exhausted(format!(
+            "node {} already has {} streams open on this replica",
+            info.id,
+            crate::api::ratelimit::MAX_STREAMS_PER_NODE
+        )));
+    }
+    let counted = StreamGuard {
+        replica: replica.clone(),
+        node: info.id.clone(),
+    };
+    if let Some(id) = &identity
+        && id.name != info.id
+    {
+        tracing::warn!(caller = %id, claimed = %info.id, "agent registering as another node: refused");
+        return Err(Status::permission_denied(format!(
+            "the certificate names node {:?}, the hello says {:?}: an agent registers only as itself",
+            id.name, info.id
+        )));
+    }
+    let node_id = info.id.clone();
+    let session = Session {
+        id: uuid::Builder::from_random_bytes(gantry_store::runtime::random_u128().to_le_bytes())
             .into_uuid()
             .to_string(),
-            replica: replica.id,
-            opened_at_ms: replica.now_ms(),
-        };
-        let deadline = Instant::now() + replica.config.request_timeout();
-        let (_, index) = replica
-            .write(
-                Command::NodeSessionOpened {
-                    now_ms: replica.now_ms(),
-                    node: info.clone(),
-                    session: session.clone(),
-                    health: hello.health.as_ref().map(health_from_api),
-                },
-                deadline,
-            )
-            .await?;
-        replica
-            .sessions
-            .open(&node_id, &session.id, replica.now_ms())
-            .await;
-        tracing::info!(node = %node_id, session = %session.id, "agent connected");
+        replica: replica.id,
+        opened_at_ms: replica.now_ms(),
+    };
+    let deadline = Instant::now() + replica.config.request_timeout();
+    let (_, index) = replica
+        .write(
+            Command::NodeSessionOpened {
+                now_ms: replica.now_ms(),
+                node: info.clone(),
+                session: session.clone(),
+                health: hello.health.as_ref().map(health_from_api),
+            },
+            deadline,
+        )
+        .await?;
+    replica
+        .sessions
+        .open(&node_id, &session.id, replica.now_ms())
+        .await;
+    tracing::info!(node = %node_id, session = %session.id, "agent connected");
 
-        let (tx, rx) = Outbound::channel(OUTBOUND_QUEUE);
-        let welcome = Welcome {
-            session_id: session.id.clone(),
-            heartbeat_interval_ms: HEARTBEAT_INTERVAL.as_millis() as u64,
-            replica_id: replica.id,
-            node_grace_ms: replica.config.node_grace_ms,
-        };
-        let _ = tx.send(msg(ServerMsg::Welcome(welcome))).await;
+    let (tx, rx) = Outbound::channel(OUTBOUND_QUEUE);
+    let welcome = Welcome {
+        session_id: session.id.clone(),
+        heartbeat_interval_ms: HEARTBEAT_INTERVAL.as_millis() as u64,
+        replica_id: replica.id,
+        node_grace_ms: replica.config.node_grace_ms,
+    };
+    let _ = tx.send(msg(ServerMsg::Welcome(welcome))).await;
 
-        let running: BTreeSet<AttemptRef> = hello
-            .running
-            .into_iter()
-            .filter_map(|t| token_from_api(Some(t)).ok())
-            .collect();
-        let (reports_tx, reports_rx) = mpsc::channel(REPORT_QUEUE);
-        // Finished reports the agent could not get acknowledged before.
-        for f in hello.unacknowledged {
-            if let Ok(attempt) = token_from_api(f.attempt.clone()) {
-                let event = AttemptEvent::Finished(exit_from_api(f));
-                let _ = reports_tx.try_send((attempt, event));
-            }
+    let running: BTreeSet<AttemptRef> = hello
+        .running
+        .into_iter()
+        .filter_map(|t| token_from_api(Some(t)).ok())
+        .collect();
+    let (reports_tx, reports_rx) = mpsc::channel(REPORT_QUEUE);
+    // Finished reports the agent could not get acknowledged before.
+    for f in hello.unacknowledged {
+        if let Ok(attempt) = token_from_api(f.attempt.clone()) {
+            let event = AttemptEvent::Finished(exit_from_api(f));
+            let _ = reports_tx.try_send((attempt, event));
         }
-        let dispatcher =
-            Dispatcher::new(replica.clone(), info, session.clone(), running, tx.clone());
-        let outbound = replica.until_stopped(rx);
-        gantry_store::runtime::spawn(async move {
-            // Counted for as long as the session runs.
-            let _counted = counted;
-            run_session(
-                replica, node_id, session.id, index, dispatcher, inbound, tx, reports_tx,
-                reports_rx,
-            )
-            .await;
-        });
-        Ok(Response::new(Box::pin(outbound)))
     }
+    let dispatcher = Dispatcher::new(replica.clone(), info, session.clone(), running, tx.clone());
+    let outbound = replica.until_stopped(rx);
+    gantry_store::runtime::spawn(async move {
+        // Counted for as long as the session runs.
+        let _counted = counted;
+        run_session(
+            replica, node_id, session.id, index, dispatcher, inbound, tx, reports_tx, reports_rx,
+        )
+        .await;
+    });
+    Ok(Box::pin(outbound))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -180,7 +194,7 @@ async fn run_session(
     session_id: String,
     opened_at_index: u64,
     dispatcher: Dispatcher,
-    mut inbound: Streaming<AgentMessage>,
+    mut inbound: AgentInbound,
     tx: Outbound,
     reports_tx: mpsc::Sender<(AttemptRef, AttemptEvent)>,
     reports_rx: mpsc::Receiver<(AttemptRef, AttemptEvent)>,
@@ -199,11 +213,11 @@ async fn run_session(
         // or cut off, and its session ends here (it is not registered again
         // until it reconnects and speaks). Time spent waiting on this
         // replica's own backlog does not count: the limit is on the read.
-        let next = tokio::time::timeout(SESSION_SILENCE_LIMIT, inbound.message()).await;
+        let next = tokio::time::timeout(SESSION_SILENCE_LIMIT, inbound.next()).await;
         let m = match next {
-            Ok(Ok(Some(m))) => m,
-            Ok(Ok(None)) => break,
-            Ok(Err(e)) => {
+            Ok(Some(Ok(m))) => m,
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
                 tracing::info!(node = %node_id, error = %e, "agent stream broke");
                 break;
             }

@@ -152,7 +152,9 @@ where
             }
             // Small, and an entry is in flight: take in arrivals until the
             // batch is large or the entries in flight are done.
+            // Biased: a fixed order, which the simulation replays (tokio's random one it cannot).
             tokio::select! {
+                biased;
                 () = finished.notified() => {}
                 p = rx.recv() => match p {
                     Some(p) => batch.add(p),
