@@ -178,6 +178,31 @@ fn t90_a_bug_planted_in_the_shipped_leader_code_is_caught() {
 }
 
 #[test]
+fn t90_a_liveness_bug_planted_in_the_shipped_leader_code_is_caught() {
+    // The simulation's replicas run gantry-server's leader loops. Planted
+    // in its liveness bookkeeping (debug builds only), a leader that
+    // forgets the sessions replicas confirm marks nodes lost while their
+    // agents hold leases from those very confirmations, which the
+    // checkers must see.
+    if !gantry_server::plant::set(None) {
+        eprintln!("SKIPPED: bugs can be planted in debug builds only");
+        return;
+    }
+    let planted = Options {
+        plant: Some(sim::Plant::Shipped(
+            gantry_server::plant::Plant::ForgetConfirmations,
+        )),
+        ..Options::default()
+    };
+    let caught = seeds_violating(0..10, &planted, "no lease outlives its node's loss");
+    eprintln!("forgotten confirmations planted in gantry-server: caught on {caught} of 10 seeds");
+    assert!(
+        caught > 0,
+        "10 seeds with forgotten confirmations planted in gantry-server, none caught"
+    );
+}
+
+#[test]
 fn t90_a_leader_killed_mid_flush_and_back_at_once_keeps_the_replicas_agreed() {
     // Leaders are killed while followers hold appends they have not flushed
     // (a killed process loses those) and are restarted before an election

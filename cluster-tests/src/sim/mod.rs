@@ -60,8 +60,10 @@ where
 
 /// Wall-clock milliseconds as the simulation sees them: a fixed epoch plus
 /// virtual time, so commands carry the same timestamps on every replay.
+/// Where the simulation's wall clock starts (ms since the Unix epoch).
+pub const EPOCH_MS: u64 = 1_800_000_000_000;
+
 pub fn now_ms() -> u64 {
-    const EPOCH_MS: u64 = 1_800_000_000_000;
     let start = START.with(|s| s.get()).unwrap_or_else(Instant::now);
     EPOCH_MS + u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
@@ -290,6 +292,8 @@ struct World {
     rng: StdRng,
     /// Each replica's clock skew (ms), drawn once per run.
     skews: BTreeMap<u64, i64>,
+    /// What every agent ran, and when.
+    executions: agent::Executions,
 }
 
 impl World {
@@ -331,7 +335,12 @@ impl World {
             net: self.net.clone(),
             disk: disk.clone(),
             rng: StdRng::seed_from_u64(self.rng.random()),
-            incarnation: *incarnation,
+            executions: self.executions.clone(),
+            running: BTreeMap::new(),
+            waiting: Vec::new(),
+            lease_ms: 0,
+            last_lapse_ms: 0,
+            grace_ms: 0,
         };
         *handle = Some(spawn(agent.run()));
     }
@@ -341,6 +350,7 @@ impl World {
             && let Some(h) = a.0.take()
         {
             h.abort();
+            self.executions.node_crashed(&format!("node-{k}"));
         }
     }
 
@@ -391,6 +401,7 @@ async fn simulate(seed: u64, opts: Options) -> Report {
         ids: ids.clone(),
         rng: StdRng::seed_from_u64(rng.random()),
         skews: skews(seed, &ids),
+        executions: agent::Executions::default(),
     };
     let params = Params {
         skews: world.skews.clone(),
@@ -625,6 +636,8 @@ async fn simulate(seed: u64, opts: Options) -> Report {
     monitor.abort();
 
     let h = history.lock().await.clone();
+    let executions = world.executions.all();
+    let leased_at_loss = world.executions.leased_at_loss();
     let mut violations = Vec::new();
     let (final_digest, stale_reports, described) = match &final_state {
         Some(l) => {
@@ -632,6 +645,8 @@ async fn simulate(seed: u64, opts: Options) -> Report {
                 let end = invariants::End {
                     history: &h,
                     state: s,
+                    executions: &executions,
+                    leased_at_loss: &leased_at_loss,
                 };
                 let mut inv = invariants.try_lock();
                 if let Ok(inv) = inv.as_mut() {

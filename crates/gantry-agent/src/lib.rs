@@ -12,6 +12,7 @@ pub mod capacity;
 pub mod cgroup;
 pub mod confine;
 pub mod executor;
+mod finished;
 pub mod gpu;
 pub mod health;
 pub mod journal;
@@ -103,6 +104,8 @@ struct Shared {
     running: Mutex<HashMap<Key, Running>>,
     /// Finished reports not yet acknowledged by the cluster.
     unacked: Mutex<BTreeMap<Key, AttemptFinished>>,
+    /// Attempts reported finished lately (see `finished`).
+    finished: std::sync::Mutex<finished::Finished>,
     events: mpsc::Sender<AgentMessage>,
     stats: Arc<stats::AgentStats>,
     /// Which process groups attempts run in, for recovery after a crash.
@@ -243,6 +246,7 @@ pub async fn run(
         gpus,
         running: Mutex::default(),
         unacked: Mutex::new(recovered.reports),
+        finished: Default::default(),
         events,
         stats,
         journal,
@@ -377,6 +381,9 @@ fn execution(
 async fn finish(shared: &Shared, token: AttemptToken, report: AttemptFinished) {
     let k = key(&token);
     tracing::info!(attempt = ?k, failure = report.failure, message = %report.message, "finished");
+    if let Ok(mut f) = shared.finished.lock() {
+        f.insert(k.clone());
+    }
     shared
         .unacked
         .lock()
@@ -629,12 +636,30 @@ async fn handle(shared: &Arc<Shared>, msg: Option<ServerMsg>) {
         }
         Some(ServerMsg::Cancel(c)) => {
             let Some(token) = c.attempt else { return };
+            let k = key(&token);
             let mut running = shared.running.lock().await;
-            if let Some(r) = running.get_mut(&key(&token))
-                && let Some(cancel) = r.cancel.take()
-            {
-                tracing::info!(attempt = ?key(&token), reason = %c.reason, "cancelling");
-                let _ = cancel.send(c.reason);
+            if let Some(r) = running.get_mut(&k) {
+                if let Some(cancel) = r.cancel.take() {
+                    tracing::info!(attempt = ?k, reason = %c.reason, "cancelling");
+                    let _ = cancel.send(c.reason);
+                }
+                return;
+            }
+            drop(running);
+            // Cancelled before its assignment reached this node: it never
+            // started here, and says so, or the cluster would hold it live
+            // (and its resources) for ever. A report for an attempt that is
+            // no longer current is fenced off.
+            let known = shared.finished.lock().is_ok_and(|f| f.contains(&k));
+            if !known && !shared.unacked.lock().await.contains_key(&k) {
+                tracing::info!(attempt = ?k, reason = %c.reason, "cancelled before it started here");
+                let report = AttemptFinished {
+                    attempt: Some(token.clone()),
+                    failure: gantry_proto::v1::FailureClass::Cancelled as i32,
+                    message: format!("cancelled before it started on this node: {}", c.reason),
+                    ..AttemptFinished::default()
+                };
+                finish(shared, token, report).await;
             }
         }
         Some(ServerMsg::Ack(a)) => {

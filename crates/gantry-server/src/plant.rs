@@ -12,6 +12,11 @@ pub enum Plant {
     /// of leader): a leader whose clock is behind writes times earlier than
     /// the entries before them.
     RawEntryStamps,
+    /// The leader's liveness loop forgets the sessions replicas confirm
+    /// (while the reporters still tell agents they are confirmed): nodes
+    /// whose agents hold fresh leases are marked lost, and their tasks run
+    /// elsewhere while they still run there.
+    ForgetConfirmations,
 }
 
 #[cfg(debug_assertions)]

@@ -7,6 +7,7 @@ mod applied_entries_agree;
 mod entry_times;
 mod linearizable_ops;
 mod no_lost_submits;
+mod no_overlapping_runs;
 mod replicas_agree;
 mod single_live_attempt;
 mod single_result;
@@ -33,6 +34,10 @@ pub struct End<'a> {
     pub history: &'a History,
     /// The leader's state after healing.
     pub state: &'a State,
+    /// Every execution of an attempt on the simulated nodes.
+    pub executions: &'a [super::agent::Execution],
+    /// Agents that learnt their node was lost while their lease held.
+    pub leased_at_loss: &'a [String],
 }
 
 pub trait Invariant {
@@ -51,6 +56,7 @@ pub fn all() -> Vec<Box<dyn Invariant + Send>> {
         Box::new(linearizable_ops::LinearizableOps),
         Box::new(all_terminal::AllTerminal),
         Box::new(entry_times::EntryTimes::default()),
+        Box::new(no_overlapping_runs::NoOverlappingRuns),
     ]
 }
 

@@ -152,7 +152,7 @@ impl Liveness {
             *last = (*last).max(seen_ms);
             if fencing.contains(&id) || lost(&id) {
                 refused.push(id);
-            } else {
+            } else if !crate::plant::planted(crate::plant::Plant::ForgetConfirmations) {
                 confirmed.insert(id, now);
             }
         }
