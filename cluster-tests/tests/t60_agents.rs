@@ -232,6 +232,56 @@ async fn t60_agent_crash_moves_the_task_and_its_stale_report_is_fenced() {
     assert_eq!(after.tasks[0].attempts.len(), 2);
 }
 
+/// A task cancelled before its assignment reached its node ends all the
+/// same: the replica holding the node's stream was paused while the task
+/// was assigned and cancelled, so on resuming its dispatcher sends only the
+/// cancel, and the agent reports the attempt never started. It used to stay
+/// live for ever, holding the node's resources.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t60_a_task_cancelled_before_its_node_heard_of_it_ends() {
+    let timings = Timings {
+        // Long enough that the node is not marked lost meanwhile.
+        node_grace_ms: 60_000,
+        ..Timings::default()
+    };
+    let mut cluster = Cluster::start(3, timings).await.unwrap();
+    let leader = cluster.leader().await.unwrap();
+    let holder = cluster.others(leader)[0];
+    cluster.start_agent("a", &[holder]).unwrap();
+    cluster.wait_nodes_ready(&["a"]).await.unwrap();
+    let client = cluster.client(&[leader]).unwrap();
+    cluster.pause(holder, true).unwrap();
+    let id = submit(&client, vec![shell("sleep 60")]).await.remove(0);
+    wait_for(
+        "the task to be assigned to a",
+        Duration::from_secs(30),
+        || async {
+            let j = client.get_job(&id, false).await.ok()?;
+            (j.tasks[0].attempts.first()?.state == "assigned").then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    client.cancel_job(&id, "test").await.unwrap();
+    cluster.pause(holder, false).unwrap();
+    let ended = wait_for(
+        "the cancelled attempt to end",
+        Duration::from_secs(30),
+        || async {
+            let j = client.get_job(&id, false).await.ok()?;
+            let a = j.tasks[0].attempts.first()?;
+            (a.state != "assigned" && a.state != "running").then(|| a.clone())
+        },
+    )
+    .await;
+    if ended.is_err() {
+        eprintln!("{}", cluster.agent_log("a"));
+    }
+    let attempt = ended.unwrap();
+    assert_eq!(attempt.state, "cancelled", "{attempt:?}");
+    assert!(attempt.message.contains("before it started"), "{attempt:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t60_replica_failover_is_not_a_node_failure() {
     // Under mTLS: agents prove their node id with their certificate.
