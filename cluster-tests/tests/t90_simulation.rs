@@ -2,7 +2,7 @@
 //! a whole cluster with faults in one thread under a virtual clock, checked
 //! by the invariants in `sim/invariants/`.
 //!
-//! `GANTRY_SIM_SEEDS=N` runs N seeds (CI: 500; a developer's `cargo test`:
+//! `GANTRY_SIM_SEEDS=N` runs N seeds (CI: 1,000; a developer's `cargo test`:
 //! 40); `GANTRY_SIM_SEED=N` replays one. Any violation fails the test and
 //! prints the seed and its fault schedule.
 
@@ -17,7 +17,7 @@ fn seeds() -> Vec<u64> {
         return vec![s.parse().expect("GANTRY_SIM_SEED must be a number")];
     }
     let default = if std::env::var_os("CI").is_some() {
-        500
+        1_000
     } else {
         40
     };
