@@ -458,6 +458,8 @@ pub struct Execution {
 /// Every execution on every simulated node, shared by the agents (what
 /// the real-process tests read from the tasks' own beats), and every time
 /// an agent learnt its node was lost while its lease still held.
+// A std mutex: a crashed agent's executions are ended from synchronous code.
+#[allow(clippy::disallowed_types)]
 #[derive(Clone, Default)]
 pub struct Executions(Arc<std::sync::Mutex<(Vec<Execution>, Vec<String>)>>);
 

@@ -105,7 +105,7 @@ struct Shared {
     /// Finished reports not yet acknowledged by the cluster.
     unacked: Mutex<BTreeMap<Key, AttemptFinished>>,
     /// Attempts reported finished lately (see `finished`).
-    finished: std::sync::Mutex<finished::Finished>,
+    finished: Mutex<finished::Finished>,
     events: mpsc::Sender<AgentMessage>,
     stats: Arc<stats::AgentStats>,
     /// Which process groups attempts run in, for recovery after a crash.
@@ -381,9 +381,7 @@ fn execution(
 async fn finish(shared: &Shared, token: AttemptToken, report: AttemptFinished) {
     let k = key(&token);
     tracing::info!(attempt = ?k, failure = report.failure, message = %report.message, "finished");
-    if let Ok(mut f) = shared.finished.lock() {
-        f.insert(k.clone());
-    }
+    shared.finished.lock().await.insert(k.clone());
     shared
         .unacked
         .lock()
@@ -650,7 +648,7 @@ async fn handle(shared: &Arc<Shared>, msg: Option<ServerMsg>) {
             // started here, and says so, or the cluster would hold it live
             // (and its resources) for ever. A report for an attempt that is
             // no longer current is fenced off.
-            let known = shared.finished.lock().is_ok_and(|f| f.contains(&k));
+            let known = shared.finished.lock().await.contains(&k);
             if !known && !shared.unacked.lock().await.contains_key(&k) {
                 tracing::info!(attempt = ?k, reason = %c.reason, "cancelled before it started here");
                 let report = AttemptFinished {
