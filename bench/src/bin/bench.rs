@@ -325,6 +325,7 @@ async fn submit(
     let mut entries = Vec::new();
     let processes = replica_processes(&cluster);
     let leader = format!("replica {}", cluster.leader().await?);
+    let term_before = leader_term(&cluster).await?;
     let mut cpu = CpuPerOp::new(
         processes
             .iter()
@@ -358,6 +359,7 @@ async fn submit(
             baseline.to_owned()
         };
         println!("{}", l.row(&format!("gantry: {name}"), "jobs/s", &baseline));
+        print_terms(&cluster, term_before).await?;
     }
     println!();
     for (name, per_entry) in entries {
@@ -493,6 +495,7 @@ async fn e2e(cli: &Cli, agents: usize, jobs: usize, samples: usize) -> anyhow::R
 
     let processes = replica_processes(&cluster);
     let cpu_before = cpu_of(&processes);
+    let term_before = leader_term(&cluster).await?;
     let base = AgentStats::get(&sim.stats.acked);
     let start = Instant::now();
     let submitted = submit_batches(&cluster, jobs).await?;
@@ -529,7 +532,16 @@ async fn e2e(cli: &Cli, agents: usize, jobs: usize, samples: usize) -> anyhow::R
         AgentStats::get(&sim.stats.rescheduled),
         gantry_bench::attempts_lost(&cluster).await?
     );
+    print_terms(&cluster, term_before).await?;
     print!("{}", usage_table(&processes));
+    Ok(())
+}
+
+/// Elections since `before` (the leader's term then): nobody kills a
+/// replica here, so any is one the timings caused under load.
+async fn print_terms(cluster: &Cluster, before: f64) -> anyhow::Result<()> {
+    let elections = leader_term(cluster).await? - before;
+    println!("  raft elections so far (none asked for): {elections:.0}");
     Ok(())
 }
 
