@@ -49,6 +49,10 @@ pub type SimConfig = gantry_store::TypeConfig;
 
 pub type SimRaft = gantry_store::Raft;
 
+/// How long nothing new may be applied before a healed run counts as
+/// settled: longer than any request's deadline.
+const SETTLE_QUIET: Duration = Duration::from_secs(3);
+
 /// Spawns a task that inherits a seed derived from its parent's.
 pub fn spawn<F>(f: F) -> JoinHandle<F::Output>
 where
@@ -608,6 +612,10 @@ async fn simulate(seed: u64, opts: Options) -> Report {
         let _ = c.await;
     }
     let settle_until = Instant::now() + Duration::from_millis(opts.settle_ms);
+    // Settled: every job ended and every replica at one index, and nothing
+    // new applied for longer than a request may take (a submit whose client
+    // gave up can still be committed until its deadline).
+    let mut quiet_since: Option<(Instant, u64)> = None;
     let final_state = loop {
         let settled = match world.leader().await {
             Some(l) => {
@@ -619,7 +627,13 @@ async fn simulate(seed: u64, opts: Options) -> Report {
                 let done = l
                     .read_state(|s, _| s.jobs().all(|j| j.state.is_terminal()))
                     .await;
-                (same && done).then_some(l)
+                let index = applied.first().copied().flatten().map_or(0, |l| l.index);
+                let since = match quiet_since {
+                    Some((at, i)) if i == index && same && done => at,
+                    _ => Instant::now(),
+                };
+                quiet_since = Some((since, index));
+                (same && done && since.elapsed() > SETTLE_QUIET).then_some(l)
             }
             None => None,
         };

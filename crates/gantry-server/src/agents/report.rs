@@ -31,14 +31,18 @@ pub async fn report_sessions(replica: Arc<Replica>) {
             Some((id, _)) if id == replica.id => {
                 replica.skew.set(0);
                 let sent = tokio::time::Instant::now();
-                let lost = replica.lost_nodes().await;
-                let ids: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
-                let refused = replica
-                    .liveness
-                    .confirm(nodes, |id| lost.contains(id))
-                    .await;
-                // As for the other replicas' reports: only with a quorum behind it.
                 let deadline = sent + SESSION_REPORT_INTERVAL;
+                let ids: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
+                let refused = match replica.lost_nodes(deadline).await {
+                    Some(lost) => {
+                        replica
+                            .liveness
+                            .confirm(nodes, |id| lost.contains(id))
+                            .await
+                    }
+                    None => ids.clone(),
+                };
+                // As for the other replicas' reports: only with a quorum behind it.
                 if replica.serve_read_index(deadline).await.is_ok() {
                     let ids = ids.into_iter().filter(|id| !refused.contains(id));
                     replica.sessions.confirmed(ids, sent).await;
@@ -122,13 +126,17 @@ impl Replica {
             .node_ids
             .into_iter()
             .zip(seen.into_iter().chain(std::iter::repeat(0)));
-        let lost = self.lost_nodes().await;
+        let deadline = tokio::time::Instant::now() + SESSION_REPORT_INTERVAL;
+        let Some(lost) = self.lost_nodes(deadline).await else {
+            return Err(Status::unavailable(
+                "this leader has not applied what earlier leaders committed yet: no session is confirmed until it has",
+            ));
+        };
         let unconfirmed = self.liveness.confirm(seen, |id| lost.contains(id)).await;
         self.liveness.record_telemetry(report.telemetry).await;
         // The reporter tells its agents their session is confirmed from this
         // ack: only a leader a quorum still follows may give it, or a deposed
         // leader could keep agents' leases alive after another one took over.
-        let deadline = tokio::time::Instant::now() + SESSION_REPORT_INTERVAL;
         self.serve_read_index(deadline).await?;
         Ok(SessionsReportAck {
             leader_now_ms: now,

@@ -188,7 +188,10 @@ async fn liveness_loop(replica: Arc<Replica>) {
             now_ms: replica.now_ms(),
             node_ids: lost.clone(),
         };
-        match replica.write(cmd, deadline).await {
+        // Proposed here or not at all: a loop that outlived this replica's
+        // leadership decides from confirmations the new leader has taken
+        // over, and a forwarded loss would fence agents holding its leases.
+        match replica.propose_as_leader(cmd, deadline).await {
             Ok(_) => replica.liveness.forget(&lost).await,
             Err(e) => tracing::warn!(error = %e, "could not record lost nodes"),
         }

@@ -218,15 +218,22 @@ impl Replica {
     }
 
     /// Nodes the applied state says are lost: a leader confirms no session
-    /// of theirs until they are registered again.
-    pub async fn lost_nodes(&self) -> std::collections::HashSet<String> {
-        self.state
+    /// of theirs until they are registered again. `None` while this leader
+    /// has not applied what earlier leaders committed: a loss among those
+    /// entries would go unseen, so it confirms nothing until then.
+    pub async fn lost_nodes(&self, deadline: Instant) -> Option<std::collections::HashSet<String>> {
+        if !self.establish_entry_clock(deadline).await {
+            return None;
+        }
+        let lost = self
+            .state
             .read(|s, _| {
                 s.node_ids(gantry_core::NodeStatus::Lost)
                     .map(str::to_owned)
                     .collect()
             })
-            .await
+            .await;
+        Some(lost)
     }
 
     /// The leader this replica knows of now, and its address; `None` while
@@ -365,6 +372,24 @@ impl Replica {
                 "the write was not committed before the deadline (no quorum?); its outcome is \
                  unknown, retry with the same idempotency key",
             ))),
+        }
+    }
+
+    /// Proposes `cmd` here, only while this replica leads, never forwarded:
+    /// for decisions made from this leader's own view (a node's loss, from
+    /// the confirmations it took in), which a replica that has stopped
+    /// leading must not get committed by the leader that replaced it.
+    pub(crate) async fn propose_as_leader(
+        &self,
+        cmd: Command,
+        deadline: Instant,
+    ) -> Result<(Outcome, u64), Status> {
+        match self.propose_raw(cmd, deadline).await {
+            Ok(v) => Ok(v),
+            Err(Try::Again) => Err(Status::unavailable(
+                "this replica no longer leads: its decision is dropped",
+            )),
+            Err(Try::Fail(s)) => Err(s),
         }
     }
 
