@@ -7,3 +7,4 @@ pub mod config;
 pub mod grpc_metrics;
 pub mod health;
 pub mod metrics;
+pub mod peers;
