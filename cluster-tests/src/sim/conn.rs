@@ -74,8 +74,7 @@ pub async fn open(
             }
         }
     });
-    let to_agent = down_tx.clone();
-    spawn(pump_back(net.clone(), agent, replica, sent_rx, to_agent));
+    spawn(pump_back(net.clone(), agent, replica, sent_rx, down_tx));
     Ok(Conn { tx, rx })
 }
 

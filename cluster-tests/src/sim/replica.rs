@@ -88,6 +88,22 @@ fn net_status(e: NetError) -> Status {
     }
 }
 
+impl SimPort {
+    /// Runs `serve` on replica `to`'s gantry-server replica, over the
+    /// simulated network, waiting at most until `deadline`.
+    async fn ask<T, F, Fut>(&self, to: u64, deadline: Instant, serve: F) -> Result<T, Status>
+    where
+        F: FnOnce(Arc<gantry_server::Replica>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.net
+            .call(self.from, to, left, |r| serve(r.server.clone()))
+            .await
+            .map_err(net_status)?
+    }
+}
+
 #[tonic::async_trait]
 impl PeerPort for SimPort {
     async fn propose(
@@ -98,23 +114,17 @@ impl PeerPort for SimPort {
         deadline: Instant,
     ) -> Result<ForwardReply, Status> {
         let cmd = cmd.clone();
-        let left = deadline.saturating_duration_since(Instant::now());
-        self.net
-            .call(self.from, leader, left, |r| async move {
-                r.server.propose_forwarded(cmd, deadline).await
-            })
-            .await
-            .map_err(net_status)
+        self.ask(leader, deadline, |s| async move {
+            Ok(s.propose_forwarded(cmd, deadline).await)
+        })
+        .await
     }
 
     async fn read_index(&self, leader: u64, _addr: &str, deadline: Instant) -> Result<u64, Status> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        self.net
-            .call(self.from, leader, left, |r| async move {
-                r.server.serve_read_index(deadline).await
-            })
-            .await
-            .map_err(net_status)?
+        self.ask(leader, deadline, |s| async move {
+            s.serve_read_index(deadline).await
+        })
+        .await
     }
 
     async fn report_sessions(
@@ -124,13 +134,10 @@ impl PeerPort for SimPort {
         report: SessionsReport,
         deadline: Instant,
     ) -> Result<SessionsReportAck, Status> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        self.net
-            .call(self.from, leader, left, |r| async move {
-                r.server.accept_sessions_report(report).await
-            })
-            .await
-            .map_err(net_status)?
+        self.ask(leader, deadline, |s| async move {
+            s.accept_sessions_report(report).await
+        })
+        .await
     }
 
     async fn local_status(
@@ -139,16 +146,8 @@ impl PeerPort for SimPort {
         _addr: &str,
         deadline: Instant,
     ) -> Result<LocalStatusResponse, Status> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        self.net
-            .call(
-                self.from,
-                peer,
-                left,
-                |r| async move { r.server.local_status() },
-            )
+        self.ask(peer, deadline, |s| async move { Ok(s.local_status()) })
             .await
-            .map_err(net_status)
     }
 }
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use gantry_core::{Command, Eligibility, NodeStatus, scheduler};
 use openraft::async_runtime::WatchReceiver;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::replica::Replica;
 
@@ -26,24 +26,16 @@ const STALL_EXCUSED_AFTER: Duration = Duration::from_millis(500);
 /// How often replicas report their sessions and the leader checks liveness.
 pub const SESSION_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Tasks aborted when dropped: the leader loops end with `supervise`, also
-/// when it is aborted (a replica stopped in-process, a simulated crash).
-#[derive(Default)]
-struct Owned(Vec<JoinHandle<()>>);
-
-impl Drop for Owned {
-    fn drop(&mut self) {
-        for l in &self.0 {
-            l.abort();
-        }
-    }
+fn spawn(task: impl Future<Output = ()> + Send + 'static) -> AbortOnDropHandle<()> {
+    AbortOnDropHandle::new(gantry_store::runtime::spawn(task))
 }
 
 /// Watches leadership and runs the leader-only loops while it lasts.
 pub async fn supervise(replica: Arc<Replica>) {
     let mut metrics = replica.raft.metrics();
-    let mut owned = Owned::default();
-    let loops = &mut owned.0;
+    // Aborted when dropped: the leader loops end with `supervise`, also when
+    // it is aborted (a replica stopped in-process, a simulated crash).
+    let mut loops: Vec<AbortOnDropHandle<()>> = Vec::new();
     loop {
         let leading = {
             let m = metrics.borrow_watched();
@@ -55,16 +47,14 @@ pub async fn supervise(replica: Arc<Replica>) {
                 "leadership gained: starting the scheduler and liveness loops"
             );
             replica.liveness.reset().await;
-            loops.push(gantry_store::runtime::spawn(schedule_loop(replica.clone())));
-            loops.push(gantry_store::runtime::spawn(liveness_loop(replica.clone())));
-            loops.push(gantry_store::runtime::spawn(
-                crate::leader::rules::enable_when_all_know(replica.clone()),
-            ));
+            loops.push(spawn(schedule_loop(replica.clone())));
+            loops.push(spawn(liveness_loop(replica.clone())));
+            loops.push(spawn(crate::leader::rules::enable_when_all_know(
+                replica.clone(),
+            )));
         } else if !leading && !loops.is_empty() {
             tracing::info!(id = replica.id, "leadership lost: stopping leader loops");
-            for l in loops.drain(..) {
-                l.abort();
-            }
+            loops.clear();
         }
         if metrics.changed().await.is_err() {
             break;

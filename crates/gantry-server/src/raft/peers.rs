@@ -84,6 +84,13 @@ impl Peers {
     }
 }
 
+/// `msg` as a request that times out at `deadline`.
+fn until<T>(msg: T, deadline: Instant) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.set_timeout(deadline.saturating_duration_since(Instant::now()));
+    req
+}
+
 /// The port over gRPC: each call on the pooled channel to the peer's address.
 #[tonic::async_trait]
 impl crate::replica::port::PeerPort for Peers {
@@ -96,10 +103,9 @@ impl crate::replica::port::PeerPort for Peers {
     ) -> Result<ForwardReply, Status> {
         let mut client = self.raft_client(addr).await?;
         let data = encode(cmd).map_err(|e| Status::internal(e.to_string()))?;
-        let mut req = tonic::Request::new(RaftPayload { data });
+        let mut req = until(RaftPayload { data }, deadline);
         // The leader's span continues the caller's trace.
         gantry_telemetry::otel::inject(req.metadata_mut());
-        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
         let reply = client.propose(req).await?.into_inner();
         decode::<ForwardReply>(&reply.data).map_err(|e| {
             Status::internal(format!("leader {leader} sent an undecodable reply: {e}"))
@@ -113,9 +119,11 @@ impl crate::replica::port::PeerPort for Peers {
         deadline: Instant,
     ) -> Result<u64, Status> {
         let mut client = self.raft_client(addr).await?;
-        let mut req = tonic::Request::new(ReadIndexRequest {});
-        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        Ok(client.read_index(req).await?.into_inner().read_index)
+        Ok(client
+            .read_index(until(ReadIndexRequest {}, deadline))
+            .await?
+            .into_inner()
+            .read_index)
     }
 
     async fn report_sessions(
@@ -126,9 +134,10 @@ impl crate::replica::port::PeerPort for Peers {
         deadline: Instant,
     ) -> Result<SessionsReportAck, Status> {
         let mut client = self.raft_client(addr).await?;
-        let mut req = tonic::Request::new(report);
-        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        Ok(client.report_sessions(req).await?.into_inner())
+        Ok(client
+            .report_sessions(until(report, deadline))
+            .await?
+            .into_inner())
     }
 
     async fn local_status(
@@ -138,8 +147,9 @@ impl crate::replica::port::PeerPort for Peers {
         deadline: Instant,
     ) -> Result<LocalStatusResponse, Status> {
         let mut client = self.raft_client(addr).await?;
-        let mut req = tonic::Request::new(LocalStatusRequest { with_digest: false });
-        req.set_timeout(deadline.saturating_duration_since(Instant::now()));
-        Ok(client.local_status(req).await?.into_inner())
+        Ok(client
+            .local_status(until(LocalStatusRequest { with_digest: false }, deadline))
+            .await?
+            .into_inner())
     }
 }
