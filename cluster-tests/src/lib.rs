@@ -41,11 +41,21 @@ pub struct Timings {
 }
 
 impl Default for Timings {
+    /// The tests' own Raft timings, or a profile to measure under the fault
+    /// schedules: `GANTRY_TEST_RAFT=fast` (heartbeat 20 ms, elections
+    /// 60-120 ms) or `GANTRY_TEST_RAFT=slow` (heartbeat 100 ms, elections
+    /// 600-1200 ms).
     fn default() -> Self {
+        let (heartbeat_ms, election_min_ms, election_max_ms) =
+            match std::env::var("GANTRY_TEST_RAFT").as_deref() {
+                Ok("fast") => (20, 60, 120),
+                Ok("slow") => (100, 600, 1_200),
+                _ => (50, 300, 600),
+            };
         Self {
-            heartbeat_ms: 50,
-            election_min_ms: 300,
-            election_max_ms: 600,
+            heartbeat_ms,
+            election_min_ms,
+            election_max_ms,
             snapshot_every: 1_000,
             // Room for the agents' 1 s fence margin and a busy test machine.
             node_grace_ms: 5_000,
@@ -657,6 +667,26 @@ impl Cluster {
     /// The replica's log output so far.
     pub fn log_text(&self, id: u64) -> String {
         std::fs::read_to_string(&self.replicas[&id].log).unwrap_or_default()
+    }
+
+    /// The highest Raft term any running replica reports (each election
+    /// any replica starts raises it); replicas that do not answer within
+    /// a second (paused) are left out.
+    pub async fn max_term(&self) -> Option<u64> {
+        let mut max = None;
+        for r in self.replicas.values().filter(|r| r.child.is_some()) {
+            let got = tokio::time::timeout(
+                Duration::from_secs(1),
+                http_get(&r.metrics_addr, "/metrics"),
+            )
+            .await;
+            if let Ok(Ok((200, text))) = got
+                && let Some(t) = sample(&text, "gantry_raft_term")
+            {
+                max = max.max(Some(t as u64));
+            }
+        }
+        max
     }
 
     /// The process id of a running replica.

@@ -163,14 +163,31 @@ struct Summary {
     cancels: usize,
     events: usize,
     violations: Vec<Violation>,
+    /// Raft terms started from the first fault to the converged end.
+    elections: u64,
+    quiet: Elections,
+}
+
+/// How long after a replica was last touched (killed, paused, cut,
+/// restarted, replaced) an election is no longer that fault's doing.
+const QUIET_AFTER: Duration = Duration::from_millis(1_500);
+
+/// Elections started while no fault touched the replicas.
+#[derive(Default, Clone, Copy)]
+struct Elections {
+    count: u64,
+    spells: Duration,
 }
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} faults, {} submits ({} acknowledged), {} reads, {} cancels, {} job events, {} violations",
+            "{} faults, {} elections ({} unasked in {:.1} s quiet), {} submits ({} acknowledged), {} reads, {} cancels, {} job events, {} violations",
             self.faults,
+            self.elections,
+            self.quiet.count,
+            self.quiet.spells.as_secs_f64(),
             self.submits,
             self.acknowledged,
             self.reads,
@@ -326,8 +343,48 @@ async fn run(seed: u64, schedule: Vec<Fault>) -> Summary {
         .keys()
         .filter_map(|id| Some((*id, cluster.pid(*id)?, Sample::take(&cluster, *id)?)))
         .collect();
+    // Elections: all of them, and those in quiet spells (every replica up,
+    // running and connected, none touched for QUIET_AFTER), which no fault
+    // asked for: timings too tight for the machine.
+    let first_term = cluster.max_term().await;
+    let (mut quiet, mut paused, mut cut) = (Elections::default(), BTreeSet::new(), false);
+    // Agents ready: the cluster has settled since it started.
+    let mut touched = Instant::now()
+        .checked_sub(QUIET_AFTER)
+        .unwrap_or_else(Instant::now);
     for f in &schedule {
+        let whole = paused.is_empty()
+            && !cut
+            && cluster.replicas.keys().all(|id| cluster.pid(*id).is_some())
+            && touched.elapsed() >= QUIET_AFTER;
+        let before = match f {
+            Fault::Wait(_) if whole => cluster.max_term().await,
+            _ => None,
+        };
+        let began = Instant::now();
         apply(&mut cluster, f).await.unwrap();
+        if let (Some(before), Some(after)) = (before, cluster.max_term().await) {
+            quiet.spells += began.elapsed();
+            quiet.count += after.saturating_sub(before);
+        }
+        match f {
+            Fault::PauseReplica(id) => drop(paused.insert(*id)),
+            Fault::ResumeReplica(id) => drop(paused.remove(id)),
+            _ => {}
+        }
+        if f.is_partition() {
+            cut = *f != Fault::Heal;
+        }
+        if !matches!(
+            f,
+            Fault::Wait(_)
+                | Fault::KillAgent(_)
+                | Fault::RestartAgent(_)
+                | Fault::PauseAgent(_)
+                | Fault::ResumeAgent(_)
+        ) {
+            touched = Instant::now();
+        }
     }
     for (id, pid, s) in &before {
         // A replica restarted meanwhile is a new process: its figures start over.
@@ -370,6 +427,10 @@ async fn run(seed: u64, schedule: Vec<Fault>) -> Summary {
     .await
     .unwrap();
     watcher.abort();
+    let elections = match (first_term, cluster.max_term().await) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => 0,
+    };
 
     let h = history.lock().await.clone();
     let ids: BTreeSet<String> = final_jobs.iter().map(|j| j.id.clone()).collect();
@@ -403,6 +464,8 @@ async fn run(seed: u64, schedule: Vec<Fault>) -> Summary {
         cancels: h.cancels.len(),
         events: h.observed.len(),
         violations,
+        elections,
+        quiet,
     }
 }
 
@@ -439,9 +502,15 @@ async fn t80_seeded_fault_schedules_keep_every_invariant() {
     // every run shows its summary.
     let _ = writeln!(
         std::io::stderr(),
-        "summary: {} schedules, {} faults, {} operations, {} violations",
+        "summary: {} schedules, {} faults, {} elections ({} unasked in {:.1} s quiet; raft {:?}), {} operations, {} violations",
         all.len(),
         all.iter().map(|s| s.faults).sum::<usize>(),
+        all.iter().map(|s| s.elections).sum::<u64>(),
+        all.iter().map(|s| s.quiet.count).sum::<u64>(),
+        all.iter()
+            .map(|s| s.quiet.spells.as_secs_f64())
+            .sum::<f64>(),
+        Timings::default(),
         all.iter()
             .map(|s| s.submits + s.reads + s.cancels)
             .sum::<usize>(),

@@ -53,16 +53,26 @@ struct Cli {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Profile {
-    /// The replica's defaults: heartbeat 100 ms, elections 600-1200 ms, node grace 10 s.
+    /// The replica's defaults: heartbeat 50 ms, elections 300-600 ms, node grace 10 s.
     Default,
     /// Tuned for fast failover on a LAN: heartbeat 20 ms, elections 60-120 ms, node grace 3 s.
     Fast,
+    /// For shared or cross-zone machines (the defaults before): heartbeat 100 ms,
+    /// elections 600-1200 ms, node grace 10 s.
+    Slow,
 }
 
 impl Profile {
     fn timings(self) -> Timings {
         match self {
             Profile::Default => Timings {
+                heartbeat_ms: 50,
+                election_min_ms: 300,
+                election_max_ms: 600,
+                snapshot_every: 10_000,
+                node_grace_ms: 10_000,
+            },
+            Profile::Slow => Timings {
                 heartbeat_ms: 100,
                 election_min_ms: 600,
                 election_max_ms: 1200,

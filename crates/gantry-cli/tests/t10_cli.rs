@@ -142,7 +142,7 @@ fn t10_shipped_example_config_is_valid() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("heartbeat_ms: 100"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("heartbeat_ms: 50"), "{}", stdout(&o));
     assert!(
         stdout(&o).contains("server-replica-1.pem"),
         "{}",

@@ -190,15 +190,15 @@ settings! {
     pub struct RaftSettings =>
     /// Raft timing and compaction knobs, in milliseconds and entries.
     RaftTimings {
-        /// Raft heartbeat interval, ms [default: 100].
+        /// Raft heartbeat interval, ms [default: 50].
         #[arg(long, env = "GANTRY_HEARTBEAT_MS")]
-        heartbeat_ms: u64 = 100,
-        /// Shortest election timeout, ms [default: 600].
+        heartbeat_ms: u64 = 50,
+        /// Shortest election timeout, ms [default: 300].
         #[arg(long, env = "GANTRY_ELECTION_TIMEOUT_MIN_MS")]
-        election_timeout_min_ms: u64 = 600,
-        /// Longest election timeout, ms [default: 1200].
+        election_timeout_min_ms: u64 = 300,
+        /// Longest election timeout, ms [default: 600].
         #[arg(long, env = "GANTRY_ELECTION_TIMEOUT_MAX_MS")]
-        election_timeout_max_ms: u64 = 1_200,
+        election_timeout_max_ms: u64 = 600,
         /// Snapshot and compact the log every this many entries [default: 10000].
         #[arg(long, env = "GANTRY_SNAPSHOT_EVERY")]
         snapshot_every: u64 = 10_000,

@@ -43,7 +43,7 @@ fn t10_flags_and_file_are_one_declaration() {
         placement = "strict"
         insecure = true
         [raft]
-        heartbeat_ms = 50
+        heartbeat_ms = 25
         [admission]
         max_pending_tasks = 7
         "#,
@@ -57,7 +57,7 @@ fn t10_flags_and_file_are_one_declaration() {
         "--join",
         "--node-grace-ms=5000",
         "--placement=strict",
-        "--heartbeat-ms=50",
+        "--heartbeat-ms=25",
         "--max-pending-tasks=7",
     ]);
     let mut from_flags = given.clone().resolve();
@@ -65,12 +65,12 @@ fn t10_flags_and_file_are_one_declaration() {
     let from_file = file.clone().resolve();
     assert_eq!(from_flags, from_file);
     assert_eq!(from_file.request_timeout_ms, 10_000, "a default");
-    assert_eq!(from_file.raft.election_timeout_min_ms, 600, "a default");
+    assert_eq!(from_file.raft.election_timeout_min_ms, 300, "a default");
     from_file.validate().unwrap();
     // Flags over the file.
     let both = flags(&["--node-grace-ms=9000"]).over(file).resolve();
     assert_eq!(both.node_grace_ms, 9_000);
-    assert_eq!(both.raft.heartbeat_ms, 50);
+    assert_eq!(both.raft.heartbeat_ms, 25);
     // Peers as a table too.
     let t = ServerSettings::from_toml("[peers]\n\"1\" = \"a:1\"\n").unwrap();
     assert_eq!(t.peers.unwrap().get(&1).map(String::as_str), Some("a:1"));
