@@ -126,6 +126,11 @@ pub struct SubmitArgs {
     /// Spread this job's tasks over nodes instead of packing them.
     #[arg(long)]
     spread: bool,
+    /// How long the job is kept once finished before it is
+    /// garbage-collected (30m, 12h, 7d, or forever). Default: the
+    /// cluster's --job-retention (24h unless set).
+    #[arg(long, value_parser = parse::retention_ms)]
+    retention: Option<u64>,
     /// The program and its arguments.
     #[arg(last = true, required = true, num_args = 1..)]
     command: Vec<String>,
@@ -194,6 +199,7 @@ impl SubmitArgs {
             max_attempts: s.max_attempts,
             idempotency_key: s.idempotency_key,
             user: s.user,
+            retention_ms: s.retention,
         }
     }
 }

@@ -12,6 +12,7 @@ mod output;
 mod parse;
 mod security;
 mod server_cmd;
+mod system_cmd;
 
 use std::process::ExitCode;
 
@@ -106,6 +107,13 @@ enum Command {
         #[command(subcommand)]
         command: cluster_cmd::ClusterCommand,
     },
+    /// Cluster-wide maintenance: garbage-collect finished jobs.
+    System {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: system_cmd::SystemCommand,
+    },
     /// A task's supervisor (started by the agent; reads its spec on stdin).
     #[command(hide = true)]
     Supervise,
@@ -182,6 +190,7 @@ fn main() -> ExitCode {
                 r
             }
             Command::Cluster { client, command } => cluster_cmd::run(&client, command).await,
+            Command::System { client, command } => system_cmd::run(&client, command).await,
             Command::Supervise => unreachable!("handled before the runtime starts"),
         }
     });

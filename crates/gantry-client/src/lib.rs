@@ -382,6 +382,21 @@ impl Client {
         self.cluster_status_with(false).await
     }
 
+    /// Garbage-collects finished jobs now: those past their retention, or
+    /// with `older_than_ms` every job finished at least that long ago.
+    pub async fn collect_garbage(
+        &self,
+        older_than_ms: Option<u64>,
+    ) -> Result<api::CollectGarbageResponse, ClientError> {
+        self.with_retry(|ch| async move {
+            Ok(Self::cluster(ch)
+                .collect_garbage(api::CollectGarbageRequest { older_than_ms })
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
     /// The whole replicated state as of a linearizable read, and the
     /// applied index it was taken at.
     pub async fn save_snapshot(&self) -> Result<(Vec<u8>, u64), ClientError> {

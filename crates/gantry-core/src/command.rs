@@ -103,6 +103,13 @@ pub enum Command {
     /// proposes it once every voter runs a release that knows them, so
     /// replicas of two releases never apply one entry two ways.
     EnableRules { now_ms: u64, rules: u32 },
+    /// Removes those of `job_ids` that are finished and past their
+    /// retention at this entry's time (checked again at apply; apply rules 2).
+    CollectJobs {
+        now_ms: u64,
+        retention: crate::state::Retention,
+        job_ids: Vec<JobId>,
+    },
 }
 
 impl Command {
@@ -122,7 +129,8 @@ impl Command {
             | Self::NodeLeaving { now_ms, .. }
             | Self::RestoreState { now_ms, .. }
             | Self::SetBlacklist { now_ms, .. }
-            | Self::EnableRules { now_ms, .. } => *now_ms,
+            | Self::EnableRules { now_ms, .. }
+            | Self::CollectJobs { now_ms, .. } => *now_ms,
         }
     }
 
@@ -164,7 +172,8 @@ impl Command {
             | Self::NodeLeaving { now_ms: t, .. }
             | Self::RestoreState { now_ms: t, .. }
             | Self::SetBlacklist { now_ms: t, .. }
-            | Self::EnableRules { now_ms: t, .. } => *t = now_ms,
+            | Self::EnableRules { now_ms: t, .. }
+            | Self::CollectJobs { now_ms: t, .. } => *t = now_ms,
         }
     }
 }
@@ -251,6 +260,10 @@ pub enum Outcome {
         attempts_lost: u32,
     },
     Restored(Result<RestoreSummary, String>),
+    /// Jobs a `CollectJobs` entry removed.
+    Collected {
+        collected: u32,
+    },
 }
 
 /// What a restore brought back.
@@ -297,6 +310,9 @@ impl std::fmt::Display for Command {
             } => write!(f, "node {node_id} blacklisted={blacklisted}"),
             Self::NodeLeaving { node_id, .. } => write!(f, "node {node_id} leaving"),
             Self::EnableRules { rules, .. } => write!(f, "enable apply rules {rules}"),
+            Self::CollectJobs { job_ids, .. } => {
+                write!(f, "collect {} finished job(s)", job_ids.len())
+            }
             Self::RestoreState { snapshot, .. } => {
                 write!(f, "restore a {} byte snapshot", snapshot.len())
             }

@@ -91,6 +91,10 @@ pub struct JobSpec {
     /// The user tasks run as on the node; empty: the node's task user.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub user: String,
+    /// How long the job is kept once finished, ms: `None` the cluster's
+    /// `--job-retention`, `Some(0)` for ever. Added later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_ms: Option<u64>,
 }
 
 /// Which nodes a job's tasks may go to.
@@ -451,6 +455,7 @@ mod tests {
                 timeout_ms: 12,
             }),
             user: "svc".into(),
+            retention_ms: Some(13),
         };
         let back: JobSpec = serde_json::from_slice(&serde_json::to_vec(&every).unwrap()).unwrap();
         assert_eq!(back, every);

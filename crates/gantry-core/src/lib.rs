@@ -27,4 +27,6 @@ pub use node::{
     BLACKLIST_INFRA_FAILURES, BLACKLIST_TTL_MS, Blacklist, Eligibility, FailingCheck, Gpu, Health,
     Node, NodeId, NodeInfo, NodeStatus, REPUTATION_HALF_LIFE_MS, Reputation, Session,
 };
-pub use state::{JobFilter, Page, RULES, SnapshotCopy, SnapshotError, State, Usage};
+pub use state::{
+    Due, JobFilter, Page, RULES, Retention, SnapshotCopy, SnapshotError, State, Usage, finished_at,
+};

@@ -10,8 +10,10 @@ use crate::command::{CancelError, Command, NewJob, Outcome, SubmitError, Submitt
 use crate::job::{AttemptRef, Job, JobId, JobSpec, JobState, Task, TaskState};
 use crate::node::{Node, NodeId};
 
+mod gc;
 mod lifecycle;
 
+pub use gc::{Due, Retention, finished_at};
 pub use lifecycle::Usage;
 
 fn pending_key_parts(priority: i32, seq: u64, task: u32) -> PendingKey {
@@ -45,12 +47,17 @@ pub struct State {
     clock: Clock,
     /// Apply rules turned on by `EnableRules` (see [`RULES`]).
     rules: u32,
+    /// Finished jobs garbage-collected so far, and when last.
+    collected: u64,
+    last_collection_ms: u64,
 }
 
 /// The newest apply rules this release knows:
 /// 1. infra failures that carry the same event id count once for the node
 ///    (one agent crash that took six attempts down is one event).
-pub const RULES: u32 = 1;
+/// 2. `CollectJobs` entries (job garbage collection): a release before it
+///    cannot read them, so the leader proposes none until rules 2 are on.
+pub const RULES: u32 = 2;
 
 /// The latest entry time. Derived (after a restore, the latest time the
 /// state holds), so left out of equality like the histories above.
@@ -188,6 +195,10 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
 #[derive(Serialize)]
 struct SnapshotOut<'a> {
     version: u32,
@@ -195,6 +206,10 @@ struct SnapshotOut<'a> {
     stale_reports: u64,
     #[serde(skip_serializing_if = "is_zero")]
     rules: u32,
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    collected: u64,
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    last_collection_ms: u64,
     jobs: Vec<&'a Job>,
     nodes: Vec<&'a Node>,
 }
@@ -205,6 +220,8 @@ pub struct SnapshotCopy {
     next_seq: u64,
     stale_reports: u64,
     rules: u32,
+    collected: u64,
+    last_collection_ms: u64,
     /// In id order; written in submission (seq) order.
     jobs: Vec<Arc<Job>>,
     nodes: Vec<Node>,
@@ -220,6 +237,8 @@ impl SnapshotCopy {
             next_seq: self.next_seq,
             stale_reports: self.stale_reports,
             rules: self.rules,
+            collected: self.collected,
+            last_collection_ms: self.last_collection_ms,
             jobs,
             nodes: self.nodes.iter().collect(),
         };
@@ -234,6 +253,10 @@ struct SnapshotIn {
     stale_reports: u64,
     #[serde(default)]
     rules: u32,
+    #[serde(default)]
+    collected: u64,
+    #[serde(default)]
+    last_collection_ms: u64,
     jobs: Vec<Job>,
     nodes: Vec<Node>,
 }
@@ -264,7 +287,8 @@ impl State {
             | Command::Assign { .. }
             | Command::ReportAttempts { .. }
             | Command::RestoreState { .. }
-            | Command::EnableRules { .. } => {}
+            | Command::EnableRules { .. }
+            | Command::CollectJobs { .. } => {}
         }
         match cmd {
             Command::SubmitJobs { now_ms, jobs } => {
@@ -329,6 +353,13 @@ impl State {
                 self.rules = self.rules.max(*rules);
                 Outcome::None
             }
+            Command::CollectJobs {
+                now_ms,
+                retention,
+                job_ids,
+            } => Outcome::Collected {
+                collected: self.apply_collect(index, *now_ms, retention, job_ids),
+            },
         }
     }
 
@@ -607,6 +638,8 @@ impl State {
             next_seq: self.next_seq,
             stale_reports: self.stale_reports,
             rules: self.rules,
+            collected: self.collected,
+            last_collection_ms: self.last_collection_ms,
             jobs: self.jobs.values().cloned().collect(),
             nodes: self.nodes.values().cloned().collect(),
         }
@@ -622,6 +655,8 @@ impl State {
             next_seq: snap.next_seq,
             stale_reports: snap.stale_reports,
             rules: snap.rules,
+            collected: snap.collected,
+            last_collection_ms: snap.last_collection_ms,
             nodes: snap
                 .nodes
                 .into_iter()
@@ -637,7 +672,10 @@ impl State {
         let newest = state.jobs().map(|j| j.modify_index).max().unwrap_or(0);
         state.changed.forget(newest);
         let latest = state.jobs().map(|j| j.updated_at_ms);
-        let latest = latest.chain(state.nodes().map(|n| n.updated_at_ms)).max();
+        let latest = latest
+            .chain(state.nodes().map(|n| n.updated_at_ms))
+            .chain([state.last_collection_ms])
+            .max();
         state.clock = Clock(latest.unwrap_or(0));
         Ok(state)
     }

@@ -190,6 +190,7 @@ fn arb_spec() -> impl Strategy<Value = JobSpec> {
             },
             idempotency_key: key.unwrap_or_default().to_owned(),
             name: argv0.to_owned(),
+            retention_ms: (count == 3).then_some(0),
             ..JobSpec::default()
         })
 }
@@ -303,6 +304,13 @@ fn arb_command() -> impl Strategy<Value = Command> {
         1 => (any::<u16>(), 0u32..3).prop_map(|(now, rules)| {
             Command::EnableRules { now_ms: u64::from(now), rules }
         }),
+        1 => (any::<u32>(), prop::collection::vec(id(), 0..4), 0u64..3000, prop::option::of(0u64..3000)).prop_map(
+            |(now, job_ids, default_ms, older_than_ms)| Command::CollectJobs {
+                now_ms: u64::from(now),
+                retention: Retention { default_ms, older_than_ms },
+                job_ids,
+            }
+        ),
     ]
 }
 
@@ -437,6 +445,26 @@ proptest! {
                         prop_assert!(held.insert(*g), "GPU {} of {} held twice", g, node.id());
                     }
                     prop_assert!(a.gpus.len() as u32 == s.job(&r.job_id).unwrap().spec.resources.gpus);
+                }
+            }
+        }
+    }
+
+    // Whatever a collection entry names, only jobs that had ended, with no
+    // attempt left live, go; everything else stays as it was.
+    #[test]
+    fn t30_a_collection_removes_only_finished_jobs(cmds in prop::collection::vec(arb_command(), 0..60)) {
+        let mut s = State::default();
+        for (i, c) in cmds.iter().enumerate() {
+            let before = s.clone();
+            s.apply(i as u64 + 1, c);
+            if let Command::CollectJobs { now_ms, retention, .. } = c {
+                for j in before.jobs() {
+                    if s.job(&j.id).is_none() {
+                        prop_assert!(j.state.is_terminal(), "{} was {:?}", j.id, j.state);
+                        prop_assert!(j.tasks.iter().all(|t| t.live_attempt().is_none()));
+                        prop_assert!(retention.due(j, *now_ms));
+                    }
                 }
             }
         }

@@ -4,12 +4,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use gantry_core::Retention;
 use gantry_proto::internal::v1::LocalStatusRequest;
 use gantry_proto::v1::cluster_service_client::ClusterServiceClient;
 use gantry_proto::v1::cluster_service_server::ClusterService;
 use gantry_proto::v1::{
     AddReplicaRequest, AddReplicaResponse, ClusterStatusRequest, ClusterStatusResponse,
-    RemoveReplicaRequest, RemoveReplicaResponse, ReplicaStatus,
+    CollectGarbageRequest, CollectGarbageResponse, RemoveReplicaRequest, RemoveReplicaResponse,
+    ReplicaStatus,
 };
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::ClientWriteError;
@@ -172,6 +174,28 @@ impl ClusterService for ClusterApi {
         req: Request<tonic::Streaming<gantry_proto::v1::SnapshotData>>,
     ) -> Result<Response<gantry_proto::v1::RestoreSnapshotResponse>, Status> {
         crate::api::snapshot::restore(&self.replica, req).await
+    }
+
+    async fn collect_garbage(
+        &self,
+        req: Request<CollectGarbageRequest>,
+    ) -> Result<Response<CollectGarbageResponse>, Status> {
+        let deadline = deadline(&req, MEMBERSHIP_TIMEOUT);
+        if let Some(ch) = leader_channel(&self.replica, &req, deadline).await? {
+            return ClusterServiceClient::new(ch)
+                .collect_garbage(forwarded(req.into_inner(), deadline))
+                .await;
+        }
+        let rule = Retention {
+            default_ms: self.replica.config.job_retention_ms(),
+            older_than_ms: req.into_inner().older_than_ms,
+        };
+        tracing::info!(?rule, "garbage collection asked for");
+        let done = crate::leader::gc::collect(&self.replica, rule, deadline).await?;
+        Ok(Response::new(CollectGarbageResponse {
+            collected: done.collected,
+            remaining: done.remaining,
+        }))
     }
 
     async fn status(

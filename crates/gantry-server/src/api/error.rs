@@ -17,11 +17,19 @@ pub fn submit(e: SubmitError) -> Status {
 
 pub fn cancel(e: CancelError) -> Status {
     match e {
-        CancelError::NotFound(_) => Status::not_found(e.to_string()),
+        CancelError::NotFound(id) => job_not_found(&id),
     }
 }
 
 /// An outcome that does not belong to the command proposed: a bug, not bad input.
 pub fn unexpected_outcome(what: &str) -> Status {
     Status::internal(format!("unexpected outcome for {what}"))
+}
+
+/// A job this replica does not hold: never submitted, or removed by
+/// garbage collection once it had been finished longer than its retention.
+pub fn job_not_found(job_id: &str) -> Status {
+    Status::not_found(format!(
+        "job {job_id} not found: never submitted, or garbage-collected after it finished (finished jobs are kept for their retention, --job-retention, default 24h)"
+    ))
 }

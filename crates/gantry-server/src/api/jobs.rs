@@ -170,7 +170,7 @@ impl JobService for JobApi {
             .state
             .read(|s, _| s.job(&req.job_id).map(|j| job_to_api(j, true)))
             .await
-            .ok_or_else(|| Status::not_found(format!("job {} not found", req.job_id)))?;
+            .ok_or_else(|| crate::api::error::job_not_found(&req.job_id))?;
         Ok(Response::new(GetJobResponse { job: Some(job) }))
     }
 

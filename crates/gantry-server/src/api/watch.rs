@@ -124,7 +124,7 @@ pub async fn logs(
         .read(|s, _| -> Result<Source, Status> {
             let job = s
                 .job(&job_id)
-                .ok_or_else(|| Status::not_found(format!("job {job_id} not found")))?;
+                .ok_or_else(|| crate::api::error::job_not_found(&job_id))?;
             let t = job
                 .tasks
                 .get(task as usize)

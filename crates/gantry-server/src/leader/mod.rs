@@ -1,7 +1,8 @@
 //! Loops that run only on the leader (the scheduler, node liveness, drain
-//! deadlines, turning on new apply rules), started when this replica gains
-//! leadership and stopped when it loses it.
+//! deadlines, turning on new apply rules, job garbage collection), started
+//! when this replica gains leadership and stopped when it loses it.
 
+pub mod gc;
 pub mod rules;
 
 use std::sync::Arc;
@@ -52,6 +53,7 @@ pub async fn supervise(replica: Arc<Replica>) {
             loops.push(spawn(crate::leader::rules::enable_when_all_know(
                 replica.clone(),
             )));
+            loops.push(spawn(gc::collect_loop(replica.clone())));
         } else if !leading && !loops.is_empty() {
             tracing::info!(id = replica.id, "leadership lost: stopping leader loops");
             loops.clear();

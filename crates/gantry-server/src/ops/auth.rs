@@ -90,6 +90,7 @@ pub const POLICY: &[(&str, &[Role])] = &[
     ("/gantry.v1.ClusterService/RemoveReplica", FORWARDED_WRITE),
     ("/gantry.v1.ClusterService/SaveSnapshot", WRITE),
     ("/gantry.v1.ClusterService/RestoreSnapshot", WRITE),
+    ("/gantry.v1.ClusterService/CollectGarbage", FORWARDED_WRITE),
     // gRPC's own.
     ("/grpc.health.v1.Health/", ANY),
     ("/grpc.reflection.v1.ServerReflection/", ANY),

@@ -166,6 +166,13 @@ settings! {
         /// Submit requests a client may burst before the rate applies [default: 4000].
         #[arg(long, env = "GANTRY_SUBMIT_BURST")]
         submit_burst: u32 = 4_000,
+        /// How long a finished job is kept before it is garbage-collected,
+        /// for jobs that name none (e.g. 24h, 30m; 0: for ever) [default: 24h].
+        #[arg(long, env = "GANTRY_JOB_RETENTION")]
+        job_retention: String = "24h".to_owned(),
+        /// How often the leader garbage-collects finished jobs, ms [default: 60000].
+        #[arg(long, env = "GANTRY_GC_INTERVAL_MS")]
+        gc_interval_ms: u64 = 60_000,
         /// Placement policy for jobs that name none: strict, balanced or
         /// aggressive [default: balanced].
         #[arg(long, env = "GANTRY_PLACEMENT")]
@@ -289,6 +296,16 @@ impl ServerConfig {
         }
     }
 
+    /// The cluster's job retention, ms (0: for ever); 24h if unreadable
+    /// (`validate` refuses that).
+    pub fn job_retention_ms(&self) -> u64 {
+        parse_retention(&self.job_retention).unwrap_or(86_400_000)
+    }
+
+    pub fn gc_interval(&self) -> Duration {
+        Duration::from_millis(self.gc_interval_ms)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.id == 0 {
             return Err(bad("id", "must be 1 or more (0 means \"none\" in the API)"));
@@ -392,6 +409,12 @@ impl ServerConfig {
                 "must be at least 1000: shorter than a reconnect would mark healthy nodes lost",
             ));
         }
+        if let Err(e) = parse_retention(&self.job_retention) {
+            return Err(bad("job_retention", e));
+        }
+        if self.gc_interval_ms < 100 {
+            return Err(bad("gc_interval_ms", "must be at least 100"));
+        }
         Ok(())
     }
 
@@ -441,3 +464,27 @@ impl ServerConfig {
 #[cfg(test)]
 #[path = "config_tests.rs"]
 mod tests;
+
+/// A retention as operators write it: a duration such as `24h`, `7d` or
+/// `90m`, or `0` for ever; in ms.
+pub fn parse_retention(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    if text == "0" {
+        return Ok(0);
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| {
+            format!("{text:?} is not a duration such as 24h, 7d or 90m, or 0 for ever: {e}")
+        })
+        .and_then(|d| {
+            u64::try_from(d.as_millis())
+                .map_err(|_| format!("{text:?} is too long"))
+                .and_then(|ms| {
+                    if ms == 0 {
+                        Err(format!("{text:?}: write 0 to keep jobs for ever"))
+                    } else {
+                        Ok(ms)
+                    }
+                })
+        })
+}

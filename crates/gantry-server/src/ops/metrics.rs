@@ -153,10 +153,12 @@ pub async fn render(replica: &Replica, grpc: &GrpcCounters) -> String {
     let durations = Histogram::new(DURATION_BUCKETS.iter().copied());
     let health: Family<NodeLabels, Gauge> = Family::default();
     let now = crate::replica::clock::now_ms();
-    let (received, pending, stale, unhealthy, blacklisted) = replica
+    let (received, pending, stale, unhealthy, blacklisted, gc) = replica
         .state
         .read(|s, _| {
+            let mut retained = 0u64;
             for j in s.jobs() {
+                retained += u64::from(j.state.is_terminal());
                 jobs.get_or_create(&StateLabels {
                     state: job_state(j.state).into(),
                 })
@@ -187,14 +189,35 @@ pub async fn render(replica: &Replica, grpc: &GrpcCounters) -> String {
                     .set(i64::from(n.health.score));
             }
             (
-                s.job_count(),
+                s.jobs_submitted(),
                 s.pending_count(),
                 s.stale_reports(),
                 unhealthy,
                 blacklisted,
+                (retained, s.jobs_collected(), s.last_collection_ms()),
             )
         })
         .await;
+    let (retained, collected, last_collection_ms) = gc;
+    gauge(
+        &mut reg,
+        "jobs_retained",
+        "Finished jobs held until their retention passes",
+        as_i64(retained),
+    );
+    let collected_c: Counter = Counter::default();
+    collected_c.inc_by(collected);
+    reg.register(
+        "jobs_collected",
+        "Finished jobs garbage-collected after their retention",
+        collected_c,
+    );
+    gauge(
+        &mut reg,
+        "jobs_last_collection_timestamp_seconds",
+        "When finished jobs were last garbage-collected (0: never)",
+        as_i64(last_collection_ms / 1_000),
+    );
     gauge(
         &mut reg,
         "nodes_unhealthy",
@@ -213,10 +236,10 @@ pub async fn render(replica: &Replica, grpc: &GrpcCounters) -> String {
         health,
     );
     let received_c: Counter = Counter::default();
-    received_c.inc_by(received as u64);
+    received_c.inc_by(received);
     reg.register(
         "jobs_received",
-        "Jobs submitted and held in the state",
+        "Jobs submitted to the cluster (garbage-collected ones included)",
         received_c,
     );
     reg.register("jobs", "Jobs by state", jobs);

@@ -40,6 +40,7 @@ pub fn spec_from_api(s: api::JobSpec) -> Result<core::JobSpec, Status> {
         placement,
         readiness,
         user: s.user,
+        retention_ms: s.retention_ms,
     })
 }
 
@@ -123,6 +124,7 @@ pub fn spec_to_api(s: &core::JobSpec) -> api::JobSpec {
         placement: s.placement.as_str().to_owned(),
         readiness: s.readiness.as_ref().map(probe_to_api),
         user: s.user.clone(),
+        retention_ms: s.retention_ms,
     }
 }
 
