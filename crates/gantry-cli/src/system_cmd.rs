@@ -21,7 +21,9 @@ pub async fn run(args: &ClientArgs, cmd: SystemCommand) -> Result<(), Failure> {
         SystemCommand::Gc { older_than } => {
             let r = args.client()?.collect_garbage(older_than).await?;
             if args.json {
-                return Ok(json(&r)?);
+                // Both numbers always, zeros too.
+                let out = serde_json::json!({"collected": r.collected, "remaining": r.remaining});
+                return Ok(json(&out)?);
             }
             println!(
                 "collected {} finished job(s); {} job(s) remain",
