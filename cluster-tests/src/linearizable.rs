@@ -197,6 +197,12 @@ pub struct JobVersion {
 
 impl JobVersion {
     pub const ABSENT: JobVersion = JobVersion { index: 0, state: 0 };
+    /// The model's state once a read found a created job gone: garbage
+    /// collected (never a client's version).
+    const COLLECTED: JobVersion = JobVersion {
+        index: u64::MAX,
+        state: -2,
+    };
 }
 
 /// What a client did to one job, with what it saw.
@@ -214,7 +220,10 @@ pub enum JobOp {
 /// writers (the scheduler and agents change it too, unseen), so between two
 /// client operations the job may move forward any number of versions; it
 /// may never move back, one version has one content, and a terminal state
-/// is final.
+/// is final. Garbage collection may remove it once (unseen, it may have
+/// finished first): a read then finds it absent, and every later read too.
+/// That a removed job had finished is checked on the replicas' states (the
+/// simulation's `collected_jobs` invariant), not here.
 #[derive(Clone, Copy, Debug)]
 pub struct JobModel {
     pub terminal: fn(i32) -> bool,
@@ -243,7 +252,10 @@ impl Model for JobModel {
             })),
             (Some(_), JobOp::Create { .. }) => None,
             (None, JobOp::Read(v)) => (*v == JobVersion::ABSENT).then_some(None),
-            (Some(_), JobOp::Read(v)) if *v == JobVersion::ABSENT => None,
+            (Some(_), JobOp::Read(v)) if *v == JobVersion::ABSENT => {
+                Some(Some(JobVersion::COLLECTED))
+            }
+            (Some(cur), _) if *cur == JobVersion::COLLECTED => None,
             // Right after create the state is whatever the first read says.
             (Some(cur), JobOp::Read(v)) if cur.state == -1 => {
                 (v.index >= cur.index).then_some(Some(*v))

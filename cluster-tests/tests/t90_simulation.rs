@@ -203,6 +203,33 @@ fn t90_a_liveness_bug_planted_in_the_shipped_leader_code_is_caught() {
 }
 
 #[test]
+fn t90_a_garbage_collection_bug_planted_in_the_shipped_leader_code_is_caught() {
+    // The leader's collection loop, planted to ignore retentions (debug
+    // builds only), removes jobs the moment they finish: the replicas'
+    // states show them gone before their retention passed.
+    if !gantry_server::plant::set(None) {
+        eprintln!("SKIPPED: bugs can be planted in debug builds only");
+        return;
+    }
+    let planted = Options {
+        plant: Some(sim::Plant::Shipped(
+            gantry_server::plant::Plant::CollectIgnoringRetention,
+        )),
+        ..Options::default()
+    };
+    let caught = seeds_violating(
+        0..10,
+        &planted,
+        "a job collected before its retention passed",
+    );
+    eprintln!("retention ignored by the collector: caught on {caught} of 10 seeds");
+    assert!(
+        caught > 0,
+        "10 seeds with retentions ignored by the collector, none caught"
+    );
+}
+
+#[test]
 fn t90_a_leader_killed_mid_flush_and_back_at_once_keeps_the_replicas_agreed() {
     // Leaders are killed while followers hold appends they have not flushed
     // (a killed process loses those) and are restarted before an election

@@ -142,6 +142,8 @@ pub struct Report {
     pub messages: u64,
     pub dropped: u64,
     pub stale_reports: u64,
+    /// Finished jobs the final state's garbage collection removed.
+    pub collected: u64,
     pub duplicates_sent: u64,
     pub violations: Vec<Violation>,
     /// A hash of everything observable (history, faults, final state): two
@@ -156,7 +158,7 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "seed {}: {} replicas, {} agents, loss {:.3}, delay ≤{} ms, clock skews {:?}; {} faults; {} submits ({} acked), {} reads, {} cancels; {} messages ({} dropped); {} stale reports fenced ({} duplicates sent); {} violations; {:.1} s simulated; fingerprint {:016x}",
+            "seed {}: {} replicas, {} agents, loss {:.3}, delay ≤{} ms, clock skews {:?}; {} faults; {} submits ({} acked), {} reads, {} cancels; {} messages ({} dropped); {} stale reports fenced ({} duplicates sent); {} jobs collected; {} violations; {:.1} s simulated; fingerprint {:016x}",
             self.seed,
             self.params.replicas,
             self.params.agents,
@@ -172,6 +174,7 @@ impl std::fmt::Display for Report {
             self.dropped,
             self.stale_reports,
             self.duplicates_sent,
+            self.collected,
             self.violations.len(),
             self.virtual_ms as f64 / 1000.0,
             self.fingerprint,
@@ -183,7 +186,7 @@ impl std::fmt::Display for Report {
 pub fn summary(reports: &[Report]) -> String {
     let failed = reports.iter().filter(|r| !r.violations.is_empty()).count();
     format!(
-        "simulation summary: {} seeds, {} faults, {} operations ({} submits acknowledged), {} messages ({} dropped), {} stale reports fenced, {} violations in {failed} seeds; {:.0} s simulated",
+        "simulation summary: {} seeds, {} faults, {} operations ({} submits acknowledged), {} messages ({} dropped), {} stale reports fenced, {} jobs collected, {} violations in {failed} seeds; {:.0} s simulated",
         reports.len(),
         reports.iter().map(|r| r.faults.len()).sum::<usize>(),
         reports
@@ -194,6 +197,7 @@ pub fn summary(reports: &[Report]) -> String {
         reports.iter().map(|r| r.messages).sum::<u64>(),
         reports.iter().map(|r| r.dropped).sum::<u64>(),
         reports.iter().map(|r| r.stale_reports).sum::<u64>(),
+        reports.iter().map(|r| r.collected).sum::<u64>(),
         reports.iter().map(|r| r.violations.len()).sum::<usize>(),
         reports.iter().map(|r| r.virtual_ms).sum::<u64>() as f64 / 1000.0,
     )
@@ -246,6 +250,7 @@ fn failed(seed: u64, why: String) -> Report {
         messages: 0,
         dropped: 0,
         stale_reports: 0,
+        collected: 0,
         duplicates_sent: 0,
         violations: vec![Violation {
             invariant: "simulation ran",
@@ -653,7 +658,7 @@ async fn simulate(seed: u64, opts: Options) -> Report {
     let executions = world.executions.all();
     let leased_at_loss = world.executions.leased_at_loss();
     let mut violations = Vec::new();
-    let (final_digest, stale_reports, described) = match &final_state {
+    let (final_digest, (stale_reports, collected), described) = match &final_state {
         Some(l) => {
             l.read_state(|s, _| {
                 let end = invariants::End {
@@ -668,7 +673,11 @@ async fn simulate(seed: u64, opts: Options) -> Report {
                         violations.extend(i.finish(&end));
                     }
                 }
-                (digest(s), s.stale_reports(), describe(s))
+                (
+                    digest(s),
+                    (s.stale_reports(), s.jobs_collected()),
+                    describe(s),
+                )
             })
             .await
         }
@@ -677,7 +686,7 @@ async fn simulate(seed: u64, opts: Options) -> Report {
                 invariant: "a leader after healing",
                 detail: format!("no leader {} ms after healing", opts.settle_ms),
             });
-            (0, 0, Vec::new())
+            (0, (0, 0), Vec::new())
         }
     };
     let mut duplicates_sent = 0;
@@ -731,6 +740,7 @@ async fn simulate(seed: u64, opts: Options) -> Report {
         messages,
         dropped,
         stale_reports,
+        collected,
         duplicates_sent,
         violations,
         fingerprint: fp.finish(),

@@ -35,6 +35,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// gantry-server's settings for a simulated replica: its defaults, with
 /// Raft timings and compaction small so elections, snapshots, purges and
 /// snapshot installs happen within a run.
+/// How long a finished job is kept in the simulation (the cluster's default).
+pub const JOB_RETENTION_MS: u64 = 2_000;
+
 pub fn server_config(id: u64) -> ServerConfig {
     let mut c = ServerConfig {
         id,
@@ -47,6 +50,9 @@ pub fn server_config(id: u64) -> ServerConfig {
     c.raft.election_timeout_min_ms = 400;
     c.raft.election_timeout_max_ms = 800;
     c.raft.snapshot_every = 150;
+    // Garbage collection runs within a run.
+    c.job_retention = format!("{JOB_RETENTION_MS}ms");
+    c.gc_interval_ms = 500;
     c
 }
 

@@ -17,6 +17,9 @@ pub enum Plant {
     /// whose agents hold fresh leases are marked lost, and their tasks run
     /// elsewhere while they still run there.
     ForgetConfirmations,
+    /// The leader's garbage collection ignores retentions: every finished
+    /// job goes at the next round, however recently it finished.
+    CollectIgnoringRetention,
 }
 
 #[cfg(debug_assertions)]

@@ -4,6 +4,7 @@
 
 mod all_terminal;
 mod applied_entries_agree;
+mod collected_jobs;
 mod entry_times;
 mod linearizable_ops;
 mod no_lost_submits;
@@ -52,7 +53,8 @@ pub fn all() -> Vec<Box<dyn Invariant + Send>> {
         Box::new(replicas_agree::ReplicasAgree::default()),
         Box::new(single_result::SingleResult::default()),
         Box::new(single_live_attempt::SingleLiveAttempt::default()),
-        Box::new(no_lost_submits::NoLostSubmits),
+        Box::new(no_lost_submits::NoLostSubmits::default()),
+        Box::new(collected_jobs::CollectedJobs::default()),
         Box::new(linearizable_ops::LinearizableOps),
         Box::new(all_terminal::AllTerminal),
         Box::new(entry_times::EntryTimes::default()),
