@@ -21,7 +21,9 @@ struct Seen {
     finished_at: Option<u64>,
     /// The replica's latest entry time then.
     clock_ms: u64,
-    what: String,
+    state: gantry_core::JobState,
+    applied: u64,
+    at_ms: u64,
 }
 
 #[derive(Default)]
@@ -52,12 +54,9 @@ impl Invariant for CollectedJobs {
                 let seen = Seen {
                     finished_at: finished.then(|| finished_at(j)),
                     clock_ms,
-                    what: format!(
-                        "{} at applied {} ({} ms)",
-                        j.state.as_str(),
-                        o.applied,
-                        o.at_ms
-                    ),
+                    state: j.state,
+                    applied: o.applied,
+                    at_ms: o.at_ms,
                 };
                 (j.id.clone(), seen)
             })
@@ -86,8 +85,8 @@ impl Invariant for CollectedJobs {
                         "a job collected before its retention passed",
                         format!(
                             "job {id} left replica {} by applied index {} in an entry of {removed_at} ms; \
-                             last seen there {} (finished at {:?}, replica clock {} ms): not before {earliest} ms",
-                            o.replica, o.applied, last.what, last.finished_at, last.clock_ms
+                             last seen there {} at applied {} ({} ms; finished at {:?}, replica clock {} ms): not before {earliest} ms",
+                            o.replica, o.applied, last.state.as_str(), last.applied, last.at_ms, last.finished_at, last.clock_ms
                         ),
                     ));
                 }
