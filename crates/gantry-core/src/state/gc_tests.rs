@@ -210,3 +210,37 @@ fn t10_a_scan_is_bounded_and_resumes_where_it_stopped() {
     assert_eq!(found, ids);
     assert!(scans >= 5, "{scans} scans");
 }
+
+#[test]
+fn t10_a_listing_paged_across_a_collection_keeps_its_order_and_never_repeats() {
+    let mut s = State::default();
+    let ids: Vec<String> = (0..6).map(|i| format!("j{i}")).collect();
+    s.apply(
+        1,
+        &submit(1, ids.iter().map(|i| (i.as_str(), spec("x"))).collect()),
+    );
+    for (n, id) in ids.iter().enumerate().filter(|(n, _)| n % 2 == 0) {
+        s.apply(2 + n as u64, &cancel(10, id));
+    }
+    let first = s.list_jobs(&JobFilter::default(), None, 2);
+    assert_eq!(first.jobs.len(), 2);
+    // j0, j2, j4 are finished: the collection takes j0 (on the page
+    // already read) and j2, j4 (not yet read).
+    let every = Retention {
+        default_ms: 1,
+        older_than_ms: None,
+    };
+    assert_eq!(
+        collected(s.apply(20, &collect(100, every, &["j0", "j2", "j4"]))),
+        3
+    );
+    let rest = s.list_jobs(&JobFilter::default(), first.next_after, 10);
+    let seen: Vec<&str> = first
+        .jobs
+        .iter()
+        .chain(rest.jobs.iter())
+        .map(|j| j.id.as_str())
+        .collect();
+    assert_eq!(seen, vec!["j0", "j1", "j3", "j5"]);
+    assert!(rest.next_after.is_none());
+}
