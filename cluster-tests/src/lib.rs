@@ -166,6 +166,18 @@ pub fn run_cli(servers: &[String], args: &[&str]) -> anyhow::Result<std::process
         .output()?)
 }
 
+/// [`run_cli`], as a user reads it: whether it succeeded, and its stdout
+/// followed by its stderr.
+pub fn run_cli_text(servers: &[String], args: &[&str]) -> anyhow::Result<(bool, String)> {
+    let out = run_cli(servers, args)?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), text))
+}
+
 /// Polls `check` until it returns `Some`, or fails after `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
 where

@@ -9,19 +9,14 @@
 
 use std::time::Duration;
 
-use cluster_tests::{Cluster, Timings, http_get, run_cli, sample, wait_for};
+use cluster_tests::{Cluster, Timings, http_get, run_cli_text, sample, wait_for};
 use gantry_client::{Client, api};
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// Runs the `gantry` CLI against `servers`; returns (success, stdout + stderr).
 fn cli(servers: &[String], args: &[&str]) -> (bool, String) {
-    let out = run_cli(servers, args).unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    run_cli_text(servers, args).unwrap()
 }
 
 fn job(argv: &[&str], retention_ms: Option<u64>) -> api::JobSpec {

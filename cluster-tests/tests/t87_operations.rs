@@ -10,20 +10,14 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cluster_tests::{Cluster, Timings, free_addrs, gantry_bin, repo_root, run_cli, wait_for};
+use cluster_tests::{Cluster, Timings, free_addrs, gantry_bin, repo_root, run_cli_text, wait_for};
 use gantry_client::{Client, api};
 
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Runs the `gantry` CLI against `servers`; returns (success, stdout + stderr).
 fn cli(servers: &[String], args: &[&str]) -> (bool, String) {
-    let out = run_cli(servers, args).unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    run_cli_text(servers, args).unwrap()
 }
 
 fn shell(script: &str, labels: &[(&str, &str)]) -> api::JobSpec {

@@ -44,19 +44,10 @@ pub fn duration_ms(s: &str) -> Result<u64, String> {
     u64::try_from(d.as_millis()).map_err(|_| format!("{s:?} is too long"))
 }
 
-/// How long a finished job is kept: a duration (7d, 12h), or `forever` (0).
+/// How long a finished job is kept: a duration (7d, 12h), or `forever` (0);
+/// read as the server reads its `--job-retention`.
 pub fn retention_ms(s: &str) -> Result<u64, String> {
-    if s == "forever" || s == "0" {
-        return Ok(0);
-    }
-    let ms = duration_ms(s)
-        .map_err(|_| format!("{s:?} is not a retention: use 30m, 12h, 7d, or forever"))?;
-    if ms == 0 {
-        return Err(format!(
-            "{s:?}: write forever (or 0) to keep the job until an operator collects it"
-        ));
-    }
-    Ok(ms)
+    gantry_server::parse_retention(s)
 }
 
 /// `[HOST:]PORT` for a TCP readiness probe.

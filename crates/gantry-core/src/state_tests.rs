@@ -2,14 +2,14 @@ use proptest::prelude::*;
 
 use super::*;
 
-fn spec(argv0: &str) -> JobSpec {
+pub(crate) fn spec(argv0: &str) -> JobSpec {
     JobSpec {
         argv: vec![argv0.to_owned()],
         ..JobSpec::default()
     }
 }
 
-fn submit(now_ms: u64, jobs: Vec<(&str, JobSpec)>) -> Command {
+pub(crate) fn submit(now_ms: u64, jobs: Vec<(&str, JobSpec)>) -> Command {
     Command::SubmitJobs {
         now_ms,
         jobs: jobs

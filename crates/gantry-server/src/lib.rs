@@ -17,7 +17,7 @@ pub use api::jobs::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use app::{Failed, ServerHandle, StartError, Stopped, start, start_on};
 pub use ops::config::{
     AdmissionLimits, AdmissionSettings, ConfigError, Peers, RaftSettings, RaftTimings,
-    ServerConfig, ServerSettings, parse_peers,
+    ServerConfig, ServerSettings, parse_peers, parse_retention,
 };
 pub use raft::peers::Peers as PeerChannels;
 pub use replica::port::PeerPort;

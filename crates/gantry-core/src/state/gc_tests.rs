@@ -1,28 +1,8 @@
 use super::*;
-use crate::command::{Command, NewJob, Outcome};
-use crate::job::{AttemptRef, JobSpec, JobState};
+use crate::command::{Command, Outcome};
+use crate::job::{AttemptRef, JobState};
+use crate::state::tests::{spec, submit};
 use crate::{JobFilter, NodeInfo, Placement, Resources, Session};
-
-fn spec(argv0: &str) -> JobSpec {
-    JobSpec {
-        argv: vec![argv0.to_owned()],
-        ..JobSpec::default()
-    }
-}
-
-fn submit(now_ms: u64, jobs: Vec<(&str, JobSpec)>) -> Command {
-    Command::SubmitJobs {
-        now_ms,
-        jobs: jobs
-            .into_iter()
-            .map(|(id, spec)| NewJob {
-                trace_parent: String::new(),
-                id: id.to_owned(),
-                spec,
-            })
-            .collect(),
-    }
-}
 
 fn cancel(now_ms: u64, id: &str) -> Command {
     Command::CancelJob {

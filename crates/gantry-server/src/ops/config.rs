@@ -465,26 +465,22 @@ impl ServerConfig {
 #[path = "config_tests.rs"]
 mod tests;
 
-/// A retention as operators write it: a duration such as `24h`, `7d` or
-/// `90m`, or `0` for ever; in ms.
+/// A retention as operators write it (the server's `--job-retention`, a
+/// job's `--retention`): a duration such as `24h`, `7d` or `90m`, or `0`
+/// (also `forever`) for ever; in ms.
 pub fn parse_retention(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    if text == "0" {
+    if text == "0" || text == "forever" {
         return Ok(0);
     }
-    humantime::parse_duration(text)
-        .map_err(|e| {
-            format!("{text:?} is not a duration such as 24h, 7d or 90m, or 0 for ever: {e}")
-        })
-        .and_then(|d| {
-            u64::try_from(d.as_millis())
-                .map_err(|_| format!("{text:?} is too long"))
-                .and_then(|ms| {
-                    if ms == 0 {
-                        Err(format!("{text:?}: write 0 to keep jobs for ever"))
-                    } else {
-                        Ok(ms)
-                    }
-                })
-        })
+    let d = humantime::parse_duration(text).map_err(|e| {
+        format!("{text:?} is not a retention such as 24h, 7d or 90m, or forever: {e}")
+    })?;
+    match u64::try_from(d.as_millis()) {
+        Err(_) => Err(format!("{text:?} is too long")),
+        Ok(0) => Err(format!(
+            "{text:?}: write forever (or 0) to keep jobs for ever"
+        )),
+        Ok(ms) => Ok(ms),
+    }
 }
